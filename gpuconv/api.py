@@ -1,0 +1,164 @@
+"""The public ops. Each one checks its arguments (``gpuconv.problem``), picks the backend from the
+arrays (``gpuconv.backends``), hands it C-contiguous arrays and the checked problem, and returns
+what it computed. Semantics and shapes are PyTorch's (``torch.nn.functional.conv2d``,
+``conv_transpose2d``, ``torch.nn.grad.conv2d_input`` / ``conv2d_weight``), NCHW.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backends
+from .problem import SUPPORTED_DTYPES, check_activation, conv_problem, transpose_problem
+
+
+def _checked_arrays(backend, **arrays):
+    """Check the array arguments' types and dtypes; return (backend object, dtype name)."""
+    dtype = None
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        if not (isinstance(a, np.ndarray) or backends.is_cupy_array(a)):
+            raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(a).__name__}")
+        if a.dtype.name not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype.name}")
+        if dtype is None:
+            dtype = a.dtype.name
+        elif a.dtype.name != dtype:
+            first = next(k for k, v in arrays.items() if v is not None)
+            raise TypeError(
+                f"{name} has dtype {a.dtype.name} but {first} has dtype {dtype}: "
+                "all arrays must have the same dtype"
+            )
+    return backends.select(backend, arrays), dtype
+
+
+def _batched(name: str, a):
+    """``a`` as 4-D (an unbatched (C, H, W) array gets N=1) and whether it was unbatched."""
+    if a.ndim == 4:
+        return a, False
+    if a.ndim == 3:
+        return a[None], True
+    raise ValueError(f"{name} must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {a.shape}")
+
+
+def _shape_batched(name: str, shape):
+    if not isinstance(shape, (tuple, list)) or len(shape) not in (3, 4):
+        raise ValueError(f"{name} must be a 3-D or 4-D shape tuple, got {shape!r}")
+    return (tuple(shape) if len(shape) == 4 else (1, *shape)), len(shape) == 3
+
+
+def _require(name: str, a, shape, why: str):
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} ({why}), got {tuple(a.shape)}")
+
+
+def _weight(w):
+    if w.ndim != 4:
+        raise ValueError(f"w must be 4-D (K, C/groups, R, S), got shape {w.shape}")
+    return w
+
+
+def _contiguous(be, a):
+    return None if a is None else be.xp.ascontiguousarray(a)
+
+
+def _unbatch(y, unbatched: bool):
+    return y[0] if unbatched else y
+
+
+def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None, *,
+           backend=None):
+    """y = activation(conv2d(x, w) + bias), as ``torch.nn.functional.conv2d``.
+
+    x: (N, C, H, W) or (C, H, W); w: (K, C/groups, R, S); bias: (K,) or None.
+    padding: int, (ph, pw), (top, bottom, left, right), 'valid' or 'same'.
+    activation: None, 'relu' or 'sigmoid' (after the bias; fused on the GPU).
+    """
+    be, dtype = _checked_arrays(backend, x=x, w=w, bias=bias)
+    x4, unbatched = _batched("x", x)
+    p = conv_problem(x4.shape, _weight(w).shape, stride, padding, dilation, groups, dtype)
+    if bias is not None:
+        _require("bias", bias, (p.K,), "one value per output channel K")
+    check_activation(activation)
+    if p.N == 0 or p.K == 0:
+        return _unbatch(be.xp.zeros(p.y_shape, dtype), unbatched)
+    y = be.fprop(p, _contiguous(be, x4), _contiguous(be, w), _contiguous(be, bias), activation)
+    return _unbatch(y, unbatched)
+
+
+def conv2d_input(x_shape, w, dy, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+    """dx, the gradient of conv2d with respect to its input, as ``torch.nn.grad.conv2d_input``."""
+    be, dtype = _checked_arrays(backend, w=w, dy=dy)
+    shape4, unbatched = _shape_batched("x_shape", x_shape)
+    p = conv_problem(shape4, _weight(w).shape, stride, padding, dilation, groups, dtype)
+    _require("dy", dy, p.y_shape[unbatched:], "the conv2d output shape (N, K, P, Q)")
+    return _unbatch(_dgrad(be, p, dy.reshape(p.y_shape), w, None), unbatched)
+
+
+def conv2d_weight(x, w_shape, dy, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+    """dw, the gradient of conv2d with respect to its weight, as ``torch.nn.grad.conv2d_weight``."""
+    be, dtype = _checked_arrays(backend, x=x, dy=dy)
+    x4, unbatched = _batched("x", x)
+    p = conv_problem(x4.shape, w_shape, stride, padding, dilation, groups, dtype)
+    _require("dy", dy, p.y_shape[unbatched:], "the conv2d output shape (N, K, P, Q)")
+    if p.N == 0 or p.K == 0:
+        return be.xp.zeros(p.w_shape, dtype)
+    return be.wgrad(p, _contiguous(be, x4), _contiguous(be, dy.reshape(p.y_shape)))
+
+
+def conv2d_bias(dy, *, backend=None):
+    """db[K], the sum of dy (N, K, P, Q) or (K, P, Q) over every axis but K."""
+    be, _ = _checked_arrays(backend, dy=dy)
+    dy4, _ = _batched("dy", dy)
+    return be.bias_grad(_contiguous(be, dy4))
+
+
+def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, backend=None):
+    """The transposed convolution, as ``torch.nn.functional.conv_transpose2d``.
+
+    x: (N, Cin, H, W) or (Cin, H, W); w: (Cin, Cout/groups, R, S); bias: (Cout,) or None.
+    It is the input gradient of the convolution Cout -> Cin, computed by the same dgrad kernels.
+    """
+    be, dtype = _checked_arrays(backend, x=x, w=w, bias=bias)
+    x4, unbatched = _batched("x", x)
+    p = transpose_problem(x4.shape, _weight(w).shape, stride, padding, output_padding, groups,
+                          dilation, dtype)
+    if bias is not None:
+        _require("bias", bias, (p.C,), "one value per output channel")
+    return _unbatch(_dgrad(be, p, x4, w, bias), unbatched)
+
+
+def _dgrad(be, p, dy, w, bias):
+    if p.N == 0 or p.K == 0:  # nothing to reduce: the result is the bias alone
+        dx = be.xp.zeros(p.x_shape, p.dtype)
+        return dx if bias is None else dx + bias.reshape(1, -1, 1, 1)
+    return be.dgrad(p, _contiguous(be, dy), _contiguous(be, w), _contiguous(be, bias))
+
+
+def _elementwise(op: str, backend, **arrays):
+    be, _ = _checked_arrays(backend, **arrays)
+    shapes = {name: a.shape for name, a in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{' and '.join(shapes)} must have the same shape, got {shapes}")
+    return getattr(be, op)(*(_contiguous(be, a) for a in arrays.values()))
+
+
+def relu(x, *, backend=None):
+    """max(x, 0)."""
+    return _elementwise("relu", backend, x=x)
+
+
+def relu_backward(dy, x, *, backend=None):
+    """dy where x > 0, else 0 (the gradient of relu at its input x)."""
+    return _elementwise("relu_backward", backend, dy=dy, x=x)
+
+
+def sigmoid(x, *, backend=None):
+    """1 / (1 + exp(-x))."""
+    return _elementwise("sigmoid", backend, x=x)
+
+
+def sigmoid_backward(dy, y, *, backend=None):
+    """dy · y · (1 - y), given the sigmoid's output y."""
+    return _elementwise("sigmoid_backward", backend, dy=dy, y=y)
