@@ -1,0 +1,78 @@
+"""The named edge problems every backend is checked on, and the input generators.
+
+Each entry is ``name: dict(x=(N, C, H, W), w=(K, C/groups, R, S), **conv2d keywords)``. A comment
+says what each one is there to catch. ``RESNET`` holds real layer shapes (slow on the emulator).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gpuconv.problem import conv_problem
+
+EDGE = {
+    # the smallest GEMM: one output pixel per image, one tap
+    "1x1_kernel": dict(x=(2, 3, 5, 5), w=(4, 3, 1, 1)),
+    # R != S and H != W: a swapped index shows
+    "rect_kernel": dict(x=(2, 3, 7, 9), w=(5, 3, 2, 4)),
+    # asymmetric four-tuple padding (top, bottom, left, right)
+    "asym_pad": dict(x=(1, 2, 6, 5), w=(3, 2, 3, 3), padding=(2, 0, 1, 3)),
+    # padding larger than the kernel reach: whole output rows see only zeros
+    "big_pad": dict(x=(1, 2, 3, 3), w=(2, 2, 2, 2), padding=3),
+    # stride larger than the kernel: input pixels no tap ever reads (dgrad must give them 0)
+    "stride_gt_kernel": dict(x=(2, 2, 9, 8), w=(3, 2, 2, 2), stride=3),
+    # different strides per axis, with the last window ending before the edge
+    "stride_hw": dict(x=(1, 3, 10, 7), w=(2, 3, 3, 2), stride=(2, 3), padding=1),
+    # dilation: taps spread out, and along with stride the phases of dgrad interleave
+    "dilation": dict(x=(2, 2, 9, 9), w=(3, 2, 3, 3), dilation=2, padding=2),
+    "dilation_stride": dict(x=(1, 3, 11, 10), w=(2, 3, 3, 2), stride=2, dilation=(2, 3), padding=1),
+    # groups: block-diagonal weight
+    "groups": dict(x=(2, 6, 6, 6), w=(4, 3, 3, 3), groups=2, padding=1),
+    # depthwise: one channel per group, K = 2·C
+    "depthwise": dict(x=(2, 4, 7, 7), w=(8, 1, 3, 3), groups=4, padding=1, stride=2),
+    # 'same' with an even kernel: the extra padding goes to bottom/right, as in PyTorch
+    "same_even": dict(x=(1, 2, 6, 7), w=(3, 2, 4, 2), padding="same"),
+    # output smaller than any tile: P = Q = 1
+    "one_output_pixel": dict(x=(3, 4, 3, 3), w=(5, 4, 3, 3)),
+    # N = 1 and C, K not multiples of any tile width (17, 33)
+    "odd_channels": dict(x=(1, 17, 6, 6), w=(33, 17, 3, 3), padding=1),
+    # kernel exactly as large as the input
+    "kernel_eq_input": dict(x=(2, 2, 4, 5), w=(3, 2, 4, 5)),
+    # the seeds' second layer: 4x4 stride 2
+    "seed_4x4_s2": dict(x=(3, 5, 8, 8), w=(6, 5, 4, 4), stride=2),
+}
+
+RESNET = {
+    "res2_3x3": dict(x=(1, 64, 56, 56), w=(64, 64, 3, 3), padding=1),
+    "res3_3x3_s2": dict(x=(1, 128, 56, 56), w=(128, 128, 3, 3), padding=1, stride=2),
+    "res4_1x1_s2": dict(x=(1, 512, 28, 28), w=(256, 512, 1, 1), stride=2),
+}
+
+CONV_KEYS = ("stride", "padding", "dilation", "groups")
+
+
+def problem(case: dict, dtype: str = "float64"):
+    """The checked problem of an ``EDGE`` / ``RESNET`` entry."""
+    return conv_problem(case["x"], case["w"], dtype=dtype, **conv_kwargs(case))
+
+
+def conv_kwargs(case: dict) -> dict:
+    return {k: case[k] for k in CONV_KEYS if k in case}
+
+
+def small_ints(rng, shape, dtype):
+    """Integers in [-3, 3]: float32 sums of their products are exact, so results compare with ==."""
+    return rng.integers(-3, 4, size=shape).astype(dtype)
+
+
+def normal(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def float32_tolerance(reduction_length: int) -> float:
+    """Absolute tolerance for float32 results of unit-normal inputs, compared with float64.
+
+    A float32 sum of L products has error at most about L·u·Σ|a·b| (u = 2^-24); for unit normals
+    Σ|a·b| ≈ 0.64·L, but the rounding errors have random signs, so the typical error is ~u·L. We allow
+    1e-5·L (≈ 170·u·L): far above that, far below the O(1) error of one missing or doubled tap.
+    """
+    return 1e-5 * max(reduction_length, 1)
