@@ -76,3 +76,77 @@ def float32_tolerance(reduction_length: int) -> float:
     1e-5·L (≈ 170·u·L): far above that, far below the O(1) error of one missing or doubled tap.
     """
     return 1e-5 * max(reduction_length, 1)
+
+
+def conv_cases(max_hw: int = 9, max_channels: int = 3, max_batch: int = 2):
+    """A hypothesis strategy of random valid conv2d cases in the ``EDGE`` format.
+
+    Covers int / pair / four-tuple / 'same' / 'valid' padding, per-axis stride and dilation (stride
+    larger than the kernel included), groups and depthwise, and inputs as small as the kernel.
+    """
+    from hypothesis import strategies as st
+
+    @st.composite
+    def case(draw):
+        groups = draw(st.integers(1, 3))
+        Cg, Kg = draw(st.integers(1, max_channels)), draw(st.integers(1, max_channels))
+        R, S = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        stride = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+        dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        kind = draw(st.sampled_from(["int", "pair", "four", "same", "valid"]))
+        if kind == "same":
+            stride = (1, 1)
+            padding = "same"
+            pad = (0, 0)
+        elif kind == "valid":
+            padding, pad = "valid", (0, 0)
+        elif kind == "int":
+            padding = draw(st.integers(0, 3))
+            pad = (2 * padding, 2 * padding)
+        elif kind == "pair":
+            padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+            pad = (2 * padding[0], 2 * padding[1])
+        else:
+            padding = tuple(draw(st.integers(0, 3)) for _ in range(4))
+            pad = (padding[0] + padding[1], padding[2] + padding[3])
+        # The input must hold the dilated kernel once padded (or 'same' makes it so).
+        span = (dilation[0] * (R - 1) + 1, dilation[1] * (S - 1) + 1)
+        low = [max(1, span[i] - pad[i]) if kind != "same" else 1 for i in range(2)]
+        H = draw(st.integers(low[0], max(low[0], max_hw)))
+        W = draw(st.integers(low[1], max(low[1], max_hw)))
+        N = draw(st.integers(1, max_batch))
+        return dict(x=(N, Cg * groups, H, W), w=(Kg * groups, Cg, R, S), stride=stride,
+                    padding=padding, dilation=dilation, groups=groups)
+
+    return case()
+
+
+def transpose_cases(max_hw: int = 6, max_channels: int = 3, max_batch: int = 2):
+    """A hypothesis strategy of random valid conv_transpose2d cases.
+
+    ``x`` is (N, Cin, Hin, Win), ``w`` is (Cin, Cout/groups, R, S); output_padding ranges up to
+    max(stride, dilation) - 1 per axis, PyTorch's limit.
+    """
+    from hypothesis import strategies as st
+
+    @st.composite
+    def case(draw):
+        groups = draw(st.integers(1, 3))
+        Cin, Coutg = groups * draw(st.integers(1, max_channels)), draw(st.integers(1, max_channels))
+        R, S = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        output_padding = tuple(draw(st.integers(0, max(stride[i], dilation[i]) - 1))
+                               for i in range(2))
+        padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+        Hin, Win = draw(st.integers(1, max_hw)), draw(st.integers(1, max_hw))
+        N = draw(st.integers(1, max_batch))
+        for i, (size, k) in enumerate(((Hin, R), (Win, S))):
+            out = (size - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k - 1) \
+                + output_padding[i] + 1
+            if out <= 0:  # the padding ate the whole output: no valid problem, draw less padding
+                padding = (0, padding[1]) if i == 0 else (padding[0], 0)
+        return dict(x=(N, Cin, Hin, Win), w=(Cin, Coutg, R, S), stride=stride, padding=padding,
+                    output_padding=output_padding, groups=groups, dilation=dilation)
+
+    return case()
