@@ -1,0 +1,229 @@
+"""The ``cuda`` and ``emulate`` backends: one dispatch path over the kernels of ``kernels/*.cu``.
+
+Both run the very same kernel source. They differ only in the module class that compiles it
+(``cupy.RawModule`` through NVRTC, or ``gpuconv.emulate.Module`` through the host C++ compiler) and
+in the array module (CuPy or NumPy). Everything else is shared: which template instances each
+source holds (``KERNELS``), the compile options (``compile_options()``, also used by
+``gpuconv.compile_check``), the grid (``launch_config``) and the argument lists, whose scalars are
+explicitly typed NumPy scalars matching the kernel signatures (``int`` → ``np.int32``,
+``index_t`` → ``np.int64``); a missing bias is a null pointer (``None``).
+
+Sizes go to the kernels as 32-bit ints and every linear index and offset is 64-bit inside them, so
+tensors beyond 2**31 elements work; a single size (or padded extent) beyond 2**31 - 1 raises a
+``ValueError`` before any launch.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import numpy as np
+
+from .. import _paths
+from . import CUDA_INSTALL_HINT
+
+# Compile options of every kernel module: the cuda backend's, the emulator's, and the compile
+# check's for every architecture (it adds only -arch and -Xptxas -v).
+OPTIONS = ("--std=c++17",)
+
+
+def compile_options() -> tuple[str, ...]:
+    """OPTIONS plus the include path of the kernels folder (the kernels include "common.cuh")."""
+    return (*OPTIONS, f"-I{_paths.kernels_dir()}")
+
+
+CTYPES = {"float32": "float", "float64": "double"}
+# The activation template argument of fprop_direct: ACTIVATION_* in kernels/common.cuh.
+ACTIVATION_IDS = {None: 0, "relu": 1, "sigmoid": 2}
+
+# Every template instance, per source file: the NVRTC name expressions of its module.
+KERNELS = {
+    "fprop.cu": [f"fprop_direct<{t}, {a}>" for t in CTYPES.values() for a in ACTIVATION_IDS.values()],
+    "dgrad.cu": [f"dgrad_direct<{t}>" for t in CTYPES.values()],
+    "wgrad.cu": [f"wgrad_direct<{t}>" for t in CTYPES.values()],
+    "elementwise.cu": [
+        f"{k}<{t}>"
+        for k in ("bias_grad", "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward")
+        for t in CTYPES.values()
+    ],
+}
+
+THREADS_PER_BLOCK = 256
+# The kernels loop grid-stride, so the grid may be smaller than the work; this cap keeps it far
+# below every limit (gridDim.x < 2**31) while still filling any GPU many times over.
+MAX_BLOCKS = 65536
+INT32_MAX = 2**31 - 1
+
+
+def launch_config(total: int) -> tuple[tuple[int], tuple[int]]:
+    """(grid, block) for ``total`` independent outputs, one thread each (grid-stride beyond)."""
+    blocks = min(-(-total // THREADS_PER_BLOCK), MAX_BLOCKS)
+    return (blocks,), (THREADS_PER_BLOCK,)
+
+
+def source(filename: str) -> str:
+    return (_paths.kernels_dir() / filename).read_text()
+
+
+def _int32(name: str, value: int) -> np.int32:
+    if value > INT32_MAX:
+        raise ValueError(
+            f"{name} = {value} does not fit the kernels' 32-bit sizes (at most {INT32_MAX}); "
+            "tensors may exceed 2**31 elements, but no single dimension may"
+        )
+    return np.int32(value)
+
+
+def conv_args(p) -> tuple:
+    """The size arguments every convolution kernel takes after its pointers, in signature order."""
+    (sh, sw), (pt, pb, pl, pr), (dh, dw) = p.stride, p.padding, p.dilation
+    # The kernels form p·stride_h - pad_top + r·dil_h (and h + pad_top - r·dil_h) in 32 bits: all
+    # lie within the padded extent plus one stride (output_padding < stride or dilation).
+    _int32("H + pad_top + pad_bottom + stride_h + dil_h", p.H + pt + pb + sh + dh)
+    _int32("W + pad_left + pad_right + stride_w + dil_w", p.W + pl + pr + sw + dw)
+    sizes = dict(N=p.N, C=p.C, H=p.H, W=p.W, K=p.K, R=p.R, S=p.S, P=p.P, Q=p.Q,
+                 stride_h=sh, stride_w=sw, pad_top=pt, pad_left=pl, dil_h=dh, dil_w=dw,
+                 groups=p.groups)
+    return tuple(_int32(name, v) for name, v in sizes.items())
+
+
+class KernelBackend:
+    """The backend interface (see ``gpuconv.backends``) over compiled ``kernels/*.cu`` modules.
+
+    ``get_module(filename)`` returns a module with ``get_function(name_expression)``; kernels are
+    called as ``kernel(grid, block, args)`` inside ``on_device(first array argument)``, so they run
+    on the arrays' device (CuPy launches on that device's current stream). With ``poison_outputs`` every output is filled with
+    NaN before its kernel runs, so an element a kernel fails to write shows up in the result.
+    """
+
+    def __init__(self, name: str, xp, get_module, on_device, poison_outputs: bool = False):
+        self.name, self.xp = name, xp
+        self._get_module, self._on_device = get_module, on_device
+        self._poison = poison_outputs
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _kernel(self, filename: str, name_expression: str):
+        return self._get_module(filename).get_function(name_expression)
+
+    def _empty(self, shape, dtype):
+        out = self.xp.empty(shape, dtype)
+        if self._poison:
+            out.fill(np.nan)
+        return out
+
+    def _launch(self, filename: str, name_expression: str, total: int, args: tuple):
+        if total == 0:  # a grid of zero blocks is a launch error; there is nothing to do
+            return
+        grid, block = launch_config(total)
+        with self._on_device(args[0]):
+            self._kernel(filename, name_expression)(grid, block, args)
+
+    # -- convolutions ------------------------------------------------------------------------
+    def fprop(self, p, x, w, bias, activation):
+        y = self._empty(p.y_shape, p.dtype)
+        kernel = f"fprop_direct<{CTYPES[p.dtype]}, {ACTIVATION_IDS[activation]}>"
+        self._launch("fprop.cu", kernel, y.size, (x, w, bias, y) + conv_args(p))
+        return y
+
+    def dgrad(self, p, dy, w, bias=None):
+        dx = self._empty(p.x_shape, p.dtype)
+        kernel = f"dgrad_direct<{CTYPES[p.dtype]}>"
+        self._launch("dgrad.cu", kernel, dx.size, (dy, w, bias, dx) + conv_args(p))
+        return dx
+
+    def wgrad(self, p, x, dy):
+        dw = self._empty(p.w_shape, p.dtype)
+        kernel = f"wgrad_direct<{CTYPES[p.dtype]}>"
+        self._launch("wgrad.cu", kernel, dw.size, (x, dy, dw) + conv_args(p))
+        return dw
+
+    # -- elementwise -------------------------------------------------------------------------
+    def bias_grad(self, dy):
+        N, K, P, Q = dy.shape
+        db = self._empty((K,), dy.dtype)
+        args = (dy, db, _int32("N", N), _int32("K", K), np.int64(P * Q))
+        self._launch("elementwise.cu", f"bias_grad<{CTYPES[dy.dtype.name]}>", K, args)
+        return db
+
+    def _map(self, kernel: str, *inputs):
+        out = self._empty(inputs[0].shape, inputs[0].dtype)
+        name = f"{kernel}<{CTYPES[out.dtype.name]}>"
+        self._launch("elementwise.cu", name, out.size, (*inputs, out, np.int64(out.size)))
+        return out
+
+    def relu(self, x):
+        return self._map("relu_forward", x)
+
+    def relu_backward(self, dy, x):
+        return self._map("relu_backward", dy, x)
+
+    def sigmoid(self, x):
+        return self._map("sigmoid_forward", x)
+
+    def sigmoid_backward(self, dy, y):
+        return self._map("sigmoid_backward", dy, y)
+
+
+# -- the two backends ------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _emulate_module(filename: str, **emulate_options):
+    from ..emulate import Module
+
+    return Module(code=source(filename), options=compile_options(), name_expressions=KERNELS[filename],
+                  **emulate_options)
+
+
+@functools.lru_cache(maxsize=None)
+def emulate_backend(**emulate_options) -> KernelBackend:
+    """The kernels run on the CPU by ``gpuconv.emulate`` on NumPy arrays; outputs are NaN-poisoned.
+
+    ``emulate_options`` (e.g. ``mode='asan'``, ``schedule='reverse'``) go to ``emulate.Module``.
+    """
+    module = functools.partial(_emulate_module, **emulate_options)
+    return KernelBackend("emulate", np, module, _no_device, poison_outputs=True)
+
+
+def _no_device(array):
+    return contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_module(device_id: int, filename: str):
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        return cupy.RawModule(code=source(filename), options=compile_options(),
+                              name_expressions=KERNELS[filename])
+
+
+def _current_device_module(filename: str):
+    import cupy
+
+    return _cuda_module(cupy.cuda.Device().id, filename)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_backend(poison_outputs: bool = False) -> KernelBackend:
+    """The kernels on the current CUDA device and stream, on CuPy arrays.
+
+    Raises RuntimeError without CuPy (with the install hint) or without a usable GPU.
+    ``poison_outputs`` (tests) fills outputs with NaN before each kernel.
+    """
+    try:
+        import cupy
+    except ImportError as e:
+        raise RuntimeError(f"the cuda backend needs CuPy, which is not installed: "
+                           f"{CUDA_INSTALL_HINT}") from e
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError as e:
+        raise RuntimeError(f"the cuda backend found no usable CUDA GPU: {e}") from e
+    if count == 0:
+        raise RuntimeError("the cuda backend found no CUDA GPU (cudaGetDeviceCount() = 0)")
+    return KernelBackend("cuda", cupy, _current_device_module, _array_device, poison_outputs)
+
+
+def _array_device(array):
+    return array.device  # a cupy.cuda.Device: entering it makes it current

@@ -1,0 +1,49 @@
+"""Every kernel instance compiles for every target architecture, with NVRTC (the options the cuda
+backend uses) and with nvcc where installed, and spills nothing."""
+from __future__ import annotations
+
+import pytest
+
+from gpuconv import compile_check
+from gpuconv.backends.kernel_backend import KERNELS
+
+PRESENT = compile_check.compilers()
+pytestmark = pytest.mark.skipif(
+    not PRESENT, reason="neither NVRTC (pip install 'gpuconv[nvrtc]') nor nvcc is installed"
+)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return compile_check.check()
+
+
+def test_every_instance_compiles_for_every_arch(rows):
+    expected = {(c, a, k) for c in PRESENT for a in compile_check.ARCHS
+                for ks in KERNELS.values() for k in ks}
+    assert {(r.compiler, r.arch, r.kernel) for r in rows} == expected
+
+
+def test_no_spills(rows):
+    assert compile_check.spills(rows) == []
+
+
+def test_report(rows, tmp_path):
+    versions = {c: v for c, (_, v) in PRESENT.items()}
+    text = compile_check.write_report(rows, versions, tmp_path)
+    assert (tmp_path / "ptxas.md").read_text() == text
+    for kernel in ("fprop_direct<float, 1>", "dgrad_direct<double>", "wgrad_direct<float>"):
+        assert f"`{kernel}`" in text
+    assert (tmp_path / "ptxas.json").is_file()
+
+
+def test_parse_ptxas_reads_spills_and_shared_memory():
+    log = """ptxas info    : Compiling entry function '_Z3fooIfEvv' for 'sm_80'
+ptxas info    : Function properties for _Z3fooIfEvv
+    16 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 8192 bytes smem, 360 bytes cmem[0]
+"""
+    (r,) = compile_check.parse_ptxas(log, "nvcc", {"_Z3fooIfEvv": "foo<float>"})
+    assert (r.kernel, r.arch, r.registers, r.shared_bytes) == ("foo<float>", "sm_80", 255, 8192)
+    assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (16, 8, 4)
+    assert compile_check.spills([r]) == [r]
