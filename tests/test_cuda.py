@@ -1,0 +1,104 @@
+"""The test_kernels matrix on the ``cuda`` backend: the same kernels on a real GPU, through CuPy.
+
+Skipped, with the reason, where CuPy or a GPU is missing. Outputs are NaN-poisoned before each
+kernel (``cuda_backend(poison_outputs=True)``), so an unwritten element fails the comparison.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpuconv import reference as ref
+from gpuconv.backends.kernel_backend import cuda_backend
+from problems import EDGE, normal, problem, small_ints
+from test_kernels import (ACTIVATIONS, F64_RTOL, TRANSPOSE, assert_close, check_op, conv_inputs,
+                          run_op, transpose_call, transpose_reference)
+
+cupy = pytest.importorskip("cupy", reason="CuPy is not installed (extra cuda12 or cuda13)")
+try:
+    BACKEND = cuda_backend(poison_outputs=True)
+except RuntimeError as e:
+    pytest.skip(f"no usable CUDA GPU: {e}", allow_module_level=True)
+
+pytestmark = pytest.mark.gpu
+
+
+class OnDevice:
+    """The cuda backend behind NumPy in, NumPy out, so test_kernels' checks apply unchanged."""
+
+    def __getattr__(self, op):
+        def run(*args):
+            moved = [cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+            out = getattr(BACKEND, op)(*moved)
+            assert isinstance(out, cupy.ndarray)
+            return out.get()
+
+        return run
+
+
+GPU = OnDevice()
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("name", EDGE)
+def test_fprop_exact(name, activation):
+    p = problem(EDGE[name], "float32")
+    check_op(GPU, "fprop", p, conv_inputs(p, 1, small_ints), activation)
+
+
+@pytest.mark.parametrize("op", ["dgrad", "wgrad"])
+@pytest.mark.parametrize("name", EDGE)
+def test_gradients_exact(name, op):
+    p = problem(EDGE[name], "float32")
+    check_op(GPU, op, p, conv_inputs(p, 2, small_ints))
+
+
+@pytest.mark.parametrize("op", ["fprop", "dgrad", "wgrad"])
+@pytest.mark.parametrize("name", EDGE)
+def test_float64(name, op):
+    p = problem(EDGE[name], "float64")
+    check_op(GPU, op, p, conv_inputs(p, 4, normal), "sigmoid")
+
+
+@pytest.mark.parametrize("name", TRANSPOSE)
+def test_conv_transpose2d_exact(name):
+    case, rng = TRANSPOSE[name], np.random.default_rng(6)
+    x, w = small_ints(rng, case["x"], "float32"), small_ints(rng, case["w"], "float32")
+    bias = small_ints(rng, (case["w"][1] * case.get("groups", 1),), "float32")
+    got = transpose_call(case, cupy.asarray(x), cupy.asarray(w), cupy.asarray(bias), None)
+    np.testing.assert_array_equal(got.get(), transpose_reference(case, x, w, bias).astype("f4"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_elementwise(dtype):
+    rng = np.random.default_rng(8)
+    maker = small_ints if dtype == "float32" else normal
+    dy = maker(rng, (3, 5, 4, 7), dtype)
+    x = maker(rng, dy.shape, dtype)
+    assert_close(GPU.bias_grad(dy), ref.bias_grad(dy), dtype, F64_RTOL)
+    np.testing.assert_array_equal(GPU.relu(x), np.maximum(x, 0))
+    np.testing.assert_array_equal(GPU.relu_backward(dy, x), ref.relu_backward(dy, x).astype(dtype))
+    # __expf is not used, but the GPU's expf / exp may differ from NumPy's by a few ulp
+    sigmoid_rtol = 1e-6 if dtype == "float32" else F64_RTOL
+    y = GPU.sigmoid(x)
+    np.testing.assert_allclose(y, ref.activate(x, "sigmoid"), rtol=sigmoid_rtol)
+    np.testing.assert_allclose(GPU.sigmoid_backward(dy, y), ref.sigmoid_backward(dy, y),
+                               rtol=sigmoid_rtol, atol=1e-7)
+
+
+def test_bitwise_deterministic_on_a_non_default_stream():
+    p = problem(EDGE["odd_channels"], "float32")
+    a = conv_inputs(p, 10, normal)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        for op in ("fprop", "dgrad", "wgrad"):
+            assert run_op(GPU, op, p, a, "relu").tobytes() == run_op(GPU, op, p, a, "relu").tobytes()
+
+
+def test_emulate_agrees_bitwise_with_cuda_on_small_integers():
+    from gpuconv.backends.kernel_backend import emulate_backend
+
+    p = problem(EDGE["dilation_stride"], "float32")
+    a = conv_inputs(p, 11, small_ints)
+    for op in ("fprop", "dgrad", "wgrad"):
+        assert np.array_equal(run_op(GPU, op, p, a), run_op(emulate_backend(), op, p, a)), op

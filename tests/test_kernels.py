@@ -1,0 +1,207 @@
+"""The CUDA kernels of kernels/*.cu, run by the emulator, against the float64 reference.
+
+Small-integer float32 inputs give exact sums, so those results compare with ==; float64 normal
+inputs compare within a relative 1e-10. The emulate backend fills every output with NaN before its
+kernel runs, so an element a kernel does not write fails the comparison. The same checks run under
+the reverse and random thread schedules, under AddressSanitizer and the shared-memory race
+detector, and with gcov line coverage of kernels/*.cu (printed by the run).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import gpuconv as gc
+from gpuconv import reference as ref
+from gpuconv.backends.kernel_backend import conv_args, emulate_backend
+from gpuconv.problem import Conv2dProblem, transpose_problem
+from problems import EDGE, conv_cases, normal, problem, small_ints, transpose_cases
+
+if not hasattr(__import__("gpuconv.emulate").emulate, "Module"):
+    pytest.skip("gpuconv.emulate.Module is not there yet (issue 3)", allow_module_level=True)
+
+ACTIVATIONS = [None, "relu", "sigmoid"]
+F64_RTOL = 1e-10
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300) if b.size else 0.0
+
+
+def conv_inputs(p, seed, maker, with_bias=True):
+    """x, w, dy and a bias per op (bias_k for fprop, bias_c for dgrad) of problem p."""
+    rng = np.random.default_rng(seed)
+    return dict(
+        x=maker(rng, p.x_shape, p.dtype), w=maker(rng, p.w_shape, p.dtype),
+        dy=maker(rng, p.y_shape, p.dtype),
+        bias_k=maker(rng, (p.K,), p.dtype) if with_bias else None,
+        bias_c=maker(rng, (p.C,), p.dtype) if with_bias else None,
+    )
+
+
+def run_op(impl, op, p, a, activation=None):
+    """``op`` of ``impl`` (a backend or gpuconv.reference: they share the signatures) on ``a``."""
+    if op == "fprop":
+        return impl.fprop(p, a["x"], a["w"], a["bias_k"], activation)
+    if op == "dgrad":
+        return impl.dgrad(p, a["dy"], a["w"], a["bias_c"])
+    return impl.wgrad(p, a["x"], a["dy"])
+
+
+def check_op(be, op, p, a, activation=None):
+    """Run ``op`` on backend ``be``; compare with the reference (== or 1e-10); return the result."""
+    got, want = run_op(be, op, p, a, activation), run_op(ref, op, p, a, activation)
+    assert got.dtype == p.dtype and got.shape == want.shape and got.flags.c_contiguous
+    if p.dtype == "float32" and activation != "sigmoid":
+        np.testing.assert_array_equal(got, want.astype(np.float32), err_msg=f"{op} {p.describe()}")
+    elif p.dtype == "float32":  # sigmoid of an exact sum: only expf's rounding, a few ulp
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=p.describe())
+    else:
+        assert rel_err(got, want) <= F64_RTOL, f"{op} {p.describe()}: {rel_err(got, want):.3g}"
+    return got
+
+
+# -- every op over the edge problems ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("name", EDGE)
+def test_fprop_exact(name, activation):
+    p = problem(EDGE[name], "float32")
+    check_op(emulate_backend(), "fprop", p, conv_inputs(p, 1, small_ints), activation)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("name", EDGE)
+def test_dgrad_exact(name, with_bias):
+    p = problem(EDGE[name], "float32")
+    check_op(emulate_backend(), "dgrad", p, conv_inputs(p, 2, small_ints, with_bias))
+
+
+@pytest.mark.parametrize("name", EDGE)
+def test_wgrad_exact(name):
+    p = problem(EDGE[name], "float32")
+    check_op(emulate_backend(), "wgrad", p, conv_inputs(p, 3, small_ints))
+
+
+@pytest.mark.parametrize("op", ["fprop", "dgrad", "wgrad"])
+@pytest.mark.parametrize("name", EDGE)
+def test_float64(name, op):
+    p = problem(EDGE[name], "float64")
+    check_op(emulate_backend(), op, p, conv_inputs(p, 4, normal), "sigmoid")
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=conv_cases())
+def test_random_problems_exact(case):
+    p = problem(case, "float32")
+    a = conv_inputs(p, 5, small_ints)
+    for op in ("fprop", "dgrad", "wgrad"):
+        check_op(emulate_backend(), op, p, a, "relu")
+
+
+# -- conv_transpose2d: dgrad with bias and a given P, Q (output_padding) ----------------------
+
+TRANSPOSE = {
+    # output_padding < stride: the extra bottom/right rows receive only the bias
+    "stride2_outpad1": dict(x=(2, 4, 3, 4), w=(4, 3, 3, 3), stride=2, padding=1, output_padding=1),
+    # output_padding >= stride, allowed because it is < dilation: P is not f(H)
+    "outpad_ge_stride": dict(x=(1, 2, 4, 3), w=(2, 3, 2, 3), stride=1, dilation=3,
+                             output_padding=2),
+    # groups, per-axis stride, dilation and output_padding
+    "groups_mixed": dict(x=(2, 4, 3, 3), w=(4, 2, 2, 3), stride=(3, 2), dilation=(1, 2),
+                         output_padding=(2, 1), padding=(1, 0), groups=2),
+}
+
+
+def transpose_call(case, x, w, bias, backend):
+    keys = {k: v for k, v in case.items() if k not in ("x", "w")}
+    return gc.conv_transpose2d(x, w, bias, **keys, backend=backend)
+
+
+def transpose_reference(case, x, w, bias):
+    keys = {k: v for k, v in case.items() if k not in ("x", "w")}
+    p = transpose_problem(case["x"], case["w"], **keys)
+    return ref.dgrad(p, x, w, bias)
+
+
+@pytest.mark.parametrize("name", TRANSPOSE)
+def test_conv_transpose2d_exact(name):
+    case, rng = TRANSPOSE[name], np.random.default_rng(6)
+    x, w = small_ints(rng, case["x"], "float32"), small_ints(rng, case["w"], "float32")
+    bias = small_ints(rng, (case["w"][1] * case.get("groups", 1),), "float32")
+    got = transpose_call(case, x, w, bias, "emulate")
+    np.testing.assert_array_equal(got, transpose_reference(case, x, w, bias).astype(np.float32))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=transpose_cases())
+def test_random_conv_transpose2d_float64(case):
+    rng = np.random.default_rng(7)
+    x, w = normal(rng, case["x"], "float64"), normal(rng, case["w"], "float64")
+    bias = normal(rng, (case["w"][1] * case.get("groups", 1),), "float64")
+    got = transpose_call(case, x, w, bias, "emulate")
+    assert rel_err(got, transpose_reference(case, x, w, bias)) <= F64_RTOL
+
+
+# -- bias gradient and activations ---------------------------------------------------------------
+
+
+def assert_close(got, want, dtype, rtol):
+    """Exact for float32 small integers; within ``rtol`` for float64 normals."""
+    if dtype == "float32":
+        np.testing.assert_array_equal(got, np.asarray(want).astype(dtype))
+    else:
+        assert rel_err(got, want) <= rtol
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_elementwise(dtype):
+    be, rng = emulate_backend(), np.random.default_rng(8)
+    maker = small_ints if dtype == "float32" else normal
+    dy = maker(rng, (3, 5, 4, 7), dtype)
+    x = maker(rng, dy.shape, dtype)
+    assert_close(be.bias_grad(dy), ref.bias_grad(dy), dtype, F64_RTOL)
+    np.testing.assert_array_equal(be.relu(x), np.maximum(x, 0))
+    np.testing.assert_array_equal(be.relu_backward(dy, x), ref.relu_backward(dy, x).astype(dtype))
+    # expf / exp round differently from NumPy's exp by a few ulp
+    sigmoid_rtol = 1e-6 if dtype == "float32" else F64_RTOL
+    y = be.sigmoid(x)
+    np.testing.assert_allclose(y, ref.activate(x, "sigmoid"), rtol=sigmoid_rtol)
+    np.testing.assert_allclose(be.sigmoid_backward(dy, y), ref.sigmoid_backward(dy, y),
+                               rtol=sigmoid_rtol, atol=1e-7)
+
+
+def test_relu_passes_nan_as_torch():
+    x = np.array([np.nan, -1.0, 0.0, 2.0], np.float32)
+    np.testing.assert_array_equal(emulate_backend().relu(x), [np.nan, 0, 0, 2])
+
+
+# -- reproducibility, poisoning, sizes -----------------------------------------------------------
+
+
+def test_bitwise_deterministic():
+    p = problem(EDGE["groups"], "float32")
+    a = conv_inputs(p, 10, normal)
+    be = emulate_backend()
+    for op in ("fprop", "dgrad", "wgrad"):
+        first = run_op(be, op, p, a, "relu")
+        assert first.tobytes() == run_op(be, op, p, a, "relu").tobytes(), op
+
+
+def test_emulate_outputs_are_poisoned_before_the_kernel():
+    assert np.isnan(emulate_backend()._empty((4, 3), "float32")).all()
+
+
+def test_a_size_beyond_int32_raises_before_launch():
+    p = Conv2dProblem(1, 1, 2**31, 1, 1, 1, 1, 2**31, 1)
+    with pytest.raises(ValueError, match="32-bit"):
+        conv_args(p)
+
+
+def test_tensors_beyond_int32_elements_use_64_bit_sizes():
+    # 2**31 + elements in total, every single size small: accepted, nothing to raise.
+    p = Conv2dProblem(2**16, 64, 32, 32, 64, 3, 3, 30, 30)
+    assert all(isinstance(v, np.int32) for v in conv_args(p))
