@@ -1,0 +1,332 @@
+"""The NumPy backend: every op as BLAS matrix products, no Python loop over pixels or images.
+
+The shifted-GEMM formulation. The padded input is stored channels-last and grouped,
+``xh[g, n, h, w, c]``, and flattened per group, so one output pixel's input pixel for filter tap
+(r, s) sits at a fixed flat offset from the output pixel's own position: a whole tap is *one*
+strided view of the input, and batch and pixels share the GEMM's M dimension. Channels-last also
+makes the S taps of one filter row adjacent in memory: input pixels q·stride + s (s = 0..S-1) hold
+S·C consecutive numbers, so with dilation 1 a GEMM reduces over (s, c) at once, reading the rows of
+a plain strided view. To keep those rows from overlapping (S > stride), the output pixels are split
+into T = ceil(S / stride) column phases, each one GEMM whose rows are T pixels apart. So a 3×3
+layer is 3 phases × 3 filter rows = 9 GEMMs of reduction 3·C, accumulating over the 3 rows: no
+im2col copy, and one third of the accumulation traffic of one GEMM per tap.
+
+Vertical stride is removed by splitting the padded input's rows into stride_h phases (a reordering,
+not a copy per tap), so every view is a stride-1 window along the rows. Outputs are computed on a
+virtual grid as wide as the padded input and cropped at the end; every valid output reads only
+valid input, and the zero-filled slack under the buffers keeps the cropped ones finite.
+
+dgrad is the same correlation run on dy with the transposed, flipped filter. Strided dgrad is split
+into stride_h × stride_w output phases, each a dense stride-1 correlation over only the taps that
+reach it (DESIGN.md), so nothing is multiplied by an inserted zero. wgrad reuses fprop's views
+with the roles of the operands swapped. Groups are a leading batch axis of ``np.matmul``. 1×1
+filters skip the layout change: NCHW is already a matrix per image.
+
+Deterministic: a fixed sequence of BLAS calls and NumPy reductions, no threads of our own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..problem import Conv2dProblem
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# -- the shifted input --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Where a stride-1-along-rows correlation's operands live in the flat shifted input.
+
+    Output pixel (n, p, q) has flat index l = (n·Pv + p)·Qv + q on a virtual Pv × Qv grid per image
+    (valid part P × Q). Its tap (r, s), channel c is at flat element
+    ``(l·sw + (r·dh // sh)·Wx + s·dw)·Cg + c`` of row phase (r·dh) % sh of the input buffer.
+    """
+
+    G: int
+    N: int
+    Cg: int
+    P: int
+    Q: int
+    Pv: int  # virtual output rows per image = padded rows per row phase
+    Qv: int  # virtual output columns = Wx / sw
+    Wx: int  # padded input width, a multiple of sw
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    fold: int  # taps reduced by one GEMM along S: S when dw == 1, else 1
+    T: int  # column phases, so that GEMM rows (T·sw·Cg apart) do not overlap (fold·Cg long)
+    phase_len: int  # elements of one row phase: N·Pv·Wx·Cg
+    M: int  # GEMM rows per column phase: ceil(N·Pv·Qv / T)
+
+    @property
+    def L(self) -> int:  # virtual output pixels
+        return self.N * self.Pv * self.Qv
+
+
+def _shifted_input(xg, pad, stride, dilation, R, S, out_hw):
+    """The padded, row-phase-split, channels-last copy of xg[G, N, Hin, Win, Cg] and its _Grid.
+
+    ``pad`` = (top, bottom, left, right) may be negative (dgrad phases crop dy instead of padding
+    it). Only the padded rows and columns some output reads are stored.
+    """
+    G, N, Hin, Win, Cg = xg.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    P, Q = out_hw
+    top, _, left, _ = pad
+    # Padded extent read by the last output, rounded up to whole stride periods so that the
+    # row phases have equal length and the virtual grid is exactly Wx / sw wide.
+    Hx = _ceil_div((P - 1) * sh + (R - 1) * dh + 1, sh) * sh
+    Wx = _ceil_div((Q - 1) * sw + (S - 1) * dw + 1, sw) * sw
+    Pv, Qv = Hx // sh, Wx // sw
+    fold = S if dw == 1 else 1
+    T = _ceil_div(fold, sw)
+    M = _ceil_div(N * Pv * Qv, T)
+    phase_len = N * Pv * Wx * Cg
+    # The last GEMM row reads up to this far past the end of the last row phase.
+    slack = (M * T - N * Pv * Qv) * sw * Cg + ((R - 1) * dh // sh * Wx + (S - 1) * dw + T * sw) * Cg
+    buf = np.zeros((G, sh * phase_len + slack), xg.dtype)
+    phases = buf[:, : sh * phase_len].reshape(G, sh, N, Pv, Wx, Cg)
+    # Padded column wp holds input column wp - left; padded row i·sh + rho holds input row
+    # i·sh + rho - top.
+    w_lo, w_hi = max(left, 0), min(Wx, left + Win)
+    for rho in range(sh):
+        i_lo = max(_ceil_div(top - rho, sh), 0)
+        i_hi = min(_ceil_div(top + Hin - rho, sh), Pv)
+        if i_lo < i_hi and w_lo < w_hi:
+            h_lo = i_lo * sh + rho - top
+            phases[:, rho, :, i_lo:i_hi, w_lo:w_hi] = xg[
+                :, :, h_lo : h_lo + (i_hi - i_lo - 1) * sh + 1 : sh, w_lo - left : w_hi - left
+            ]
+    grid = _Grid(G, N, Cg, P, Q, Pv, Qv, Wx, sh, sw, dh, dw, fold, T, phase_len, M)
+    return buf, grid
+
+
+def _tap_views(buf, g: _Grid, R: int, S: int):
+    """(r, s0, t, A) for every GEMM: A[G, M, fold·Cg] holds taps (r, s0..s0+fold-1) of the output
+    pixels l = T·j + t, j = 0..M-1, as a strided view of ``buf`` (no copy)."""
+    row = g.T * g.sw * g.Cg
+    for r in range(R):
+        delta, rho = divmod(r * g.dh, g.sh)  # padded row p·sh + r·dh = (p + delta)·sh + rho
+        for s0 in range(0, S, g.fold):
+            for t in range(g.T):
+                start = rho * g.phase_len + (t * g.sw + delta * g.Wx + s0 * g.dw) * g.Cg
+                rows = buf[:, start : start + g.M * row].reshape(g.G, g.M, row)
+                yield r, s0, t, rows[:, :, : g.fold * g.Cg]
+
+
+def _correlate(xg, wt, pad, stride, dilation, out_hw):
+    """out[G, N, P, Q, Kout] = Σ_{r,s,c} x_padded[g, n, p·sh + r·dh, q·sw + s·dw, c]·wt[g, r, s, c, k].
+
+    xg[G, N, Hin, Win, Cin] is any view; wt[G, R, S, Cin, Kout]. Returns a view of a new buffer.
+    """
+    G, R, S, _, Kout = wt.shape
+    buf, g = _shifted_input(xg, pad, stride, dilation, R, S, out_hw)
+    acc = np.empty((G, g.M * g.T, Kout), xg.dtype)
+    # Output pixel l = T·j + t of column phase t is row j of this view.
+    acc_phase = acc.reshape(G, g.M, g.T, Kout)
+    tmp = np.empty((G, g.M, Kout), xg.dtype) if R * S > g.fold else None
+    for r, s0, t, a in _tap_views(buf, g, R, S):
+        w_rs = wt[:, r, s0 : s0 + g.fold].reshape(G, g.fold * wt.shape[3], Kout)
+        if r == 0 and s0 == 0:
+            np.matmul(a, w_rs, out=acc_phase[:, :, t])
+        else:
+            np.matmul(a, w_rs, out=tmp)
+            acc_phase[:, :, t] += tmp
+    del buf
+    grid = acc[:, : g.L].reshape(G, g.N, g.Pv, g.Qv, Kout)
+    return grid[:, :, : g.P, : g.Q]
+
+
+# -- layouts ------------------------------------------------------------------------------------
+
+
+def _grouped_channels_last(a, groups: int):
+    """a[N, G·Cg, H, W] viewed as [G, N, H, W, Cg] (no copy)."""
+    N, C, H, W = a.shape
+    return a.reshape(N, groups, C // groups, H, W).transpose(1, 0, 3, 4, 2)
+
+
+def _to_nchw(out, y, bias):
+    """Write out[G, N, P, Q, Kg] into y[N, G·Kg, P, Q], adding bias[G·Kg] on the way."""
+    G, N, P, Q, Kg = out.shape
+    src = out.transpose(1, 0, 4, 2, 3)
+    dst = y.reshape(N, G, Kg, P, Q)
+    if bias is None:
+        np.copyto(dst, src)
+    else:
+        np.add(src, bias.reshape(G, Kg, 1, 1), out=dst)
+
+
+def _is_pointwise(p: Conv2dProblem) -> bool:
+    """1×1 filter, no padding: every op is a matrix product per image in NCHW as it stands."""
+    return p.R == 1 and p.S == 1 and not any(p.padding)
+
+
+def _activate_inplace(y, activation):
+    if activation == "relu":
+        np.maximum(y, 0, out=y)
+    elif activation == "sigmoid":
+        _sigmoid_inplace(y)
+
+
+def _sigmoid_inplace(y):
+    """σ(y) in place, through exp(-|y|) ≤ 1 so that nothing overflows."""
+    negative = y < 0
+    np.abs(y, out=y)
+    np.negative(y, out=y)
+    np.exp(y, out=y)  # e = exp(-|y|)
+    e = y.copy()
+    y += 1
+    np.reciprocal(y, out=y)  # 1 / (1 + e) = σ(|y|)
+    # σ(-|y|) = e / (1 + e)
+    np.multiply(y, e, out=y, where=negative)
+
+
+# -- the ops ------------------------------------------------------------------------------------
+
+
+def fprop(p: Conv2dProblem, x, w, bias=None, activation=None):
+    G, Cg, Kg = p.groups, p.C_per_group, p.K_per_group
+    y = np.empty(p.y_shape, x.dtype)
+    if _is_pointwise(p):
+        sh, sw = p.stride
+        xs = np.ascontiguousarray(x[:, :, ::sh, ::sw]).reshape(p.N, G, Cg, p.P * p.Q)
+        np.matmul(w.reshape(G, Kg, Cg), xs, out=y.reshape(p.N, G, Kg, p.P * p.Q))
+        if bias is not None:
+            y += bias.reshape(-1, 1, 1)
+    else:
+        # wt[g, r, s, c, k] = w[g·Kg + k, c, r, s]: (s, c) contiguous, as the folded taps read.
+        wt = np.ascontiguousarray(w.reshape(G, Kg, Cg, p.R, p.S).transpose(0, 3, 4, 2, 1))
+        out = _correlate(
+            _grouped_channels_last(x, G), wt, p.padding, p.stride, p.dilation, (p.P, p.Q)
+        )
+        _to_nchw(out, y, bias)
+    _activate_inplace(y, activation)
+    return y
+
+
+def _dgrad_phase(P: int, H: int, pad_lo: int, stride: int, dil: int, R: int, a: int):
+    """One axis of strided dgrad's phase a: padded-input rows hp ≡ a (mod stride).
+
+    Row hp = p·stride + r·dil receives dy row p = i - m_r for hp = i·stride + a, from the taps with
+    r·dil ≡ a, where m_r = (r·dil - a) / stride. Listed by decreasing r, those taps are a stride-1
+    correlation of dy with dilation step·dil/stride (step: spacing of such r). Returns (taps,
+    dilation, dy padding (before, after), rows out), or None when no dx row or no tap falls in the
+    phase.
+    """
+    taps = [r for r in range(R - 1, -1, -1) if (r * dil) % stride == a]
+    i0 = _ceil_div(pad_lo - a, stride)  # first phase row inside dx: i·stride + a ≥ pad_lo
+    rows = _ceil_div(pad_lo + H - a, stride) - i0
+    if not taps or rows <= 0:
+        return None
+    m_max = (taps[0] * dil - a) // stride
+    step_dil = (taps[0] - taps[1]) * dil // stride if len(taps) > 1 else 1
+    before = m_max - i0  # dy row i - m_max is row 0 of the correlation's window for output i
+    after = rows + (len(taps) - 1) * step_dil - P - before
+    return taps, step_dil, (before, after), rows
+
+
+def dgrad(p: Conv2dProblem, dy, w, bias=None):
+    G, Cg, Kg = p.groups, p.C_per_group, p.K_per_group
+    (sh, sw), (dh, dw) = p.stride, p.dilation
+    if _is_pointwise(p) and p.stride == (1, 1) and (p.H, p.W) == (p.P, p.Q):
+        dx = np.empty(p.x_shape, dy.dtype)
+        wT = w.reshape(G, Kg, Cg).transpose(0, 2, 1)
+        np.matmul(wT, dy.reshape(p.N, G, Kg, p.P * p.Q), out=dx.reshape(p.N, G, Cg, p.H * p.W))
+        if bias is not None:
+            dx += bias.reshape(-1, 1, 1)
+        return dx
+    dx = np.empty(p.x_shape, dy.dtype)
+    dyg = _grouped_channels_last(dy, G)
+    # wT[g, r, s, k, c] = w[g·Kg + k, c, r, s]: the filter with K and C swapped.
+    wT = w.reshape(G, Kg, Cg, p.R, p.S).transpose(0, 3, 4, 1, 2)
+    top, left = p.padding[0], p.padding[2]
+    for a in range(sh):
+        phase_h = _dgrad_phase(p.P, p.H, top, sh, dh, p.R, a)
+        for b in range(sw):
+            phase_w = _dgrad_phase(p.Q, p.W, left, sw, dw, p.S, b)
+            # dx rows h ≡ (a - top) (mod sh) belong to phase a, columns likewise.
+            h0, w0 = (a - top) % sh, (b - left) % sw
+            dst = dx[:, :, h0::sh, w0::sw]
+            if phase_h is None or phase_w is None:
+                dst[...] = 0 if bias is None else bias.reshape(-1, 1, 1)
+                continue
+            taps_h, dil_h, pad_h, rows = phase_h
+            taps_w, dil_w, pad_w, cols = phase_w
+            wt = np.ascontiguousarray(wT[:, taps_h][:, :, taps_w])
+            out = _correlate(dyg, wt, pad_h + pad_w, (1, 1), (dil_h, dil_w), (rows, cols))
+            _to_nchw(out, dst, bias)
+    return dx
+
+
+def wgrad(p: Conv2dProblem, x, dy):
+    G, Cg, Kg = p.groups, p.C_per_group, p.K_per_group
+    if _is_pointwise(p):
+        sh, sw = p.stride
+        xs = x[:, :, ::sh, ::sw].reshape(p.N, G, Cg, p.P, p.Q)
+        # One reduction over (n, p, q): gather each group's images side by side.
+        xs = np.ascontiguousarray(xs.transpose(1, 2, 0, 3, 4))
+        dys = np.ascontiguousarray(dy.reshape(p.N, G, Kg, -1).transpose(1, 2, 0, 3))
+        dw = np.matmul(dys.reshape(G, Kg, -1), xs.reshape(G, Cg, -1).transpose(0, 2, 1))
+        return dw.reshape(p.w_shape)
+    buf, g = _shifted_input(
+        _grouped_channels_last(x, G), p.padding, p.stride, p.dilation, p.R, p.S, (p.P, p.Q)
+    )
+    # dy on fprop's virtual output grid, zero where the grid has no valid output.
+    dy_grid = np.zeros((G, g.M * g.T, Kg), dy.dtype)
+    dy_valid = dy_grid[:, : g.L].reshape(G, g.N, g.Pv, g.Qv, Kg)[:, :, : p.P, : p.Q]
+    np.copyto(dy_valid, _grouped_channels_last(dy, G))
+    dy_phase = dy_grid.reshape(G, g.M, g.T, Kg)
+    dwt = np.zeros((G, p.R, p.S, Cg, Kg), dy.dtype)  # dwt[g, r, s, c, k]
+    for r, s0, t, a in _tap_views(buf, g, p.R, p.S):
+        dwt[:, r, s0 : s0 + g.fold] += np.matmul(
+            a.transpose(0, 2, 1), dy_phase[:, :, t]
+        ).reshape(G, g.fold, Cg, Kg)
+    return np.ascontiguousarray(dwt.transpose(0, 4, 3, 1, 2)).reshape(p.w_shape)
+
+
+def bias_grad(dy):
+    N, K = dy.shape[:2]
+    return dy.reshape(N, K, -1).sum(axis=2).sum(axis=0)
+
+
+def relu(x):
+    return np.maximum(x, 0)
+
+
+def relu_backward(dy, x):
+    return np.where(x > 0, dy, 0)
+
+
+def sigmoid(x):
+    y = x.copy()
+    _sigmoid_inplace(y)
+    return y
+
+
+def sigmoid_backward(dy, y):
+    return dy * y * (1 - y)
+
+
+class _NumpyBackend:
+    name = "numpy"
+    xp = np
+    fprop = staticmethod(fprop)
+    dgrad = staticmethod(dgrad)
+    wgrad = staticmethod(wgrad)
+    bias_grad = staticmethod(bias_grad)
+    relu = staticmethod(relu)
+    relu_backward = staticmethod(relu_backward)
+    sigmoid = staticmethod(sigmoid)
+    sigmoid_backward = staticmethod(sigmoid_backward)
+
+
+BACKEND = _NumpyBackend()

@@ -1,0 +1,211 @@
+"""The numpy backend against the float64 reference: the named edge problems, random problems drawn
+by hypothesis (convolutions and transposed convolutions), small integers compared exactly, bitwise
+determinism, and the elementwise ops.
+
+The backend is called directly with the checked problem (the API's argument handling has its own
+tests in test_api.py / test_errors.py).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from gpuconv import reference
+from gpuconv.backends.numpy_backend import BACKEND
+from gpuconv.problem import conv_problem, transpose_problem
+from problems import EDGE, RESNET, float32_tolerance, normal, problem, small_ints
+
+OPS = ("fprop", "dgrad", "wgrad")
+
+
+def operands(p, rng, draw):
+    """x, w, dy and a bias for each direction (fprop's over K, dgrad's over C)."""
+    return dict(
+        x=draw(rng, p.x_shape, p.dtype),
+        w=draw(rng, p.w_shape, p.dtype),
+        dy=draw(rng, p.y_shape, p.dtype),
+        bias_k=draw(rng, (p.K,), p.dtype),
+        bias_c=draw(rng, (p.C,), p.dtype),
+    )
+
+
+def run(p, op, a, impl, activation=None):
+    if op == "fprop":
+        return impl.fprop(p, a["x"], a["w"], a["bias_k"], activation)
+    if op == "dgrad":
+        return impl.dgrad(p, a["dy"], a["w"], a["bias_c"])
+    return impl.wgrad(p, a["x"], a["dy"])
+
+
+def check_float64(p, op, a, activation=None):
+    got = run(p, op, a, BACKEND, activation)
+    want = run(p, op, a, reference, activation)
+    assert got.dtype == np.float64 and got.shape == want.shape and got.flags.c_contiguous
+    err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
+    assert err <= 1e-10, f"{op} {p.describe()}: relative error {err:.2e}"
+
+
+def check_float32(p, op, a):
+    got = run(p, op, a, BACKEND)
+    want = run(p, op, a, reference)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    tol = float32_tolerance(p.gemm_shape(op)[2])
+    err = np.abs(got - want).max()
+    assert err <= tol, f"{op} {p.describe()}: abs error {err:.2e} > {tol:.2e}"
+
+
+# -- the named edge problems ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("name", EDGE)
+def test_edge_float64(name, op):
+    p = problem(EDGE[name], "float64")
+    check_float64(p, op, operands(p, np.random.default_rng(1), normal))
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("name", EDGE)
+def test_edge_float32(name, op):
+    p = problem(EDGE[name], "float32")
+    check_float32(p, op, operands(p, np.random.default_rng(2), normal))
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("name", EDGE)
+def test_edge_small_integers_exact(name, op):
+    p = problem(EDGE[name], "float32")
+    a = operands(p, np.random.default_rng(3), small_ints)
+    np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("name", RESNET)
+def test_resnet_float32(name, op):
+    p = problem(RESNET[name], "float32")
+    check_float32(p, op, operands(p, np.random.default_rng(4), normal))
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+@pytest.mark.parametrize("name", ["asym_pad", "1x1_kernel", "depthwise"])
+def test_fused_bias_activation(name, activation):
+    p = problem(EDGE[name], "float64")
+    check_float64(p, "fprop", operands(p, np.random.default_rng(5), normal), activation)
+
+
+# -- random problems ---------------------------------------------------------------------------
+
+
+@st.composite
+def conv_problems(draw):
+    """Valid conv2d problems: asymmetric padding, dilation, groups (depthwise when C/groups = 1),
+    stride larger than the kernel, P or Q = 1, N = 1."""
+    R, S = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    groups = draw(st.integers(1, 3))
+    N, Cg, Kg = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    # The padded input is at least as large as the dilated kernel, plus 0..5 spare pixels.
+    H = max(1, dilation[0] * (R - 1) + 1 - padding[0] - padding[1]) + draw(st.integers(0, 5))
+    W = max(1, dilation[1] * (S - 1) + 1 - padding[2] - padding[3]) + draw(st.integers(0, 5))
+    return conv_problem((N, groups * Cg, H, W), (groups * Kg, Cg, R, S), stride, padding,
+                        dilation, groups, "float64")
+
+
+@st.composite
+def transpose_problems(draw):
+    """Valid conv_transpose2d problems, output_padding included (up to max(stride, dilation)-1,
+    so it may exceed the stride when the dilation allows it)."""
+    R, S = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    out_pad = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    groups = draw(st.integers(1, 3))
+    N, Cg, Kg = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    Hin, Win = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    # Output size (Hin-1)·stride - 2·pad + dil·(R-1) + out_pad + 1 must be positive.
+    assume(all((i - 1) * s - 2 * q + d * (k - 1) + o + 1 > 0 for i, s, q, d, k, o in
+               zip((Hin, Win), stride, padding, dilation, (R, S), out_pad)))
+    return transpose_problem((N, groups * Kg, Hin, Win), (groups * Kg, Cg, R, S), stride,
+                             padding, out_pad, groups, dilation, "float64")
+
+
+RANDOM = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@RANDOM
+@given(p=conv_problems(), seed=st.integers(0, 2**32 - 1))
+def test_random_conv_float64(p, seed):
+    a = operands(p, np.random.default_rng(seed), normal)
+    for op in OPS:
+        check_float64(p, op, a)
+
+
+@RANDOM
+@given(p=transpose_problems(), seed=st.integers(0, 2**32 - 1))
+def test_random_transpose_float64(p, seed):
+    check_float64(p, "dgrad", operands(p, np.random.default_rng(seed), normal))
+
+
+@RANDOM
+@given(p=conv_problems(), seed=st.integers(0, 2**32 - 1))
+def test_random_small_integers_exact(p, seed):
+    p = conv_problem(p.x_shape, p.w_shape, p.stride, p.padding, p.dilation, p.groups, "float32")
+    a = operands(p, np.random.default_rng(seed), small_ints)
+    for op in OPS:
+        np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
+
+
+# -- determinism, dtype, the elementwise ops ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["odd_channels", "dilation_stride", "groups"])
+def test_bitwise_deterministic(name):
+    p = problem(EDGE[name], "float32")
+    a = operands(p, np.random.default_rng(6), normal)
+    for op in OPS:
+        first = run(p, op, a, BACKEND)
+        for _ in range(3):
+            assert run(p, op, a, BACKEND).tobytes() == first.tobytes(), op
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bias_grad(dtype):
+    dy = normal(np.random.default_rng(7), (3, 5, 4, 6), dtype)
+    db = BACKEND.bias_grad(dy)
+    assert db.dtype == dtype and db.shape == (5,)
+    np.testing.assert_allclose(db, reference.bias_grad(dy), rtol=1e-5 if dtype == "float32" else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_elementwise(dtype):
+    rng = np.random.default_rng(8)
+    x, dy = normal(rng, (2, 3, 4, 5), dtype), normal(rng, (2, 3, 4, 5), dtype)
+    y = BACKEND.sigmoid(x)
+    results = [BACKEND.relu(x), BACKEND.relu_backward(dy, x), y, BACKEND.sigmoid_backward(dy, y)]
+    wants = [reference.activate(x, "relu"), reference.relu_backward(dy, x),
+             reference.activate(x, "sigmoid"), reference.sigmoid_backward(dy, y)]
+    for got, want in zip(results, wants):
+        assert got.dtype == dtype and got.flags.c_contiguous
+        np.testing.assert_allclose(got, want, rtol=1e-6 if dtype == "float32" else 1e-14)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sigmoid_large_inputs_do_not_overflow(dtype):
+    x = np.array([-1e4, -800.0, -50.0, 0.0, 50.0, 800.0, 1e4], dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow in exp would raise here
+        y = BACKEND.sigmoid(x)
+        fused = BACKEND.fprop(conv_problem((1, 1, 1, 7), (1, 1, 1, 1), dtype=dtype),
+                              x.reshape(1, 1, 1, 7), np.ones((1, 1, 1, 1), dtype), None, "sigmoid")
+    want = np.array([0.0, 0.0, np.exp(-50.0) / (1 + np.exp(-50.0)), 0.5,
+                     1 / (1 + np.exp(-50.0)), 1.0, 1.0])
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(fused.ravel(), y)
