@@ -1,0 +1,190 @@
+"""``gpuconv info``: what this machine offers gpuconv, and which backends work on it.
+
+Every probe catches its own errors, so a missing CuPy, GPU, compiler or kernel is reported as such
+and never stops the report. ``backend_status`` is also how ``demo`` and ``selftest`` find the
+backends present.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+NOT_INSTALLED = "not installed"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def cupy_version() -> str:
+    try:
+        import cupy
+    except ImportError:
+        return NOT_INSTALLED
+    return cupy.__version__
+
+
+def torch_version() -> str:
+    """PyTorch's version from its metadata (importing torch takes seconds)."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return NOT_INSTALLED
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def cuda_facts() -> dict[str, str]:
+    """CUDA runtime and driver versions and the first device, through CuPy."""
+    if cupy_version() == NOT_INSTALLED:
+        return {"CUDA runtime": "n/a (no CuPy)", "CUDA driver": "n/a (no CuPy)",
+                "device": "n/a (no CuPy)"}
+    import cupy
+
+    facts = {}
+    try:
+        facts["CUDA runtime"] = _cuda_version(cupy.cuda.runtime.runtimeGetVersion())
+        facts["CUDA driver"] = _cuda_version(cupy.cuda.runtime.driverGetVersion())
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver, no device: CuPy raises its own CUDARuntimeError
+        facts.setdefault("CUDA runtime", "unknown")
+        facts.setdefault("CUDA driver", "unknown")
+        facts["device"] = f"none ({_first_line(e)})"
+        return facts
+    if count == 0:
+        facts["device"] = "none"
+        return facts
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    major, minor = props["major"], props["minor"]
+    facts["device"] = (f"{props['name'].decode()} (compute capability {major}.{minor}, "
+                       f"{props['totalGlobalMem'] / 2**30:.0f} GiB){' + %d more' % (count - 1) if count > 1 else ''}")
+    return facts
+
+
+def nvrtc_version() -> str:
+    """NVRTC's version through CuPy, else through cuda-bindings (which needs no GPU)."""
+    try:
+        import cupy
+
+        return "%d.%d" % cupy.cuda.nvrtc.getVersion()
+    except Exception:
+        pass
+    from .compile_check import nvrtc_available, nvrtc_version as bindings_version
+
+    return f"{bindings_version()} (cuda-bindings)" if nvrtc_available() else NOT_INSTALLED
+
+
+def host_compiler() -> str:
+    """The C++ compiler the emulator uses ($CXX, else c++, g++ or clang++) and its version."""
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        path = name and shutil.which(name)
+        if path:
+            run = subprocess.run([path, "--version"], capture_output=True, text=True)
+            version = run.stdout.splitlines()[0] if run.stdout else "version unknown"
+            return f"{path}: {version}"
+    return "none found (install g++ or clang++ for the emulate backend)"
+
+
+def device_name(backend: str) -> str:
+    """What runs the kernels of ``backend``: the GPU, or this machine's CPU."""
+    if backend == "cuda":
+        return cuda_facts()["device"]
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU: {cpu}, {os.cpu_count()} cores"
+
+
+@functools.lru_cache(maxsize=None)
+def backend_status(name: str) -> str:
+    """'ok' when backend ``name`` runs every op on a tiny problem, else why it does not."""
+    from . import api
+
+    try:
+        if name == "cuda":
+            import cupy
+
+            xp = cupy
+        else:
+            xp = np
+        rng = np.random.default_rng(0)
+        x = xp.asarray(rng.standard_normal((1, 2, 5, 5)), dtype=xp.float32)
+        w = xp.asarray(rng.standard_normal((3, 2, 3, 3)), dtype=xp.float32)
+        b = xp.zeros(3, xp.float32)
+        y = api.conv2d(x, w, b, padding=1, activation="relu", backend=name)
+        api.conv2d_input(x.shape, w, y, padding=1, backend=name)
+        api.conv2d_weight(x, w.shape, y, padding=1, backend=name)
+        api.conv2d_bias(y, backend=name)
+        api.sigmoid_backward(y, api.sigmoid(y, backend=name), backend=name)
+        api.relu_backward(y, api.relu(y, backend=name), backend=name)
+    except ImportError as e:
+        return f"unavailable: {_first_line(e)}"
+    except Exception as e:
+        return f"fails: {_first_line(e)}"
+    return "ok"
+
+
+def backends_present() -> list[str]:
+    return [name for name in ("numpy", "emulate", "cuda") if backend_status(name) == "ok"]
+
+
+def best_backend() -> str:
+    """``cuda`` when CuPy, a GPU and the kernels work, else ``numpy``."""
+    return "cuda" if backend_status("cuda") == "ok" else "numpy"
+
+
+def nvrtc_compile_status() -> str:
+    """Whether the kernels compile with NVRTC (for sm_80), which needs no GPU."""
+    from . import compile_check
+
+    if not compile_check.nvrtc_available():
+        return "not checked (install cuda-bindings and nvidia-cuda-nvrtc)"
+    try:
+        for filename in compile_check.KERNELS:
+            compile_check.compile_nvrtc(filename, "sm_80")
+    except Exception as e:
+        return f"fails: {_first_line(e)}"
+    return f"ok ({len(compile_check.KERNELS)} files, sm_80)"
+
+
+def collect(check_backends: bool = True) -> dict[str, str]:
+    """Every fact ``gpuconv info`` prints, in order."""
+    from . import __version__
+
+    facts = {
+        "gpuconv": __version__,
+        "Python": f"{platform.python_version()} ({sys.executable})",
+        "platform": platform.platform(),
+        "NumPy": np.__version__,
+        "CuPy": cupy_version(),
+        **cuda_facts(),
+        "NVRTC": nvrtc_version(),
+        "PyTorch": torch_version(),
+        "C++ compiler (emulate)": host_compiler(),
+    }
+    if check_backends:
+        for name in ("numpy", "emulate", "cuda"):
+            facts[f"backend {name}"] = backend_status(name)
+        facts["kernels compile (NVRTC)"] = nvrtc_compile_status()
+    return facts
+
+
+def main(args) -> int:
+    facts = collect()
+    width = max(map(len, facts))
+    for key, value in facts.items():
+        print(f"{key:<{width}}  {value}")
+    return 0
