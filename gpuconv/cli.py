@@ -61,7 +61,14 @@ def _bench(argv: list[str]) -> int:
     except ImportError as e:
         print(f"gpuconv bench: the benchmark module is not available ({e})", file=sys.stderr)
         return 2
-    return bench.main(argv)
+    try:
+        return bench.main(argv)
+    except SystemExit as e:  # its argparse: --help or bad arguments
+        return _exit_code(e)
+
+
+def _exit_code(e: SystemExit) -> int:
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
 
 
 def main(argv=None) -> int:
@@ -71,7 +78,7 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version (0) or bad arguments (2, usage printed)
-        return e.code
+        return _exit_code(e)
     if args.command == "demo":
         from . import demo
 

@@ -36,6 +36,7 @@ SEED000_LOSS = (4566.69, 46.41)
 SEED003_KERNELS = ([[0, 0, 1], [0, 2, 0], [1, 0, 1]],
                    [[1, 0, 0, 1], [1, 0, 0, 1], [0, -1, -1, 0], [0, 1, 1, 0]])
 SEED003_LOSS = {99: 641.10, 1999: 8.01}
+SEED003_MIN_REDUCTION = 50  # ok when each loss falls at least this much (the note's: 80× from step 100)
 
 
 @dataclass
@@ -339,7 +340,7 @@ def seed003_single_channel(ctx: Context) -> Result:
                         for label, losses in curves.items())
     summary += f" in {steps} steps (note, no activation: {SEED003_LOSS[1999]:g} after 2000)"
     return Result("seed003-single-channel", "seed 003: single channel, relu and sigmoid",
-                  all(r > 100 for r in reductions.values()), summary,
+                  all(r >= SEED003_MIN_REDUCTION for r in reductions.values()), summary,
                   dict(steps=steps, **{label: dict(first_loss=l[0], final_loss=l[-1])
                                        for label, l in curves.items()}), png)
 

@@ -19,7 +19,8 @@ import numpy as np
 NOT_INSTALLED = "not installed"
 
 
-def _first_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
 
@@ -59,7 +60,7 @@ def cuda_facts() -> dict[str, str]:
     except Exception as e:  # no driver, no device: CuPy raises its own CUDARuntimeError
         facts.setdefault("CUDA runtime", "unknown")
         facts.setdefault("CUDA driver", "unknown")
-        facts["device"] = f"none ({_first_line(e)})"
+        facts["device"] = f"none ({error_line(e)})"
         return facts
     if count == 0:
         facts["device"] = "none"
@@ -84,15 +85,32 @@ def nvrtc_version() -> str:
     return f"{bindings_version()} (cuda-bindings)" if nvrtc_available() else NOT_INSTALLED
 
 
-def host_compiler() -> str:
-    """The C++ compiler the emulator uses ($CXX, else c++, g++ or clang++) and its version."""
+def host_compiler_path() -> str | None:
+    """The C++ compiler the emulator uses: $CXX, else c++, g++ or clang++; None without one."""
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
         path = name and shutil.which(name)
         if path:
-            run = subprocess.run([path, "--version"], capture_output=True, text=True)
-            version = run.stdout.splitlines()[0] if run.stdout else "version unknown"
-            return f"{path}: {version}"
-    return "none found (install g++ or clang++ for the emulate backend)"
+            return path
+    return None
+
+
+def host_compiler() -> str:
+    """The emulator's C++ compiler and its version."""
+    path = host_compiler_path()
+    if path is None:
+        return "none found (install g++ or clang++ for the emulate backend)"
+    run = subprocess.run([path, "--version"], capture_output=True, text=True)
+    return f"{path}: {run.stdout.splitlines()[0] if run.stdout else 'version unknown'}"
+
+
+def gpu_count() -> int:
+    """CUDA devices CuPy sees (0 without CuPy, driver or device)."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # ImportError, or CuPy's CUDARuntimeError without a driver
+        return 0
 
 
 def device_name(backend: str) -> str:
@@ -131,9 +149,9 @@ def backend_status(name: str) -> str:
         api.sigmoid_backward(y, api.sigmoid(y, backend=name), backend=name)
         api.relu_backward(y, api.relu(y, backend=name), backend=name)
     except ImportError as e:
-        return f"unavailable: {_first_line(e)}"
+        return f"unavailable: {error_line(e)}"
     except Exception as e:
-        return f"fails: {_first_line(e)}"
+        return f"fails: {error_line(e)}"
     return "ok"
 
 
@@ -156,7 +174,7 @@ def nvrtc_compile_status() -> str:
         for filename in compile_check.KERNELS:
             compile_check.compile_nvrtc(filename, "sm_80")
     except Exception as e:
-        return f"fails: {_first_line(e)}"
+        return f"fails: {error_line(e)}"
     return f"ok ({len(compile_check.KERNELS)} files, sm_80)"
 
 

@@ -1,0 +1,131 @@
+"""The ``gpuconv`` command in a subprocess: demo --quick, info, selftest, bad arguments, --help."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuconv import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EXPERIMENTS = ("seed004-numeric", "seed001-edge-kernel", "seed000-two-layers",
+               "seed003-single-channel")
+
+
+def gpuconv(*args, timeout=300) -> subprocess.CompletedProcess:
+    """``python -m gpuconv ARGS`` from this checkout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "gpuconv", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    run = gpuconv("demo", "--quick", "--backend", "numpy", "--out", str(out))
+    return run, out
+
+
+def test_demo_succeeds(demo):
+    run, out = demo
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert str(out.resolve()) in run.stdout
+    assert "seed 001" in run.stdout
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_demo_writes_a_real_picture(demo, name):
+    matplotlib_image = pytest.importorskip("matplotlib.image")
+    path = demo[1] / f"{name}.png"
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    pixels = matplotlib_image.imread(path)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 400
+    assert pixels[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_demo_summaries(demo):
+    out = demo[1]
+    report = json.loads((out / "summary.json").read_text())
+    assert report["backend"] == "numpy" and report["quick"] and report["ok"]
+    assert [e["name"] for e in report["experiments"]] == list(EXPERIMENTS)
+    assert all(e["ok"] and e["png"] == f"{e['name']}.png" for e in report["experiments"])
+    markdown = (out / "summary.md").read_text()
+    for name in EXPERIMENTS:
+        assert f"({name}.png)" in markdown
+
+
+def test_demo_numeric_example_matches_the_note(demo):
+    numeric = json.loads((demo[1] / "summary.json").read_text())["experiments"][0]["metrics"]
+    assert numeric["output"] == [[12, 12, 17], [10, 17, 19], [9, 6, 14]]
+    assert numeric["kernel_gradient"][0][:2] == [15, 15]
+    assert numeric["deconvolution_gradient"] == [[116] * 3] * 3
+
+
+def test_demo_edge_kernel_is_learned_back(demo):
+    edge = json.loads((demo[1] / "summary.json").read_text())["experiments"][1]["metrics"]
+    assert edge["final_loss"] < 1e-7
+    assert edge["kernel_allclose"] and edge["output_allclose"]
+    assert 0 < edge["steps"] < 20_000
+
+
+def test_demo_two_layers_beat_the_note(demo):
+    two = json.loads((demo[1] / "summary.json").read_text())["experiments"][2]["metrics"]
+    assert two["final_loss"] < two["seed_final_loss"]
+
+
+def test_info_exits_0():
+    run = gpuconv("info")
+    assert run.returncode == 0, run.stderr
+    for fact in ("NumPy", "CuPy", "NVRTC", "C++ compiler", "backend numpy"):
+        assert fact in run.stdout
+
+
+def test_selftest_on_numpy(tmp_path):
+    run = gpuconv("selftest", "--backend", "numpy", "--out", str(tmp_path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "conv_transpose2d" in run.stdout and "FAIL" not in run.stdout
+    report = json.loads((tmp_path / "selftest.json").read_text())
+    assert report["ok"] and len(report["rows"]) == 12
+    assert "NumPy" in report["environment"]
+    assert "PASS" in (tmp_path / "selftest.md").read_text()
+
+
+@pytest.mark.parametrize("args", [
+    ["frobnicate"],
+    [],
+    ["demo", "--seed", "not-a-number"],
+    ["demo", "--backend", "opencl"],
+    ["selftest", "--no-such-option"],
+])
+def test_bad_arguments_exit_2_with_usage(args):
+    run = gpuconv(*args)
+    assert run.returncode == 2
+    assert "usage:" in run.stderr
+
+
+def test_help():
+    run = gpuconv("--help")
+    assert run.returncode == 0
+    for command in ("demo", "info", "bench", "selftest"):
+        assert command in run.stdout
+
+
+def test_main_returns_exit_codes_in_process(capsys):
+    assert cli.main(["demo", "--help"]) == 0
+    assert "--quick" in capsys.readouterr().out
+    assert cli.main(["no-such-command"]) == 2
+
+
+def test_bench_is_delegated():
+    try:
+        import gpuconv.bench  # noqa: F401
+    except ImportError:
+        assert cli.main(["bench"]) == 2  # says the module is missing
+    else:
+        assert cli.main(["bench", "--help"]) == 0
