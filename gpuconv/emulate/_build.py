@@ -1,0 +1,257 @@
+"""Compiling a ``.cu`` text into a cached shared library, per mode."""
+from __future__ import annotations
+
+import fcntl
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import CompileError
+
+MODES = ("plain", "asan", "race", "coverage")
+HERE = Path(__file__).resolve().parent
+RUNTIME_SOURCES = (HERE / "runtime.cpp", HERE / "emu_runtime.h")
+DEFAULT_CUDA_ARCH = 800  # __CUDA_ARCH__ when no -arch option is given (sm_80)
+MIN_STD = 17             # the runtime glue needs C++17; NVRTC's default is C++17 too
+
+_COMMON_FLAGS = ["-fPIC", "-fvisibility=hidden", "-Wno-unknown-pragmas", f"-I{HERE}"]
+_MODE_FLAGS = {
+    # kernel object, runtime object, link
+    "plain": (["-O2"], ["-O2"], []),
+    "asan": (
+        ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,bounds",
+         "-fno-sanitize-recover=all", "-fsanitize-sections=gpuconv_shared"],
+        ["-O1", "-g", "-fsanitize=address"],
+        ["-fsanitize=address,bounds"],
+    ),
+    # The kernel calls __tsan_* hooks that runtime.cpp implements: no libtsan at link time.
+    "race": (["-O1", "-g", "-fsanitize=thread"], ["-O2", "-DGPUCONV_EMULATE_RACE"], []),
+    "coverage": (["-O0", "--coverage", "-DGPUCONV_EMULATE_COVERAGE"], ["-O2"], ["--coverage"]),
+}
+
+# NVRTC options with no meaning for a CPU build: accepted and ignored (they tune code generation).
+_IGNORED_OPTION = re.compile(
+    r"^(-lineinfo|--generate-line-info|-G|--device-debug|-dopt.*|--dopt.*|-default-device|"
+    r"--extra-device-vectorization|--restrict|-restrict|-ewp|--disable-warnings|-w|"
+    r"-?-fmad=.*|-?-ftz=.*|-?-prec-div=.*|-?-prec-sqrt=.*|-rdc=.*|--relocatable-device-code=.*|"
+    r"-?-maxrregcount=.*|-Xptxas.*|--ptxas-options.*|--device-as-default-execution-space|"
+    r"-?-split-compile=.*|--minimal)$"
+)
+_EXTERN_SHARED = re.compile(r"\bextern\s+__shared__\s+([^;\[\]]*?)\b([A-Za-z_]\w*)\s*\[\s*\]\s*;")
+
+
+def kernels_dir() -> Path:
+    from .._paths import kernels_dir as find
+
+    return find()
+
+
+@dataclass(frozen=True)
+class Options:
+    """The compiler flags derived from CuPy/NVRTC-style options."""
+
+    flags: tuple[str, ...]
+    include_dirs: tuple[Path, ...]
+
+
+def translate_options(options) -> Options:
+    """``-I``/``-D``/``-U`` are honoured; ``--std=c++NN`` selects max(NN, 17); ``-arch=sm_XY`` sets
+    ``__CUDA_ARCH__`` (default 800); ``--use_fast_math`` defines ``__USE_FAST_MATH__`` like NVRTC but
+    keeps IEEE arithmetic (never -ffast-math: results must stay comparable); code-generation knobs
+    (``-lineinfo``, ``--fmad=``, ``-Xptxas`` ...) are ignored; anything else is a ValueError."""
+    if isinstance(options, str):
+        options = (options,)
+    flags, include_dirs = [], []
+    std, arch = MIN_STD, DEFAULT_CUDA_ARCH
+    for option in options:
+        if option.startswith("-I"):
+            directory = Path(option[2:].strip()).resolve()
+            include_dirs.append(directory)
+            flags.append(f"-I{directory}")
+        elif option.startswith(("-D", "-U")) and len(option) > 2:
+            flags.append(option)
+        elif m := re.fullmatch(r"-?-std=c\+\+(\d\d)", option):
+            std = max(std, int(m.group(1)))
+        elif m := re.fullmatch(r"(?:-arch|--gpu-architecture)[= ](?:sm|compute)_(\d+)a?", option):
+            arch = int(m.group(1)) * 10
+        elif option in ("--use_fast_math", "-use_fast_math"):
+            flags.append("-D__USE_FAST_MATH__")
+        elif not _IGNORED_OPTION.match(option):
+            raise ValueError(
+                f"gpuconv.emulate does not support the option {option!r}: use -I, -D, -U, "
+                f"--std=c++NN, -arch=sm_XY or an NVRTC code-generation option it can ignore"
+            )
+    flags = [f"-std=c++{std}", f"-D__CUDA_ARCH__={arch}", *flags]
+    return Options(tuple(flags), tuple(include_dirs))
+
+
+def rewrite_extern_shared(code: str) -> tuple[str, tuple[str, ...]]:
+    """``extern __shared__ T name[];`` -> a const pointer to the launch's dynamic shared memory.
+
+    All dynamic shared arrays alias one buffer, as on the GPU; the line count is unchanged."""
+    names = tuple(m.group(2) for m in _EXTERN_SHARED.finditer(code))
+    code = _EXTERN_SHARED.sub(
+        r"\1*const \2 = static_cast<decltype(\2)>(::gpuconv_emu::dynamic_shared());", code
+    )
+    return code, names
+
+
+def entry_points(name_expressions, mode: str) -> str:
+    """The C entry points of the module: one launcher and one signature per name expression."""
+    lines = [
+        '#define GPUCONV_EMU_ENTRY extern "C" __attribute__((visibility("default")))',
+        "GPUCONV_EMU_ENTRY unsigned long gpuconv_static_shared_bytes() {",
+        "    return (unsigned long)(__stop_gpuconv_shared - __start_gpuconv_shared);",
+        "}",
+    ]
+    for i, expression in enumerate(name_expressions):
+        lines += [
+            f"GPUCONV_EMU_ENTRY int gpuconv_launch_{i}(const ::gpuconv_emu::LaunchConfig* c, "
+            f"void** a, char* e, unsigned long n) {{",
+            f"    return ::gpuconv_emu::launch(c, &{expression}, a, e, n);",
+            "}",
+            f"GPUCONV_EMU_ENTRY const char* gpuconv_signature_{i}() {{",
+            f"    return ::gpuconv_emu::signature(&{expression});",
+            "}",
+        ]
+    if mode == "coverage":
+        lines += [
+            'extern "C" void __gcov_dump(void);',
+            'extern "C" void __gcov_reset(void);',
+            "GPUCONV_EMU_ENTRY void gpuconv_coverage_flush() { __gcov_dump(); __gcov_reset(); }",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@functools.lru_cache(maxsize=None)
+def compiler() -> tuple[str, str]:
+    """The C++ compiler (``$CXX``, else g++, c++, clang++) and its version text."""
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    for name in candidates:
+        path = shutil.which(name)
+        if path:
+            version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+            return path, f"{os.path.realpath(path)}\n{version}"
+    raise RuntimeError(
+        "the emulate backend compiles kernels with a host C++ compiler and none was found "
+        f"(tried {', '.join(candidates)}): install one (Debian/Ubuntu: apt-get install g++) or "
+        "set CXX to its path"
+    )
+
+
+def cache_root() -> Path:
+    root = os.environ.get("GPUCONV_EMULATE_CACHE") or Path.home() / ".cache" / "gpuconv" / "emulate"
+    return Path(root)
+
+
+def _hash(*parts) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else str(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _headers_digest(include_dirs) -> str:
+    """Every header an -I directory holds is part of the key: editing common.cuh rebuilds."""
+    parts = []
+    for directory in include_dirs:
+        if directory.is_dir():
+            for path in sorted(directory.iterdir()):
+                if path.suffix in (".h", ".cuh", ".hpp", ".cu", ".inc") and path.is_file():
+                    parts += [path.name, path.read_bytes()]
+    return _hash(*parts)
+
+
+def _run(command, what: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CompileError(f"{what} failed:\n$ {' '.join(map(str, command))}\n{result.stderr}")
+
+
+def _publish(build, target: Path) -> None:
+    """Runs build(temporary_path), then renames onto target: readers never see half a file."""
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".tmp")
+    os.close(fd)
+    try:
+        build(Path(temporary))
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def runtime_object(mode: str) -> Path:
+    cxx, version = compiler()
+    flags = [*_COMMON_FLAGS, "-std=c++17", *_MODE_FLAGS[mode][1]]
+    key = _hash(version, flags, *(p.read_bytes() for p in RUNTIME_SOURCES))
+    target = cache_root() / f"runtime-{mode}-{key}.o"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _publish(lambda out: _run([cxx, *flags, "-c", str(HERE / "runtime.cpp"), "-o", str(out)],
+                                  "compiling the emulation runtime"), target)
+    return target
+
+
+@dataclass(frozen=True)
+class Build:
+    library: Path
+    directory: Path
+    extern_shared: tuple[str, ...]
+
+
+def build(code: str, options: Options, name_expressions, mode: str, source_path: Path | None,
+          rebuild: bool = False) -> Build:
+    """The shared library for (code, options, names, mode): from the cache, else compiled.
+
+    Concurrent processes serialise on a lock file per entry; the library is published by an
+    atomic rename, so a reader sees either nothing or a whole file."""
+    cxx, version = compiler()
+    header = kernels_dir() / "cuda_emu.h"
+    kernel_flags = [*_COMMON_FLAGS, *options.flags, *_MODE_FLAGS[mode][0]]
+    key = _hash(
+        "gpuconv-emulate-1", code, kernel_flags, list(name_expressions), mode, source_path, version,
+        header.read_bytes(), *(p.read_bytes() for p in RUNTIME_SOURCES),
+        _headers_digest(options.include_dirs),
+    )
+    directory = cache_root() / key
+    library = directory / "module.so"
+    rewritten, extern_shared = rewrite_extern_shared(code)
+    result = Build(library, directory, extern_shared)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if library.exists() and not rebuild:
+            return result
+        # gcov names lines after #line: the real kernels/*.cu path when the text came from a file.
+        name = source_path or directory / "kernel.cu"
+        unit = directory / "kernel.cpp"
+        unit.write_text(
+            f'#line 1 "{name}"\n{rewritten}\n#line 1 "gpuconv-emulate-entry-points"\n'
+            + entry_points(name_expressions, mode)
+        )
+        kernel_object = directory / "kernel.o"  # coverage: kernel.gcno / kernel.gcda beside it
+        _run([cxx, "-x", "c++", "-include", str(header), *kernel_flags, "-c", str(unit),
+              "-o", str(kernel_object)], "compiling the kernels")
+        link = [*_MODE_FLAGS[mode][2], "-shared", "-Wl,--no-undefined", "-pthread"]
+        _publish(lambda out: _run([cxx, *link, "-o", str(out), str(runtime_object(mode)),
+                                   str(kernel_object), "-ldl"], "linking the kernels"), library)
+    return result
+
+
+def find_source_path(code: str, include_dirs) -> Path | None:
+    """The ``.cu`` file in an -I directory whose text is exactly ``code``, if any."""
+    for directory in include_dirs:
+        for path in sorted(directory.glob("*.cu")) if directory.is_dir() else ():
+            try:
+                if path.read_text() == code:
+                    return path.resolve()
+            except (OSError, UnicodeDecodeError):
+                continue
+    return None

@@ -1,0 +1,79 @@
+// The interface between emulated kernels (kernels/cuda_emu.h) and the runtime (runtime.cpp).
+//
+// Kernel code calls these functions; Python calls the generated gpuconv_launch_<i> entry points,
+// which call run_grid. Everything here is plain data so that Python can mirror LaunchConfig with
+// ctypes.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace gpuconv_emu {
+
+struct uint3 {
+    unsigned x, y, z;
+};
+
+struct dim3 {
+    unsigned x, y, z;
+    constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
+    constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+    constexpr operator uint3() const { return uint3{x, y, z}; }
+};
+
+// What threadIdx, blockIdx, blockDim and gridDim read: the running fiber's own copy.
+struct ThreadIndex {
+    uint3 thread_idx;
+    uint3 block_idx;
+    dim3 block_dim;
+    dim3 grid_dim;
+};
+
+enum Schedule : int32_t { kForward = 0, kReverse = 1, kRandom = 2 };
+
+// Mirrored by gpuconv/emulate/_launch.py (ctypes): keep the two in step.
+struct LaunchConfig {
+    uint32_t grid[3];
+    uint32_t block[3];
+    uint64_t dynamic_shared_bytes;
+    int32_t schedule;
+    int32_t fill_byte;         // every shared-memory byte at block start
+    uint64_t seed;             // for kRandom
+    double watchdog_seconds;   // no progress for this long -> error instead of a hang
+    const char* kernel_name;   // for messages
+};
+
+// Error codes returned by run_grid; Python maps each to an exception class.
+enum Status : int32_t {
+    kOk = 0,
+    kLaunchError = 1,      // bad configuration
+    kDeadlock = 2,         // nothing runnable, or the watchdog fired
+    kDivergence = 3,       // __syncthreads from different call sites in one phase
+    kWarpError = 4,        // warp intrinsic: mask rule broken, bad width, inactive source lane
+    kRace = 5,             // shared-memory hazard (race mode)
+};
+
+enum ShuffleMode : int32_t { kShflIdx = 0, kShflUp = 1, kShflDown = 2, kShflXor = 3 };
+enum BarrierReduce : int32_t { kReduceNone = 0, kReduceCount = 1, kReduceAnd = 2, kReduceOr = 3 };
+
+struct SharedRange {
+    char* begin;
+    char* end;
+};
+
+using ThreadBody = void (*)(void* closure);
+
+// Runs every block of the grid; returns a Status and writes a report into error on failure.
+int run_grid(const LaunchConfig* config, SharedRange static_shared, ThreadBody body, void* closure,
+             char* error, size_t error_size);
+
+const ThreadIndex* current_thread() __attribute__((pure));
+void* dynamic_shared();
+
+int syncthreads(BarrierReduce reduce, int predicate, const char* file, int line);
+void syncwarp(unsigned mask, const char* file, int line);
+uint64_t warp_shuffle(unsigned mask, uint64_t value, ShuffleMode mode, int lane_or_delta, int width,
+                      const char* file, int line);
+unsigned warp_ballot(unsigned mask, int predicate, const char* file, int line);
+unsigned active_mask();
+
+}  // namespace gpuconv_emu
