@@ -362,12 +362,16 @@ def run(ctx: Context) -> list[Result]:
     return results
 
 
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def write_summaries(ctx: Context, results: list[Result], seconds: float) -> None:
     device = info.device_name(ctx.backend)
     head = (f"backend `{ctx.backend}` on {device}; seed {ctx.seed}"
             f"{'; --quick' if ctx.quick else ''}; {seconds:.1f} s in all")
-    rows = [f"| {r.title} | {r.summary} | {'yes' if r.ok else '**no**'} | {r.seconds:.1f} s | "
-            f"![{r.name}]({r.png}) |" for r in results]
+    rows = [f"| {r.title} | {_markdown_cell(r.summary)} | {'yes' if r.ok else '**no**'} | "
+            f"{r.seconds:.1f} s | ![{r.name}]({r.png}) |" for r in results]
     (ctx.out / "summary.md").write_text(
         "# gpuconv demo\n\n" + head + "\n\n| experiment | result | ok | time | picture |\n"
         "| --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
@@ -379,6 +383,10 @@ def write_summaries(ctx: Context, results: list[Result], seconds: float) -> None
 
 def main(args) -> int:
     backend = args.backend or info.best_backend()
+    status = info.backend_status(backend)
+    if status != "ok":
+        print(f"gpuconv demo: backend '{backend}' does not work here: {status}", file=sys.stderr)
+        return 1
     ctx = Context(backend, args.seed, args.quick, args.out)
     print(f"gpuconv demo on backend '{backend}' ({info.device_name(backend)})", file=sys.stderr)
     start = time.perf_counter()

@@ -21,6 +21,8 @@ from . import api, info, reference
 from .problem import conv_problem, transpose_problem
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+# cuDNN may pick Winograd or FFT algorithms, whose float32 rounding is larger than a direct sum's
+TORCH_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 
 # name: x shape, w shape, conv2d keywords
 CONV_PROBLEMS = {
@@ -60,8 +62,8 @@ class Row:
 
     @property
     def ok(self) -> bool:
-        return not self.failure and all(
-            e <= TOLERANCE[d] for errors in (self.error, self.torch_error) for d, e in errors.items())
+        return (not self.failure and all(e <= TOLERANCE[d] for d, e in self.error.items())
+                and all(e <= TORCH_TOLERANCE[d] for d, e in self.torch_error.items()))
 
 
 def _relative_error(got, want) -> float:
@@ -245,7 +247,7 @@ def _bench(out: Path | None) -> str:
         from . import bench
     except ImportError as e:
         return f"not run: {e}"
-    argv = ["--quick"] + (["--out", str(out / "bench")] if out else [])
+    argv = ["--quick", "--device", "gpu"] + (["--out", str(out / "bench")] if out else [])
     try:
         code = bench.main(argv)
     except Exception as e:
@@ -259,12 +261,14 @@ def write_report(out: Path, rows: list[Row], facts: dict, bench_outcome: str | N
     env = "\n".join(f"- {k}: {v}" for k, v in facts.items())
     text = (f"# gpuconv selftest: {'PASS' if ok else 'FAIL'}\n\n{env}\n\n"
             f"Error: max |result - reference| / max(1, max |reference|); tolerance "
-            f"{TOLERANCE['float32']:g} (float32), {TOLERANCE['float64']:g} (float64).\n\n"
+            f"{TOLERANCE['float32']:g} (float32), {TOLERANCE['float64']:g} (float64); against "
+            f"PyTorch {TORCH_TOLERANCE['float32']:g}, {TORCH_TOLERANCE['float64']:g}.\n\n"
             f"{table(rows, markdown=True)}\n")
     if bench_outcome:
         text += f"\nBenchmark: {bench_outcome}\n"
     (out / "selftest.md").write_text(text)
-    report = dict(ok=ok, environment=facts, tolerance=TOLERANCE, benchmark=bench_outcome,
+    report = dict(ok=ok, environment=facts, tolerance=TOLERANCE, torch_tolerance=TORCH_TOLERANCE,
+                  benchmark=bench_outcome,
                   rows=[dict(asdict(r), ok=r.ok) for r in rows])
     (out / "selftest.json").write_text(json.dumps(report, indent=2) + "\n")
 
