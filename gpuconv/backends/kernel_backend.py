@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,9 +37,64 @@ CTYPES = {"float32": "float", "float64": "double"}
 # The activation template argument of fprop_direct: ACTIVATION_* in kernels/common.cuh.
 ACTIVATION_IDS = {None: 0, "relu": 1, "sigmoid": 2}
 
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Tile shape of fprop_implicit_gemm: a BM×BN output tile per block, BK reduction steps, a
+    TM×TN register tile per thread, so (BM/TM)·(BN/TN) threads a block."""
+
+    BM: int
+    BN: int
+    BK: int
+    TM: int
+    TN: int
+
+    @property
+    def threads(self) -> int:
+        return (self.BM // self.TM) * (self.BN // self.TN)
+
+    def template_args(self) -> str:
+        return f"{self.BM}, {self.BN}, {self.BK}, {self.TM}, {self.TN}"
+
+
+# The named tile configurations of fprop_implicit_gemm: every one is compiled, checked and tested.
+FPROP_TILES = {
+    "64x64x8_4x4": Tile(BM=64, BN=64, BK=8, TM=4, TN=4),  # K/groups >= 64: 16 FMAs per 8 loads
+    "32x32x8_2x2": Tile(BM=32, BN=32, BK=8, TM=2, TN=2),  # narrower layers, less tile waste
+}
+FPROP_KERNELS = ("auto", "direct", *FPROP_TILES)
+
+
+def fprop_name(dtype: str, activation, kernel: str) -> str:
+    """The name expression of fprop kernel ``kernel`` ('direct' or a FPROP_TILES name)."""
+    head = f"{CTYPES[dtype]}, {ACTIVATION_IDS[activation]}"
+    if kernel == "direct":
+        return f"fprop_direct<{head}>"
+    return f"fprop_implicit_gemm<{head}, {FPROP_TILES[kernel].template_args()}>"
+
+
+def choose_fprop(p, kernel: str = "auto") -> str:
+    """'direct' or the FPROP_TILES name to run ``p`` with.
+
+    ``auto`` takes a tile when the channels per group fill one (K/groups >= 8; depthwise layers
+    go direct) and the larger tile when K/groups >= 64. A forced tile falls back to direct only
+    where it cannot run: more (group, channel-tile) pairs than gridDim.y allows.
+    """
+    Kg = p.K_per_group
+    if kernel == "auto":
+        if Kg < 8:
+            return "direct"
+        kernel = "64x64x8_4x4" if Kg >= 64 and p.N * p.P * p.Q >= 64 else "32x32x8_2x2"
+    if kernel != "direct" and p.groups * ceil_div(Kg, FPROP_TILES[kernel].BN) > 65535:
+        return "direct"
+    return kernel
+
+
 # Every template instance, per source file: the NVRTC name expressions of its module.
 KERNELS = {
-    "fprop.cu": [f"fprop_direct<{t}, {a}>" for t in CTYPES.values() for a in ACTIVATION_IDS.values()],
+    "fprop.cu": [fprop_name(d, a, k) for d in CTYPES for a in ACTIVATION_IDS
+                 for k in ("direct", *FPROP_TILES)],
     "dgrad.cu": [f"dgrad_direct<{t}>" for t in CTYPES.values()],
     "wgrad.cu": [f"wgrad_direct<{t}>" for t in CTYPES.values()],
     "elementwise.cu": [
@@ -55,10 +111,21 @@ MAX_BLOCKS = 65536
 INT32_MAX = 2**31 - 1
 
 
-def launch_config(total: int) -> tuple[tuple[int], tuple[int]]:
-    """(grid, block) for ``total`` independent outputs, one thread each (grid-stride beyond)."""
-    blocks = min(-(-total // THREADS_PER_BLOCK), MAX_BLOCKS)
-    return (blocks,), (THREADS_PER_BLOCK,)
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def launch_config(total: int, tile: Tile | None = None, p=None):
+    """(grid, block) of a launch.
+
+    Direct kernels (``total`` outputs): one thread per output, grid-stride beyond MAX_BLOCKS.
+    fprop_implicit_gemm (``tile`` and the problem ``p``): grid x over tiles of BM output pixels,
+    grid y over (group, tile of BN channels of the group); ``tile.threads`` threads a block.
+    """
+    if tile is None:
+        return (min(ceil_div(total, THREADS_PER_BLOCK), MAX_BLOCKS),), (THREADS_PER_BLOCK,)
+    grid = (ceil_div(p.N * p.P * p.Q, tile.BM), p.groups * ceil_div(p.K_per_group, tile.BN))
+    return grid, (tile.threads,)
 
 
 def source(filename: str) -> str:
@@ -92,14 +159,18 @@ class KernelBackend:
 
     ``get_module(filename)`` returns a module with ``get_function(name_expression)``; kernels are
     called as ``kernel(grid, block, args)`` inside ``on_device(first array argument)``, so they run
-    on the arrays' device (CuPy launches on that device's current stream). With ``poison_outputs`` every output is filled with
+    on the arrays' device (CuPy launches on that device's current stream). ``fprop_kernel`` is
+    'auto' (``choose_fprop``), 'direct' or a FPROP_TILES name (tests run each). With ``poison_outputs`` every output is filled with
     NaN before its kernel runs, so an element a kernel fails to write shows up in the result.
     """
 
-    def __init__(self, name: str, xp, get_module, on_device, poison_outputs: bool = False):
+    def __init__(self, name: str, xp, get_module, on_device, poison_outputs: bool = False,
+                 fprop_kernel: str = "auto"):
+        if fprop_kernel not in FPROP_KERNELS:
+            raise ValueError(f"fprop_kernel must be one of {FPROP_KERNELS}, got {fprop_kernel!r}")
         self.name, self.xp = name, xp
         self._get_module, self._on_device = get_module, on_device
-        self._poison = poison_outputs
+        self._poison, self._fprop_kernel = poison_outputs, fprop_kernel
 
     # -- plumbing ----------------------------------------------------------------------------
     def _kernel(self, filename: str, name_expression: str):
@@ -111,18 +182,21 @@ class KernelBackend:
             out.fill(np.nan)
         return out
 
-    def _launch(self, filename: str, name_expression: str, total: int, args: tuple):
+    def _launch(self, filename: str, name_expression: str, total: int, args: tuple, tile=None,
+                p=None):
         if total == 0:  # a grid of zero blocks is a launch error; there is nothing to do
             return
-        grid, block = launch_config(total)
+        grid, block = launch_config(total, tile, p)
         with self._on_device(args[0]):
             self._kernel(filename, name_expression)(grid, block, args)
 
     # -- convolutions ------------------------------------------------------------------------
     def fprop(self, p, x, w, bias, activation):
         y = self._empty(p.y_shape, p.dtype)
-        kernel = f"fprop_direct<{CTYPES[p.dtype]}, {ACTIVATION_IDS[activation]}>"
-        self._launch("fprop.cu", kernel, y.size, (x, w, bias, y) + conv_args(p))
+        args = (x, w, bias, y) + conv_args(p)
+        kernel = choose_fprop(p, self._fprop_kernel)
+        name = fprop_name(p.dtype, activation, kernel)
+        self._launch("fprop.cu", name, y.size, args, FPROP_TILES.get(kernel), p)
         return y
 
     def dgrad(self, p, dy, w, bias=None):
@@ -176,13 +250,13 @@ def _emulate_module(filename: str, **emulate_options):
 
 
 @functools.lru_cache(maxsize=None)
-def emulate_backend(**emulate_options) -> KernelBackend:
+def emulate_backend(fprop_kernel: str = "auto", **emulate_options) -> KernelBackend:
     """The kernels run on the CPU by ``gpuconv.emulate`` on NumPy arrays; outputs are NaN-poisoned.
 
     ``emulate_options`` (e.g. ``mode='asan'``, ``schedule='reverse'``) go to ``emulate.Module``.
     """
     module = functools.partial(_emulate_module, **emulate_options)
-    return KernelBackend("emulate", np, module, _no_device, poison_outputs=True)
+    return KernelBackend("emulate", np, module, _no_device, True, fprop_kernel)
 
 
 def _no_device(array):
@@ -205,7 +279,7 @@ def _current_device_module(filename: str):
 
 
 @functools.lru_cache(maxsize=None)
-def cuda_backend(poison_outputs: bool = False) -> KernelBackend:
+def cuda_backend(poison_outputs: bool = False, fprop_kernel: str = "auto") -> KernelBackend:
     """The kernels on the current CUDA device and stream, on CuPy arrays.
 
     Raises RuntimeError without CuPy (with the install hint) or without a usable GPU.
@@ -222,7 +296,8 @@ def cuda_backend(poison_outputs: bool = False) -> KernelBackend:
         raise RuntimeError(f"the cuda backend found no usable CUDA GPU: {e}") from e
     if count == 0:
         raise RuntimeError("the cuda backend found no CUDA GPU (cudaGetDeviceCount() = 0)")
-    return KernelBackend("cuda", cupy, _current_device_module, _array_device, poison_outputs)
+    return KernelBackend("cuda", cupy, _current_device_module, _array_device, poison_outputs,
+                         fprop_kernel)
 
 
 def _array_device(array):
