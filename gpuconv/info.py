@@ -1,8 +1,8 @@
 """``gpuconv info``: what this machine offers gpuconv, and which backends work on it.
 
 Every probe catches its own errors, so a missing CuPy, GPU, compiler or kernel is reported as such
-and never stops the report. ``backend_status`` is also how ``demo`` and ``selftest`` find the
-backends present.
+and never stops the report. ``demo`` picks its backend with ``best_backend``; ``selftest`` finds the
+backends present with ``host_compiler_path`` and ``gpu_count``.
 """
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import functools
 import importlib.metadata
 import os
 import platform
-import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -86,21 +84,25 @@ def nvrtc_version() -> str:
 
 
 def host_compiler_path() -> str | None:
-    """The C++ compiler the emulator uses: $CXX, else c++, g++ or clang++; None without one."""
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        path = name and shutil.which(name)
-        if path:
-            return path
-    return None
+    """The C++ compiler the emulator uses (``$CXX``, else g++, c++, clang++); None without one."""
+    from .emulate._build import compiler
+
+    try:
+        return compiler()[0]
+    except RuntimeError:
+        return None
 
 
 def host_compiler() -> str:
-    """The emulator's C++ compiler and its version."""
-    path = host_compiler_path()
-    if path is None:
-        return "none found (install g++ or clang++ for the emulate backend)"
-    run = subprocess.run([path, "--version"], capture_output=True, text=True)
-    return f"{path}: {run.stdout.splitlines()[0] if run.stdout else 'version unknown'}"
+    """The emulator's C++ compiler and its version, or why there is none."""
+    from .emulate._build import compiler
+
+    try:
+        path, version = compiler()
+    except RuntimeError as e:
+        return f"none ({e})"
+    lines = version.splitlines()  # the resolved path, then the compiler's own --version text
+    return f"{path}: {lines[1] if len(lines) > 1 else 'version unknown'}"
 
 
 def gpu_count() -> int:
@@ -153,10 +155,6 @@ def backend_status(name: str) -> str:
     except Exception as e:
         return f"fails: {error_line(e)}"
     return "ok"
-
-
-def backends_present() -> list[str]:
-    return [name for name in ("numpy", "emulate", "cuda") if backend_status(name) == "ok"]
 
 
 def best_backend() -> str:

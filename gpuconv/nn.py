@@ -25,7 +25,7 @@ import numpy as np
 
 from . import api
 from .backends import is_cupy_array
-from .problem import conv_problem
+from .problem import _pair, conv_problem
 
 
 def array_module(a):
@@ -65,10 +65,6 @@ def _uniform(rng: np.random.Generator, bound: float, shape, dtype):
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 class Layer:
     """Base class: ``layer(x)`` is ``layer.forward(x)``; ``parameters()`` lists what SGD updates."""
 
@@ -95,7 +91,7 @@ class Conv2d(Layer):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, activation=None, *, dtype="float32", rng=None, backend=None):
-        R, S = _pair(kernel_size)
+        R, S = _pair("kernel_size", kernel_size)
         self.conv_args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         self.activation = activation
         self.backend = backend
@@ -146,7 +142,7 @@ class ConvTranspose2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, *, dtype="float32", rng=None,
                  backend=None):
-        R, S = _pair(kernel_size)
+        R, S = _pair("kernel_size", kernel_size)
         self.conv_args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         self.output_padding = output_padding
         self.backend = backend

@@ -177,6 +177,25 @@ def test_backend_keyword_reaches_the_ops():
         layer(np.zeros((1, 1, 4, 4), np.float32))
 
 
+def test_layers_on_the_emulator_match_numpy():
+    """backend='emulate' runs the CUDA kernels on the CPU: same results as the numpy backend."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 2, 6, 6))
+    results = {}
+    for backend in ("numpy", "emulate"):
+        net = nn.Sequential(
+            nn.Conv2d(2, 4, 3, stride=2, padding=1, activation="sigmoid", dtype="float64", rng=9,
+                      backend=backend),
+            nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1, dtype="float64",
+                               rng=10, backend=backend),
+            nn.ReLU(backend=backend))
+        y = net(x)
+        dx = net.backward(np.ones_like(y))
+        results[backend] = [y, dx] + [p.grad for p in net.parameters()]
+    for a, b in zip(results["numpy"], results["emulate"]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.gpu
 def test_layers_run_on_cupy_arrays():
     cupy = pytest.importorskip("cupy")
