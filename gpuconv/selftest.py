@@ -73,6 +73,7 @@ def _relative_error(got, want) -> float:
 
 
 # -- the cases: (inputs, gpuconv call, reference call, PyTorch call or None) --------------------
+# The calls close over the loop's variables: ``check`` makes them before the next case is built.
 
 
 def _batched(shape):
@@ -102,20 +103,18 @@ def _conv_cases(op: str, rng):
                    lambda: reference.wgrad(p, x4, dy4),
                    lambda torch, x, dy: _torch_grads(torch, p, x, w, dy)[1])
         elif op == "conv2d_bias":
-            yield (dy,), lambda dy, be: api.conv2d_bias(dy, backend=be), \
-                lambda: reference.bias_grad(dy4), None
+            yield ((dy,), lambda dy, be: api.conv2d_bias(dy, backend=be),
+                   lambda: reference.bias_grad(dy4), None)
 
 
 def _transpose_cases(rng):
     for x_shape, w_shape, kw in TRANSPOSE_PROBLEMS.values():
         x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
-        keys = ("stride", "padding", "output_padding", "groups", "dilation")
         p = transpose_problem(x_shape, w_shape, dtype="float64", **kw)
         b = rng.standard_normal(p.C)
         yield ((x, w, b), lambda x, w, b, be: api.conv_transpose2d(x, w, b, backend=be, **kw),
                lambda: reference.dgrad(p, x, w, b),
-               lambda torch, x, w, b: torch.nn.functional.conv_transpose2d(
-                   x, w, b, **{k: kw[k] for k in keys if k in kw}))
+               lambda torch, x, w, b: torch.nn.functional.conv_transpose2d(x, w, b, **kw))
 
 
 def _elementwise_cases(op: str, rng):
