@@ -301,6 +301,7 @@ def _source_line(library: Path, pc: str) -> str:
     # The pc is the return address of the hook call: one byte back is inside the access's line.
     out = subprocess.run([addr2line, "-e", str(library), hex(int(pc, 16) - 1)],
                          capture_output=True, text=True).stdout.strip()
+    out = out.split(" (discriminator")[0]
     return f" ({out})" if out and not out.startswith("??") else f" [pc {pc}]"
 
 

@@ -113,7 +113,11 @@ def serve():
         if op == "signatures":
             reply = (_launch.signatures(library, message[2]), _launch.static_shared_bytes(library))
         else:
-            launch, arguments = message[2], message[3]
+            # Fresh malloc'd copies: an unpickled array may view the pickle's bytes object, whose
+            # neighbours are Python objects rather than ASan redzones.
+            launch = message[2]
+            arguments = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a
+                         for a in message[3]]
             status, report = _launch.call(library, launch, arguments)
             reply = (status, report, [a for a in arguments if isinstance(a, np.ndarray)])
         pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
