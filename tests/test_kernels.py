@@ -149,7 +149,6 @@ def test_sanitizers_find_nothing(mode):
     every_kernel(dict(mode=mode))  # a finding raises, carrying the report
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", EDGE)
 @pytest.mark.parametrize("mode", ["asan", "race"])
 def test_sanitizers_every_edge_problem(mode, name):
