@@ -217,7 +217,8 @@ struct Launch {
     int thread_count = 0;
     std::vector<Thread> threads;
     std::vector<Warp> warps;
-    std::vector<int> order;  // schedule order of the current phase
+    std::vector<int> order;     // schedule order of the threads' first start
+    std::vector<int> released;  // scratch: threads a barrier or rendezvous releases
     size_t next_unstarted = 0;
     std::deque<Thread*> run_queue;
     std::mt19937_64 rng;
@@ -405,13 +406,13 @@ struct Launch {
     }
 
     void make_runnable_in_order(State waiting_state, int first, int count) {
-        std::vector<int> ids;
+        released.clear();
         for (int i = first; i < first + count; ++i) {
-            if (threads[size_t(i)].state == waiting_state) ids.push_back(i);
+            if (threads[size_t(i)].state == waiting_state) released.push_back(i);
         }
-        if (config.schedule == kReverse) std::reverse(ids.begin(), ids.end());
-        if (config.schedule == kRandom) std::shuffle(ids.begin(), ids.end(), rng);
-        for (int i : ids) {
+        if (config.schedule == kReverse) std::reverse(released.begin(), released.end());
+        if (config.schedule == kRandom) std::shuffle(released.begin(), released.end(), rng);
+        for (int i : released) {
             threads[size_t(i)].state = State::kRunnable;
             run_queue.push_back(&threads[size_t(i)]);
         }
@@ -424,8 +425,8 @@ struct Launch {
             first_arrival = t;
             reduce = kind;
             reduce_value = kind == kReduceAnd ? 1 : 0;
-        } else if (line != first_arrival->line || std::strcmp(file, first_arrival->file) != 0 ||
-                   kind != reduce) {
+        } else if (line != first_arrival->line || kind != reduce ||
+                   (file != first_arrival->file && std::strcmp(file, first_arrival->file) != 0)) {
             fail(kDivergence,
                  "divergent __syncthreads in %s: %s reached the barrier at %s:%d while %s waits at "
                  "%s:%d in the same phase (a barrier in divergent code is undefined on the GPU)",
