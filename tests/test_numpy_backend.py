@@ -209,3 +209,23 @@ def test_sigmoid_large_inputs_do_not_overflow(dtype):
                      1 / (1 + np.exp(-50.0)), 1.0, 1.0])
     np.testing.assert_allclose(y, want, rtol=1e-6, atol=0)
     np.testing.assert_array_equal(fused.ravel(), y)
+
+
+# A 7×7 stride-2 stem on 3 channels: the reduction is short and the output wide, so the backend
+# copies the 7 filter rows side by side (one GEMM per column phase) instead of accumulating.
+STEM = dict(x=(2, 3, 15, 13), w=(64, 3, 7, 7), stride=2, padding=3)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_stacked_rows_stem(op):
+    from gpuconv.backends import numpy_backend
+
+    p = problem(STEM, "float32")
+    _, grid = numpy_backend._shifted_input(
+        np.zeros((1, p.N, p.H, p.W, p.C), np.float32), p.padding, p.stride, p.dilation, p.R, p.S,
+        (p.P, p.Q))
+    assert numpy_backend._stacks_rows(grid, p.R, p.S, p.K)
+    a = operands(p, np.random.default_rng(9), small_ints)
+    np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
+    p64 = problem(STEM, "float64")
+    check_float64(p64, op, operands(p64, np.random.default_rng(10), normal))

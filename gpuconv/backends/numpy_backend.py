@@ -109,17 +109,39 @@ def _shifted_input(xg, pad, stride, dilation, R, S, out_hw):
     return buf, grid
 
 
-def _tap_views(buf, g: _Grid, R: int, S: int):
-    """(r, s0, t, A) for every GEMM: A[G, M, fold·Cg] holds taps (r, s0..s0+fold-1) of the output
-    pixels l = T·j + t, j = 0..M-1, as a strided view of ``buf`` (no copy)."""
+def _stacks_rows(g: _Grid, R: int, S: int, Kout: int) -> bool:
+    """Whether to copy the R filter rows' views side by side (an im2col of one column phase at a
+    time) instead of accumulating R products.
+
+    The copy moves R·S·Cg numbers per output pixel, the accumulation 3·(R-1)·Kout (read, read,
+    write): stacking wins when the reduction is short and the output wide (a 7×7 stem on RGB), and
+    it also gives BLAS one long reduction instead of R short ones. Only with all S taps folded,
+    and only while the copy is no larger than the output.
+    """
+    width = R * S * g.Cg
+    return (R > 1 and g.fold == S and 2 * width <= 3 * (R - 1) * Kout
+            and g.M * width <= g.L * Kout)
+
+
+def _tap_views(buf, g: _Grid, R: int, S: int, stack_rows: bool):
+    """(rows, s0, t, A) for every GEMM: A[G, M, ·] holds taps (rows, s0..s0+fold-1) of the output
+    pixels l = T·j + t, j = 0..M-1 — a strided view of ``buf`` for one filter row, or, with
+    ``stack_rows``, a copy of all R rows' views side by side (rows = all of them)."""
     row = g.T * g.sw * g.Cg
-    for r in range(R):
-        delta, rho = divmod(r * g.dh, g.sh)  # padded row p·sh + r·dh = (p + delta)·sh + rho
-        for s0 in range(0, S, g.fold):
-            for t in range(g.T):
+    width = g.fold * g.Cg
+    stacked = np.empty((g.G, g.M, R, width), buf.dtype) if stack_rows else None
+    for s0 in range(0, S, g.fold):
+        for t in range(g.T):
+            for r in range(R):
+                delta, rho = divmod(r * g.dh, g.sh)  # padded row p·sh + r·dh = (p + delta)·sh + rho
                 start = rho * g.phase_len + (t * g.sw + delta * g.Wx + s0 * g.dw) * g.Cg
-                rows = buf[:, start : start + g.M * row].reshape(g.G, g.M, row)
-                yield r, s0, t, rows[:, :, : g.fold * g.Cg]
+                view = buf[:, start : start + g.M * row].reshape(g.G, g.M, row)[:, :, :width]
+                if stack_rows:
+                    stacked[:, :, r] = view
+                else:
+                    yield slice(r, r + 1), s0, t, view
+            if stack_rows:
+                yield slice(0, R), s0, t, stacked.reshape(g.G, g.M, R * width)
 
 
 def _correlate(xg, wt, pad, stride, dilation, out_hw):
@@ -129,18 +151,19 @@ def _correlate(xg, wt, pad, stride, dilation, out_hw):
     """
     G, R, S, _, Kout = wt.shape
     buf, g = _shifted_input(xg, pad, stride, dilation, R, S, out_hw)
+    stack_rows = _stacks_rows(g, R, S, Kout)
     acc = np.empty((G, g.M * g.T, Kout), xg.dtype)
     # Output pixel l = T·j + t of column phase t is row j of this view.
     acc_phase = acc.reshape(G, g.M, g.T, Kout)
-    tmp = np.empty((G, g.M, Kout), xg.dtype) if R * S > g.fold else None
-    for r, s0, t, a in _tap_views(buf, g, R, S):
-        w_rs = wt[:, r, s0 : s0 + g.fold].reshape(G, g.fold * wt.shape[3], Kout)
-        if r == 0 and s0 == 0:
-            np.matmul(a, w_rs, out=acc_phase[:, :, t])
+    tmp = None
+    for rows, s0, t, a in _tap_views(buf, g, R, S, stack_rows):
+        w_taps = wt[:, rows, s0 : s0 + g.fold].reshape(G, -1, Kout)
+        if rows.start == 0 and s0 == 0:  # the first product of this column phase
+            np.matmul(a, w_taps, out=acc_phase[:, :, t])
         else:
-            np.matmul(a, w_rs, out=tmp)
+            tmp = np.matmul(a, w_taps, out=tmp)
             acc_phase[:, :, t] += tmp
-    del buf
+    del buf, tmp
     grid = acc[:, : g.L].reshape(G, g.N, g.Pv, g.Qv, Kout)
     return grid[:, :, : g.P, : g.Q]
 
@@ -195,8 +218,8 @@ def _sigmoid_inplace(y):
 
 def fprop(p: Conv2dProblem, x, w, bias=None, activation=None):
     G, Cg, Kg = p.groups, p.C_per_group, p.K_per_group
-    y = np.empty(p.y_shape, x.dtype)
     if _is_pointwise(p):
+        y = np.empty(p.y_shape, x.dtype)
         sh, sw = p.stride
         xs = np.ascontiguousarray(x[:, :, ::sh, ::sw]).reshape(p.N, G, Cg, p.P * p.Q)
         np.matmul(w.reshape(G, Kg, Cg), xs, out=y.reshape(p.N, G, Kg, p.P * p.Q))
@@ -208,6 +231,7 @@ def fprop(p: Conv2dProblem, x, w, bias=None, activation=None):
         out = _correlate(
             _grouped_channels_last(x, G), wt, p.padding, p.stride, p.dilation, (p.P, p.Q)
         )
+        y = np.empty(p.y_shape, x.dtype)  # allocated after the shifted input is freed
         _to_nchw(out, y, bias)
     _activate_inplace(y, activation)
     return y
@@ -244,26 +268,31 @@ def dgrad(p: Conv2dProblem, dy, w, bias=None):
         if bias is not None:
             dx += bias.reshape(-1, 1, 1)
         return dx
-    dx = np.empty(p.x_shape, dy.dtype)
     dyg = _grouped_channels_last(dy, G)
+    if sh * sw > 1:  # every phase reads dy: transpose it once, so each phase's copy is contiguous
+        dyg = np.ascontiguousarray(dyg)
     # wT[g, r, s, k, c] = w[g·Kg + k, c, r, s]: the filter with K and C swapped.
     wT = w.reshape(G, Kg, Cg, p.R, p.S).transpose(0, 3, 4, 1, 2)
     top, left = p.padding[0], p.padding[2]
+    dx = None
     for a in range(sh):
         phase_h = _dgrad_phase(p.P, p.H, top, sh, dh, p.R, a)
         for b in range(sw):
             phase_w = _dgrad_phase(p.Q, p.W, left, sw, dw, p.S, b)
+            out = None
+            if phase_h is not None and phase_w is not None:
+                taps_h, dil_h, pad_h, rows = phase_h
+                taps_w, dil_w, pad_w, cols = phase_w
+                wt = wT[:, np.array(taps_h)[:, None], np.array(taps_w)]  # one (contiguous) copy
+                out = _correlate(dyg, wt, pad_h + pad_w, (1, 1), (dil_h, dil_w), (rows, cols))
+            if dx is None:  # allocated after the first phase's buffers are freed
+                dx = np.empty(p.x_shape, dy.dtype)
             # dx rows h ≡ (a - top) (mod sh) belong to phase a, columns likewise.
-            h0, w0 = (a - top) % sh, (b - left) % sw
-            dst = dx[:, :, h0::sh, w0::sw]
-            if phase_h is None or phase_w is None:
+            dst = dx[:, :, (a - top) % sh :: sh, (b - left) % sw :: sw]
+            if out is None:
                 dst[...] = 0 if bias is None else bias.reshape(-1, 1, 1)
-                continue
-            taps_h, dil_h, pad_h, rows = phase_h
-            taps_w, dil_w, pad_w, cols = phase_w
-            wt = np.ascontiguousarray(wT[:, taps_h][:, :, taps_w])
-            out = _correlate(dyg, wt, pad_h + pad_w, (1, 1), (dil_h, dil_w), (rows, cols))
-            _to_nchw(out, dst, bias)
+            else:
+                _to_nchw(out, dst, bias)
     return dx
 
 
@@ -286,10 +315,10 @@ def wgrad(p: Conv2dProblem, x, dy):
     np.copyto(dy_valid, _grouped_channels_last(dy, G))
     dy_phase = dy_grid.reshape(G, g.M, g.T, Kg)
     dwt = np.zeros((G, p.R, p.S, Cg, Kg), dy.dtype)  # dwt[g, r, s, c, k]
-    for r, s0, t, a in _tap_views(buf, g, p.R, p.S):
-        dwt[:, r, s0 : s0 + g.fold] += np.matmul(
+    for rows, s0, t, a in _tap_views(buf, g, p.R, p.S, _stacks_rows(g, p.R, p.S, Kg)):
+        dwt[:, rows, s0 : s0 + g.fold] += np.matmul(
             a.transpose(0, 2, 1), dy_phase[:, :, t]
-        ).reshape(G, g.fold, Cg, Kg)
+        ).reshape(G, -1, g.fold, Cg, Kg)
     return np.ascontiguousarray(dwt.transpose(0, 4, 3, 1, 2)).reshape(p.w_shape)
 
 
