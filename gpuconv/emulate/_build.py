@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._paths import kernels_dir
+
 from ._errors import CompileError
 
 MODES = ("plain", "asan", "race", "coverage")
@@ -44,12 +46,6 @@ _IGNORED_OPTION = re.compile(
     r"-?-split-compile=.*|--minimal)$"
 )
 _EXTERN_SHARED = re.compile(r"\bextern\s+__shared__\s+([^;\[\]]*?)\b([A-Za-z_]\w*)\s*\[\s*\]\s*;")
-
-
-def kernels_dir() -> Path:
-    from .._paths import kernels_dir as find
-
-    return find()
 
 
 @dataclass(frozen=True)
