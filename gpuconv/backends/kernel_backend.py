@@ -41,8 +41,9 @@ ACTIVATION_IDS = {None: 0, "relu": 1, "sigmoid": 2}
 
 @dataclass(frozen=True)
 class Tile:
-    """Tile shape of fprop_implicit_gemm: a BM×BN output tile per block, BK reduction steps, a
-    TM×TN register tile per thread, so (BM/TM)·(BN/TN) threads a block."""
+    """Tile shape of an implicit-GEMM kernel: a BM×BN tile of its GEMM output per block, BK
+    reduction steps staged at a time, a TM×TN register tile per thread, so (BM/TM)·(BN/TN) threads
+    a block."""
 
     BM: int
     BN: int
@@ -58,45 +59,110 @@ class Tile:
         return f"{self.BM}, {self.BN}, {self.BK}, {self.TM}, {self.TN}"
 
 
-# The named tile configurations of fprop_implicit_gemm: every one is compiled, checked and tested.
-FPROP_TILES = {
-    "64x64x8_4x4": Tile(BM=64, BN=64, BK=8, TM=4, TN=4),  # K/groups >= 64: 16 FMAs per 8 loads
-    "32x32x8_2x2": Tile(BM=32, BN=32, BK=8, TM=2, TN=2),  # narrower layers, less tile waste
+# The named tile configurations of each op's implicit-GEMM kernel (GEMM shapes: Conv2dProblem.
+# gemm_shape): every one is compiled, checked and tested.
+TILES = {
+    "fprop": {  # M = N·P·Q, N = K/groups
+        "64x64x8_4x4": Tile(BM=64, BN=64, BK=8, TM=4, TN=4),  # K/groups >= 64: 16 FMAs per 8 loads
+        "32x32x8_2x2": Tile(BM=32, BN=32, BK=8, TM=2, TN=2),  # narrower layers, less tile waste
+    },
+    "dgrad": {  # M = N·H·W (per stride phase), N = C/groups
+        "64x64x8_4x4": Tile(BM=64, BN=64, BK=8, TM=4, TN=4),
+        "32x32x8_2x2": Tile(BM=32, BN=32, BK=8, TM=2, TN=2),
+    },
+    "wgrad": {  # M = K/groups, N = C/groups·R·S; BK = 16: each step's loads cover 16 pixels
+        "64x64x16_4x4": Tile(BM=64, BN=64, BK=16, TM=4, TN=4),
+        "32x32x16_2x2": Tile(BM=32, BN=32, BK=16, TM=2, TN=2),
+    },
 }
-FPROP_KERNELS = ("auto", "direct", *FPROP_TILES)
+# What each op's kernel argument of the backends accepts: 'auto' (the op's choose_*), 'direct'
+# or one of its tiles.
+KERNEL_CHOICES = {op: ("auto", "direct", *tiles) for op, tiles in TILES.items()}
 
 
-def fprop_name(dtype: str, activation, kernel: str) -> str:
-    """The name expression of fprop kernel ``kernel`` ('direct' or a FPROP_TILES name)."""
-    head = f"{CTYPES[dtype]}, {ACTIVATION_IDS[activation]}"
+def kernel_name(op: str, dtype: str, kernel: str, activation=None) -> str:
+    """The name expression of ``op``'s kernel ``kernel`` ('direct' or a TILES[op] name)."""
+    head = CTYPES[dtype] + (f", {ACTIVATION_IDS[activation]}" if op == "fprop" else "")
     if kernel == "direct":
-        return f"fprop_direct<{head}>"
-    return f"fprop_implicit_gemm<{head}, {FPROP_TILES[kernel].template_args()}>"
+        return f"{op}_direct<{head}>"
+    return f"{op}_implicit_gemm<{head}, {TILES[op][kernel].template_args()}>"
 
 
 def choose_fprop(p, kernel: str = "auto") -> str:
-    """'direct' or the FPROP_TILES name to run ``p`` with.
+    """'direct' or the TILES['fprop'] name to run ``p`` with.
 
     ``auto`` takes a tile when the channels per group fill one (K/groups >= 8; depthwise layers
     go direct) and the larger tile when K/groups >= 64. A forced tile falls back to direct only
-    where it cannot run: more (group, channel-tile) pairs than gridDim.y allows.
+    where it cannot run (``launchable``).
     """
     Kg = p.K_per_group
     if kernel == "auto":
         if Kg < 8:
             return "direct"
         kernel = "64x64x8_4x4" if Kg >= 64 and p.N * p.P * p.Q >= 64 else "32x32x8_2x2"
-    if kernel != "direct" and p.groups * ceil_div(Kg, FPROP_TILES[kernel].BN) > 65535:
-        return "direct"
-    return kernel
+    return kernel if kernel == "direct" or launchable("fprop", p, kernel) else "direct"
+
+
+def choose_dgrad(p, kernel: str = "auto") -> str:
+    """'direct' or the TILES['dgrad'] name to run ``p`` with: as choose_fprop, on C/groups (the
+    GEMM's N) and on the pixels of one stride phase (its M)."""
+    Cg = p.C_per_group
+    if kernel == "auto":
+        if Cg < 8:
+            return "direct"
+        phase_pixels = p.N * ceil_div(p.H, p.stride[0]) * ceil_div(p.W, p.stride[1])
+        kernel = "64x64x8_4x4" if Cg >= 64 and phase_pixels >= 64 else "32x32x8_2x2"
+    return kernel if kernel == "direct" or launchable("dgrad", p, kernel) else "direct"
+
+
+def choose_wgrad(p, kernel: str = "auto") -> str:
+    """'direct' or the TILES['wgrad'] name to run ``p`` with: a tile when K/groups >= 8 (the GEMM's
+    M; depthwise goes direct), the larger one when K/groups and C/groups·R·S are both >= 64."""
+    Kg, CRS = p.K_per_group, p.C_per_group * p.R * p.S
+    if kernel == "auto":
+        if Kg < 8:
+            return "direct"
+        kernel = "64x64x16_4x4" if Kg >= 64 and CRS >= 64 else "32x32x16_2x2"
+    return kernel if kernel == "direct" or launchable("wgrad", p, kernel) else "direct"
+
+
+def launchable(op: str, p, kernel: str) -> bool:
+    """Whether tile ``kernel`` of ``op`` can run ``p``: its grid within CUDA's limits and, for
+    wgrad, a non-empty reduction whose per-image pixel index P·Q (+ BK) fits the kernel's int."""
+    tile = TILES[op][kernel]
+    if op == "wgrad" and (p.N * p.P * p.Q == 0 or p.P * p.Q + tile.BK > INT32_MAX):
+        return False
+    grid, _ = launch_config(0, op, tile, p)
+    return grid[0] <= INT32_MAX and all(g <= 65535 for g in grid[1:])
+
+
+# wgrad split-K: enough blocks for two waves on an H100 (132 SMs), at most MAX_SPLITS partial
+# copies of dw in the workspace, and no split shorter than one BK step.
+SPLIT_TARGET_BLOCKS = 2 * 132
+MAX_SPLITS = 64
+
+
+def wgrad_splits(p, tile: Tile) -> tuple[int, int]:
+    """(splits, chunk) of wgrad_implicit_gemm on ``p``: split z reduces the N·P·Q pixels
+    [z·chunk, (z+1)·chunk); chunk is a multiple of BK and no split is empty. A function of the
+    problem and tile only, so a given problem always sums in the same order."""
+    npq = p.N * p.P * p.Q
+    blocks = ceil_div(p.C_per_group * p.R * p.S, tile.BN) * p.groups * ceil_div(p.K_per_group, tile.BM)
+    want = min(ceil_div(SPLIT_TARGET_BLOCKS, blocks), MAX_SPLITS, ceil_div(npq, tile.BK))
+    chunk = ceil_div(ceil_div(npq, want), tile.BK) * tile.BK
+    return ceil_div(npq, chunk), chunk
 
 
 # Every template instance, per source file: the NVRTC name expressions of its module.
+def _instances(op: str, activations=(None,)) -> list[str]:
+    return [kernel_name(op, d, k, a) for d in CTYPES for a in activations
+            for k in ("direct", *TILES[op])]
+
+
 KERNELS = {
-    "fprop.cu": [fprop_name(d, a, k) for d in CTYPES for a in ACTIVATION_IDS
-                 for k in ("direct", *FPROP_TILES)],
-    "dgrad.cu": [f"dgrad_direct<{t}>" for t in CTYPES.values()],
-    "wgrad.cu": [f"wgrad_direct<{t}>" for t in CTYPES.values()],
+    "fprop.cu": _instances("fprop", ACTIVATION_IDS),
+    "dgrad.cu": _instances("dgrad"),
+    "wgrad.cu": _instances("wgrad") + [f"wgrad_reduce_splits<{t}>" for t in CTYPES.values()],
     "elementwise.cu": [
         f"{k}<{t}>"
         for k in ("bias_grad", "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward")
@@ -115,16 +181,29 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def launch_config(total: int, tile: Tile | None = None, p=None):
+def launch_config(total: int, op: str | None = None, tile: Tile | None = None, p=None):
     """(grid, block) of a launch.
 
-    Direct kernels (``total`` outputs): one thread per output, grid-stride beyond MAX_BLOCKS.
-    fprop_implicit_gemm (``tile`` and the problem ``p``): grid x over tiles of BM output pixels,
-    grid y over (group, tile of BN channels of the group); ``tile.threads`` threads a block.
+    Direct and elementwise kernels (``total`` outputs): one thread per output, grid-stride beyond
+    MAX_BLOCKS. The implicit-GEMM kernel of ``op`` (with ``tile`` and the problem ``p``):
+    ``tile.threads`` threads a block, and the grid
+      fprop: x over tiles of BM output pixels, y over (group, tile of BN output channels);
+      dgrad: x over tiles of BM pixels of the largest stride phase, y over (group, tile of BN input
+             channels), z over the stride_h·stride_w phases;
+      wgrad: x over tiles of BN taps (c,r,s), y over (group, tile of BM output channels), z over
+             the reduction splits (``wgrad_splits``).
     """
     if tile is None:
         return (min(ceil_div(total, THREADS_PER_BLOCK), MAX_BLOCKS),), (THREADS_PER_BLOCK,)
-    grid = (ceil_div(p.N * p.P * p.Q, tile.BM), p.groups * ceil_div(p.K_per_group, tile.BN))
+    (sh, sw), G = p.stride, p.groups
+    if op == "fprop":
+        grid = (ceil_div(p.N * p.P * p.Q, tile.BM), G * ceil_div(p.K_per_group, tile.BN))
+    elif op == "dgrad":
+        phase_pixels = p.N * ceil_div(p.H, sh) * ceil_div(p.W, sw)
+        grid = (ceil_div(phase_pixels, tile.BM), G * ceil_div(p.C_per_group, tile.BN), sh * sw)
+    else:
+        grid = (ceil_div(p.C_per_group * p.R * p.S, tile.BN), G * ceil_div(p.K_per_group, tile.BM),
+                wgrad_splits(p, tile)[0])
     return grid, (tile.threads,)
 
 
@@ -159,18 +238,23 @@ class KernelBackend:
 
     ``get_module(filename)`` returns a module with ``get_function(name_expression)``; kernels are
     called as ``kernel(grid, block, args)`` inside ``on_device(first array argument)``, so they run
-    on the arrays' device (CuPy launches on that device's current stream). ``fprop_kernel`` is
-    'auto' (``choose_fprop``), 'direct' or a FPROP_TILES name (tests run each). With ``poison_outputs`` every output is filled with
-    NaN before its kernel runs, so an element a kernel fails to write shows up in the result.
+    on the arrays' device (CuPy launches on that device's current stream). ``fprop_kernel``,
+    ``dgrad_kernel`` and ``wgrad_kernel`` are each one of KERNEL_CHOICES[op]: 'auto' (the op's
+    ``choose_*``), 'direct' or a tile name (tests run each). With ``poison_outputs`` every output
+    (and wgrad's split workspace) is filled with NaN before its kernel runs, so an element a kernel
+    fails to write shows up in the result.
     """
 
     def __init__(self, name: str, xp, get_module, on_device, poison_outputs: bool = False,
-                 fprop_kernel: str = "auto"):
-        if fprop_kernel not in FPROP_KERNELS:
-            raise ValueError(f"fprop_kernel must be one of {FPROP_KERNELS}, got {fprop_kernel!r}")
+                 fprop_kernel: str = "auto", dgrad_kernel: str = "auto",
+                 wgrad_kernel: str = "auto"):
+        self._kernels = dict(fprop=fprop_kernel, dgrad=dgrad_kernel, wgrad=wgrad_kernel)
+        for op, kernel in self._kernels.items():
+            if kernel not in KERNEL_CHOICES[op]:
+                raise ValueError(f"{op}_kernel must be one of {KERNEL_CHOICES[op]}, got {kernel!r}")
         self.name, self.xp = name, xp
         self._get_module, self._on_device = get_module, on_device
-        self._poison, self._fprop_kernel = poison_outputs, fprop_kernel
+        self._poison = poison_outputs
 
     # -- plumbing ----------------------------------------------------------------------------
     def _kernel(self, filename: str, name_expression: str):
@@ -182,33 +266,46 @@ class KernelBackend:
             out.fill(np.nan)
         return out
 
-    def _launch(self, filename: str, name_expression: str, total: int, args: tuple, tile=None,
-                p=None):
+    def _launch(self, filename: str, name_expression: str, total: int, args: tuple, op=None,
+                tile=None, p=None):
         if total == 0:  # a grid of zero blocks is a launch error; there is nothing to do
             return
-        grid, block = launch_config(total, tile, p)
+        grid, block = launch_config(total, op, tile, p)
         with self._on_device(args[0]):
             self._kernel(filename, name_expression)(grid, block, args)
 
     # -- convolutions ------------------------------------------------------------------------
     def fprop(self, p, x, w, bias, activation):
         y = self._empty(p.y_shape, p.dtype)
-        args = (x, w, bias, y) + conv_args(p)
-        kernel = choose_fprop(p, self._fprop_kernel)
-        name = fprop_name(p.dtype, activation, kernel)
-        self._launch("fprop.cu", name, y.size, args, FPROP_TILES.get(kernel), p)
+        kernel = choose_fprop(p, self._kernels["fprop"])
+        self._launch("fprop.cu", kernel_name("fprop", p.dtype, kernel, activation), y.size,
+                     (x, w, bias, y) + conv_args(p), "fprop", TILES["fprop"].get(kernel), p)
         return y
 
     def dgrad(self, p, dy, w, bias=None):
         dx = self._empty(p.x_shape, p.dtype)
-        kernel = f"dgrad_direct<{CTYPES[p.dtype]}>"
-        self._launch("dgrad.cu", kernel, dx.size, (dy, w, bias, dx) + conv_args(p))
+        kernel = choose_dgrad(p, self._kernels["dgrad"])
+        self._launch("dgrad.cu", kernel_name("dgrad", p.dtype, kernel), dx.size,
+                     (dy, w, bias, dx) + conv_args(p), "dgrad", TILES["dgrad"].get(kernel), p)
         return dx
 
     def wgrad(self, p, x, dy):
         dw = self._empty(p.w_shape, p.dtype)
-        kernel = f"wgrad_direct<{CTYPES[p.dtype]}>"
-        self._launch("wgrad.cu", kernel, dw.size, (x, dy, dw) + conv_args(p))
+        kernel = choose_wgrad(p, self._kernels["wgrad"])
+        name = kernel_name("wgrad", p.dtype, kernel)
+        if kernel == "direct":
+            self._launch("wgrad.cu", name, dw.size, (x, dy, dw) + conv_args(p))
+            return dw
+        # Split-K: each split's partial dw into its own slice of a workspace, then one fixed-order
+        # sum of the slices; a single split writes dw itself.
+        tile = TILES["wgrad"][kernel]
+        splits, chunk = wgrad_splits(p, tile)
+        partial = dw if splits == 1 else self._empty((splits, *p.w_shape), p.dtype)
+        self._launch("wgrad.cu", name, dw.size, (x, dy, partial) + conv_args(p) + (np.int64(chunk),),
+                     "wgrad", tile, p)
+        if splits > 1:
+            self._launch("wgrad.cu", f"wgrad_reduce_splits<{CTYPES[p.dtype]}>", dw.size,
+                         (partial, dw, np.int64(dw.size), np.int32(splits)))
         return dw
 
     # -- elementwise -------------------------------------------------------------------------
@@ -250,13 +347,15 @@ def _emulate_module(filename: str, **emulate_options):
 
 
 @functools.lru_cache(maxsize=None)
-def emulate_backend(fprop_kernel: str = "auto", **emulate_options) -> KernelBackend:
+def emulate_backend(fprop_kernel: str = "auto", dgrad_kernel: str = "auto",
+                    wgrad_kernel: str = "auto", **emulate_options) -> KernelBackend:
     """The kernels run on the CPU by ``gpuconv.emulate`` on NumPy arrays; outputs are NaN-poisoned.
 
-    ``emulate_options`` (e.g. ``mode='asan'``, ``schedule='reverse'``) go to ``emulate.Module``.
+    The ``*_kernel`` arguments are KernelBackend's. ``emulate_options`` (e.g. ``mode='asan'``, ``schedule='reverse'``) go to ``emulate.Module``.
     """
     module = functools.partial(_emulate_module, **emulate_options)
-    return KernelBackend("emulate", np, module, _no_device, True, fprop_kernel)
+    return KernelBackend("emulate", np, module, _no_device, True, fprop_kernel, dgrad_kernel,
+                         wgrad_kernel)
 
 
 def _no_device(array):
@@ -279,11 +378,13 @@ def _current_device_module(filename: str):
 
 
 @functools.lru_cache(maxsize=None)
-def cuda_backend(poison_outputs: bool = False, fprop_kernel: str = "auto") -> KernelBackend:
+def cuda_backend(poison_outputs: bool = False, fprop_kernel: str = "auto",
+                 dgrad_kernel: str = "auto", wgrad_kernel: str = "auto") -> KernelBackend:
     """The kernels on the current CUDA device and stream, on CuPy arrays.
 
     Raises RuntimeError without CuPy (with the install hint) or without a usable GPU.
-    ``poison_outputs`` (tests) fills outputs with NaN before each kernel.
+    ``poison_outputs`` (tests) fills outputs with NaN before each kernel; the ``*_kernel``
+    arguments are KernelBackend's.
     """
     try:
         import cupy
@@ -297,7 +398,7 @@ def cuda_backend(poison_outputs: bool = False, fprop_kernel: str = "auto") -> Ke
     if count == 0:
         raise RuntimeError("the cuda backend found no CUDA GPU (cudaGetDeviceCount() = 0)")
     return KernelBackend("cuda", cupy, _current_device_module, _array_device, poison_outputs,
-                         fprop_kernel)
+                         fprop_kernel, dgrad_kernel, wgrad_kernel)
 
 
 def _array_device(array):
