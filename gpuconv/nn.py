@@ -165,7 +165,9 @@ class ConvTranspose2d(Layer):
         w, x = self.weight.data, self.x
         # The convolution of dy gives Hin + output_padding // stride rows: those past the input's
         # size saw only the output padding, so x is extended by zeros there and dx cropped.
-        p = conv_problem(dy.shape, w.shape, dtype=dy.dtype.name, **self.conv_args)
+        # (Unbatched (C, H, W) arrays are one image: the problem is stated with N = 1.)
+        dy_shape = dy.shape if dy.ndim == 4 else (1, *dy.shape)
+        p = conv_problem(dy_shape, w.shape, dtype=dy.dtype.name, **self.conv_args)
         H, W = x.shape[-2:]
         x_ext = x
         if (p.P, p.Q) != (H, W):

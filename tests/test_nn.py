@@ -55,6 +55,8 @@ CONV2D_CASES = {
     "no bias": (dict(bias=False, stride=2), (1, 3, 6, 6)),
     "relu": (dict(activation="relu", padding=1), (2, 3, 5, 5)),
     "sigmoid": (dict(activation="sigmoid", stride=2), (2, 3, 7, 7)),
+    "unbatched": (dict(stride=2, padding=1), (3, 6, 5)),
+    "unbatched relu": (dict(activation="relu", padding=1), (3, 5, 5)),
 }
 
 
@@ -73,6 +75,9 @@ TRANSPOSE_CASES = {
     # output_padding ≥ stride (allowed because < dilation): rows only the padding reaches
     "output_padding past the stride": (dict(dilation=3, output_padding=2), (1, 4, 3, 3)),
     "no bias": (dict(bias=False, stride=3), (1, 4, 2, 3)),
+    "unbatched": (dict(), (4, 3, 3)),
+    "unbatched, stride 2": (dict(stride=2), (4, 5, 4)),
+    "unbatched, output_padding past the stride": (dict(dilation=3, output_padding=2), (4, 3, 3)),
 }
 
 
@@ -88,15 +93,17 @@ def test_conv_transpose2d_is_torch_shaped():
     assert layer(np.zeros((1, 4, 5, 5), np.float32)).shape == (1, 6, 10, 10)
 
 
+@pytest.mark.parametrize("x_shape", [(2, 3, 4, 5), (3, 4, 5)], ids=["batched", "unbatched"])
 @pytest.mark.parametrize("layer", [nn.ReLU(), nn.Sigmoid()], ids=["relu", "sigmoid"])
-def test_activation_gradients(layer):
-    check_layer(layer, (2, 3, 4, 5))
+def test_activation_gradients(layer, x_shape):
+    check_layer(layer, x_shape)
 
 
 def test_sequential_chains_backward():
     net = nn.Sequential(nn.Conv2d(2, 3, 3, activation="relu", dtype="float64", rng=3),
                         nn.Conv2d(3, 2, 2, stride=2, dtype="float64", rng=4), nn.Sigmoid())
     check_layer(net, (2, 2, 7, 7))
+    check_layer(net, (2, 7, 7))  # unbatched
     assert len(net.parameters()) == 4
 
 
