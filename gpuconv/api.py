@@ -59,7 +59,10 @@ def _weight(w):
 
 
 def _contiguous(be, a):
-    return None if a is None else be.xp.ascontiguousarray(a)
+    """C-contiguous, in native byte order (the kernels read native floats; '>f8' would be wrong)."""
+    if a is None:
+        return None
+    return be.xp.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
 
 
 def _unbatch(y, unbatched: bool):
@@ -80,7 +83,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, activatio
     if bias is not None:
         _require("bias", bias, (p.K,), "one value per output channel K")
     check_activation(activation)
-    if p.N == 0 or p.K == 0:
+    if p.N == 0:
         return _unbatch(be.xp.zeros(p.y_shape, dtype), unbatched)
     y = be.fprop(p, _contiguous(be, x4), _contiguous(be, w), _contiguous(be, bias), activation)
     return _unbatch(y, unbatched)
@@ -101,15 +104,17 @@ def conv2d_weight(x, w_shape, dy, stride=1, padding=0, dilation=1, groups=1, *, 
     x4, unbatched = _batched("x", x)
     p = conv_problem(x4.shape, w_shape, stride, padding, dilation, groups, dtype)
     _require("dy", dy, p.y_shape[unbatched:], "the conv2d output shape (N, K, P, Q)")
-    if p.N == 0 or p.K == 0:
+    if p.N == 0:
         return be.xp.zeros(p.w_shape, dtype)
     return be.wgrad(p, _contiguous(be, x4), _contiguous(be, dy.reshape(p.y_shape)))
 
 
 def conv2d_bias(dy, *, backend=None):
     """db[K], the sum of dy (N, K, P, Q) or (K, P, Q) over every axis but K."""
-    be, _ = _checked_arrays(backend, dy=dy)
+    be, dtype = _checked_arrays(backend, dy=dy)
     dy4, _ = _batched("dy", dy)
+    if dy4.size == 0:
+        return be.xp.zeros(dy4.shape[1], dtype)
     return be.bias_grad(_contiguous(be, dy4))
 
 
@@ -130,9 +135,8 @@ def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, gro
 
 
 def _dgrad(be, p, dy, w, bias):
-    if p.N == 0 or p.K == 0:  # nothing to reduce: the result is the bias alone
-        dx = be.xp.zeros(p.x_shape, p.dtype)
-        return dx if bias is None else dx + bias.reshape(1, -1, 1, 1)
+    if p.N == 0:
+        return be.xp.zeros(p.x_shape, p.dtype)
     return be.dgrad(p, _contiguous(be, dy), _contiguous(be, w), _contiguous(be, bias))
 
 
@@ -141,7 +145,8 @@ def _elementwise(op: str, backend, **arrays):
     shapes = {name: a.shape for name, a in arrays.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"{' and '.join(shapes)} must have the same shape, got {shapes}")
-    return getattr(be, op)(*(_contiguous(be, a) for a in arrays.values()))
+    result = getattr(be, op)(*(_contiguous(be, a) for a in arrays.values()))
+    return result.reshape(next(iter(shapes.values())))  # 0-d stays 0-d
 
 
 def relu(x, *, backend=None):

@@ -175,13 +175,18 @@ def _groups(value) -> int:
     return int(value)
 
 
-def _shape4(name: str, shape) -> tuple[int, int, int, int]:
+def _shape4(name: str, shape, batch: bool) -> tuple[int, int, int, int]:
+    """A 4-D shape of positive sizes; as in PyTorch only an activation's batch (N) may be 0."""
     if not isinstance(shape, (tuple, list)) or not all(_is_int(v) for v in shape):
         raise TypeError(f"{name} must be a tuple of ints, got {shape!r}")
     if len(shape) != 4:
         raise ValueError(f"{name} must have 4 dimensions, got {len(shape)}: {tuple(shape)}")
-    if min(shape) < 0:
-        raise ValueError(f"{name} must not have negative sizes, got {tuple(shape)}")
+    if batch and (shape[0] < 0 or min(shape[1:]) <= 0):
+        raise ValueError(
+            f"{name} must have positive C, H and W (only the batch N may be 0), got {tuple(shape)}"
+        )
+    if not batch and min(shape) <= 0:
+        raise ValueError(f"{name} must have positive sizes, got {tuple(shape)}")
     return tuple(int(v) for v in shape)
 
 
@@ -201,13 +206,11 @@ def _output_size(name: str, size: int, lo: int, hi: int, dil: int, k: int, strid
 
 def conv_problem(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, dtype="float32"):
     """Check the arguments of a convolution with input ``x_shape`` and weight ``w_shape``."""
-    N, C, H, W = _shape4("x shape", x_shape)
-    K, Cg, R, S = _shape4("w shape", w_shape)
+    N, C, H, W = _shape4("x shape", x_shape, batch=True)
+    K, Cg, R, S = _shape4("w shape", w_shape, batch=False)
     stride = _positive_pair("stride", stride)
     dilation = _positive_pair("dilation", dilation)
     groups = _groups(groups)
-    if min(Cg, R, S) <= 0:
-        raise ValueError(f"w must have positive C/groups, R and S, got shape {(K, Cg, R, S)}")
     if C % groups:
         raise ValueError(f"groups={groups} must divide the input channels, x has {C} channels")
     if K % groups:
@@ -231,8 +234,8 @@ def transpose_problem(
     this op's input, so the problem has K = Cin, C = Cout, P = Hin and
     H = (Hin-1)·stride - pad_top - pad_bottom + dil·(R-1) + output_padding + 1.
     """
-    N, Cin, Hin, Win = _shape4("x shape", x_shape)
-    Kw, Coutg, R, S = _shape4("w shape", w_shape)
+    N, Cin, Hin, Win = _shape4("x shape", x_shape, batch=True)
+    Kw, Coutg, R, S = _shape4("w shape", w_shape, batch=False)
     stride = _positive_pair("stride", stride)
     dilation = _positive_pair("dilation", dilation)
     groups = _groups(groups)
@@ -249,8 +252,6 @@ def transpose_problem(
                 f"output_padding must be smaller than either stride or dilation along {axis}, "
                 f"got output_padding={output_padding!r}, stride={stride}, dilation={dilation}"
             )
-    if min(Coutg, R, S) <= 0:
-        raise ValueError(f"w must have positive C/groups, R and S, got shape {(Kw, Coutg, R, S)}")
     if Cin % groups:
         raise ValueError(f"groups={groups} must divide the input channels, x has {Cin} channels")
     if Kw != Cin:

@@ -93,7 +93,7 @@ def activate(y, activation):
 
 
 def relu_backward(dy, x):
-    return np.where(np.asarray(x) > 0, np.asarray(dy, np.float64), 0.0)
+    return np.where(np.asarray(x) <= 0, 0.0, np.asarray(dy, np.float64))
 
 
 def sigmoid_backward(dy, y):

@@ -27,12 +27,13 @@ __global__ void relu_forward(const T* __restrict__ x, T* __restrict__ y, index_t
     }
 }
 
-// The gradient of relu at x: dy where x > 0, else 0 (0 at x = 0, as PyTorch).
+// The gradient of relu at x: 0 where x <= 0, else dy (0 at x = 0 and dy at x = NaN, as PyTorch's
+// threshold_backward).
 template <typename T>
 __global__ void relu_backward(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx,
                               index_t n) {
     for (index_t i = global_thread_index(); i < n; i += grid_stride()) {
-        dx[i] = x[i] > T(0) ? dy[i] : T(0);
+        dx[i] = x[i] <= T(0) ? T(0) : dy[i];
     }
 }
 
@@ -48,6 +49,6 @@ template <typename T>
 __global__ void sigmoid_backward(const T* __restrict__ dy, const T* __restrict__ y,
                                  T* __restrict__ dx, index_t n) {
     for (index_t i = global_thread_index(); i < n; i += grid_stride()) {
-        dx[i] = dy[i] * y[i] * (T(1) - y[i]);
+        dx[i] = dy[i] * (T(1) - y[i]) * y[i];  // PyTorch's order: the same rounding
     }
 }

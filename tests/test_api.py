@@ -206,6 +206,33 @@ def test_activations_and_their_backwards(backend):
     assert gc.sigmoid(np.float32([-200, 0, 200]), backend=backend).tolist() == [0.0, 0.5, 1.0]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_edge_values_follow_pytorch(backend):
+    """0-d arrays stay 0-d, an empty batch has a zero bias gradient, a NaN input passes dy through
+    relu's backward (PyTorch's threshold_backward), and sigmoid's backward rounds as PyTorch's."""
+    assert gc.relu(np.array(-2.0), backend=backend).shape == ()
+    assert gc.conv2d_bias(np.zeros((0, 4, 3, 3)), backend=backend).tolist() == [0.0] * 4
+    x, dy = np.array([np.nan, -1.0, 0.0, 2.0]), np.array([5.0, 6.0, 7.0, 8.0])
+    np.testing.assert_array_equal(gc.relu_backward(dy, x, backend=backend), [5.0, 0, 0, 8.0])
+    rng = np.random.default_rng(4)
+    y = rng.random(1000).astype(np.float32)
+    dy = rng.standard_normal(1000).astype(np.float32)
+    want = dy * (np.float32(1) - y) * y  # aten's sigmoid_backward: grad · (1 - y) · y
+    np.testing.assert_array_equal(gc.sigmoid_backward(dy, y, backend=backend), want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("order", [">", "<"])
+def test_any_byte_order_gives_native_results(backend, order):
+    p, x, w, dy, bias = inputs(EDGE["stride_hw"], seed=9)
+    kw = conv_kwargs(EDGE["stride_hw"])
+    swapped = [a.astype(a.dtype.newbyteorder(order)) for a in (x, w, bias)]
+    got = gc.conv2d(*swapped, backend=backend, **kw)
+    assert got.dtype == np.float64 and got.dtype.isnative
+    np.testing.assert_array_equal(got, gc.conv2d(x, w, bias, backend=backend, **kw))
+    np.testing.assert_array_equal(gc.relu(swapped[0], backend=backend), np.maximum(x, 0))
+
+
 # -- the seeds' numeric example -------------------------------------------------------------------
 
 SEED_004_X = [[3, 3, 2, 1, 0], [0, 0, 1, 3, 1], [3, 1, 2, 2, 3], [2, 0, 0, 2, 2], [2, 0, 0, 0, 1]]

@@ -90,6 +90,10 @@ CASES = [
      TypeError, ["x must be a NumPy or CuPy array", "list"]),
     ("relu_shapes", lambda b: gc.relu_backward(f32(2, 3), f32(3, 2), backend=b),
      ValueError, ["dy and x must have the same shape"]),
+    ("zero_output_channels", lambda b: gc.conv2d(f32(1, 1, 5, 5), f32(0, 1, 3, 3), backend=b),
+     ValueError, ["w shape must have positive sizes", "(0, 1, 3, 3)"]),
+    ("zero_height", lambda b: gc.conv2d(f32(1, 1, 0, 5), f32(1, 1, 1, 1), padding=1, backend=b),
+     ValueError, ["x shape must have positive C, H and W", "(1, 1, 0, 5)"]),
     ("unknown_backend", lambda b: gc.relu(f32(2), backend="tpu"), ValueError, ["backend", "'tpu'"]),
 ]
 
