@@ -168,7 +168,7 @@ def seed004_numeric(ctx: Context) -> Result:
     _grid(axes[3], dw, "∂ sum(y) / ∂w")
     _grid(axes[4], image, "deconv(y) (5×5)")
     _grid(axes[5], dw_deconv, "∂ sum(deconv(y)) / ∂w")
-    fig.suptitle("seed 004: conv2d as im2col + GEMM, its kernel gradient, and the deconvolution")
+    fig.suptitle("seed 004: conv2d, its kernel gradient, and the deconvolution")
     png = _save(fig, ctx, "seed004-numeric")
     summary = (f"output {y.astype(int).tolist()} {'=' if output_ok else '≠'} the note's; "
                f"kernel gradient [0,0] = {dw[0, 0]:g}, [0,1] = {dw[0, 1]:g} (note: 15, 15); "

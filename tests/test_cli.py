@@ -125,3 +125,28 @@ def test_main_returns_exit_codes_in_process(capsys):
 def test_bench_is_delegated(capsys):
     assert cli.main(["bench", "--help"]) == 0  # gpuconv.bench's own parser answers
     assert "--quick" in capsys.readouterr().out
+
+
+# -- the demo's figures, in process: each experiment's Figure captured instead of saved ----------
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory):
+    """Every experiment of ``demo --quick`` on numpy, run in process: {name: (Result, Figure)}."""
+    from gpuconv import demo as demo_module
+
+    ctx = demo_module.Context("numpy", 0, True, tmp_path_factory.mktemp("figures"))
+    captured = {}
+    mp = pytest.MonkeyPatch()
+    mp.setattr(demo_module, "_save", lambda fig, ctx, name: captured.setdefault(name, fig) and "")
+    try:
+        results = {e.__name__: e(ctx) for e in demo_module.EXPERIMENTS}
+    finally:
+        mp.undo()
+    return {r.name: (r, captured[r.name]) for r in results.values()}
+
+
+def test_seed004_title_says_what_the_picture_shows(figures):
+    title = figures["seed004-numeric"][1]._suptitle.get_text()
+    assert "im2col" not in title and "GEMM" not in title
+    assert "kernel gradient" in title and "deconvolution" in title
