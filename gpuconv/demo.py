@@ -107,11 +107,13 @@ def _grid(ax, a, title: str, fmt: str = "{:g}"):
     ax.set_yticks([])
 
 
-def _image(ax, a, title: str, cmap: str = "gray"):
-    ax.imshow(np.asarray(a), cmap=cmap)
+def _image(ax, a, title: str, cmap: str = "gray", vmin=None, vmax=None):
+    """A picture; pass vmin/vmax to put several on one colour scale (else each is auto-scaled)."""
+    image = ax.imshow(np.asarray(a), cmap=cmap, vmin=vmin, vmax=vmax)
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
+    return image
 
 
 def _loss_curves(ax, curves: dict, title: str, marks: dict | None = None, goal: float | None = None):
@@ -326,12 +328,20 @@ def seed003_single_channel(ctx: Context) -> Result:
             ctx, f"seed 003: {activation}", trained, x, target, nn.MSELoss("sum"), lr, steps)
         pictures[activation] = ctx.host(target)[0, 0], ctx.host(trained(x))[0, 0]
 
-    fig = _figure(15, 3.8)
-    axes = fig.subplots(1, 4, width_ratios=(1, 1, 1, 2))
+    fig = _figure(18, 3.8)
+    axes = fig.subplots(1, 5, width_ratios=(1, 1, 1, 1, 2.2))
     _image(axes[0], ctx.host(x)[0, 0], "input map (20×20)", "viridis")
-    _image(axes[1], pictures["relu"][0], "target (relu)", "viridis")
-    _image(axes[2], pictures["relu"][1], f"learned (relu), step {steps}", "viridis")
-    _loss_curves(axes[3], curves, "summed squared error",
+    # target and learned on one colour scale, so a difference between them shows as one
+    target, learned = pictures["relu"]
+    lo, hi = min(target.min(), learned.min()), max(target.max(), learned.max())
+    _image(axes[1], target, "target (relu)", "viridis", lo, hi)
+    shared = _image(axes[2], learned, f"learned (relu), step {steps}", "viridis", lo, hi)
+    fig.colorbar(shared, ax=axes[1:3], shrink=0.8)
+    error = learned - target
+    bound = max(float(np.abs(error).max()), 1e-12)
+    diff = _image(axes[3], error, "learned − target (relu)", "RdBu_r", -bound, bound)
+    fig.colorbar(diff, ax=axes[3], shrink=0.8)
+    _loss_curves(axes[4], curves, "summed squared error",
                  marks={"the note (no activation)": SEED003_LOSS})
     fig.suptitle("seed 003: 3×3 stride 1 → activation → 4×4 stride 2, single channel, re-learned")
     png = _save(fig, ctx, "seed003-single-channel")

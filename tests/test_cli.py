@@ -150,3 +150,18 @@ def test_seed004_title_says_what_the_picture_shows(figures):
     title = figures["seed004-numeric"][1]._suptitle.get_text()
     assert "im2col" not in title and "GEMM" not in title
     assert "kernel gradient" in title and "deconvolution" in title
+
+
+def _images_by_title(fig) -> dict:
+    return {ax.get_title(): ax.images[0] for ax in fig.axes if ax.images}
+
+
+def test_seed003_target_and_learned_share_one_colour_scale(figures):
+    images = _images_by_title(figures["seed003-single-channel"][1])
+    target = next(im for t, im in images.items() if t.startswith("target"))
+    learned = next(im for t, im in images.items() if t.startswith("learned"))
+    assert target.get_clim() == learned.get_clim()
+    lo, hi = target.get_clim()
+    for im in (target, learned):  # the shared scale covers both pictures
+        assert lo <= im.get_array().min() and im.get_array().max() <= hi
+    assert any(t.startswith("learned − target") for t in images)
