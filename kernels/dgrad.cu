@@ -11,7 +11,8 @@
 // transpose of fprop, which would need atomics) it gathers from the taps that hit a real dy
 // element, in a fixed order (r, s, k), then adds the bias if there is one.
 //
-// dgrad_implicit_gemm: the tiled GEMM, one launch for all stride phases. Input pixels with the same
+// dgrad_implicit_gemm (assumes a phase's pixels per image Hp·Wp + BM < 2^31, checked on the host): the
+// tiled GEMM, one launch for all stride phases. Input pixels with the same
 // (h mod stride_h, w mod stride_w) meet the same taps (see phase_taps), so blockIdx.z names a phase
 // and the block runs that phase's dense GEMM: M = N·Hp·Wp pixels h = phase_h + i·stride_h,
 // w = phase_w + j·stride_w, reduction over K/groups × (the phase's taps) only. One launch with the
@@ -126,14 +127,20 @@ dgrad_implicit_gemm(const T* __restrict__ dy, const T* __restrict__ w, const T* 
     static_assert(THREADS % BM == 0 && THREADS % BK == 0, "staging assumes THREADS % BM, BK == 0");
     const int a_j = threadIdx.x % BM, b_i = threadIdx.x % BK;
     const index_t a_m = m_base + a_j;
-    const index_t a_n = a_m / HWp, a_ij = a_m % HWp;
+    // Pixels are decoded from the block's first one: one 64-bit division (a subroutine call whose
+    // live registers spill), the rest in 32 bits (Hp·Wp + BM < 2^31).
+    const index_t n_base = m_base / HWp;
+    const int ij_base = (int)(m_base - n_base * HWp);
+    const index_t a_n = n_base + (ij_base + a_j) / (int)HWp;
+    const int a_ij = (ij_base + a_j) % (int)HWp;
     // dy row / column that tap t = 0 of pixel a_m reads; tap t subtracts t·dp (phase_taps).
-    const int a_p0 = (int)(a_ij / Wp) + tap_r.p0, a_q0 = (int)(a_ij % Wp) + tap_s.p0;
+    const int a_p0 = a_ij / Wp + tap_r.p0, a_q0 = a_ij % Wp + tap_s.p0;
     const T* dy_a = dy_g + a_n * K * P * Q;
-    // The epilogue's first pixel, decoded before acc is live (64-bit division is a subroutine).
+    // The epilogue's first pixel (n, i, j).
     const index_t m0 = m_base + thread_m;
-    index_t n = m0 / HWp;
-    int i = (int)(m0 % HWp / Wp), j = (int)(m0 % Wp);
+    index_t n = n_base + (ij_base + thread_m) / (int)HWp;
+    int i = (ij_base + thread_m) % (int)HWp, j = i % Wp;
+    i /= Wp;
 
     T acc[TM][TN] = {};
     for (int krs_base = 0; krs_base < KRS; krs_base += BK) {

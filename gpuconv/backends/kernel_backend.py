@@ -127,9 +127,13 @@ def choose_wgrad(p, kernel: str = "auto") -> str:
 
 
 def launchable(op: str, p, kernel: str) -> bool:
-    """Whether tile ``kernel`` of ``op`` can run ``p``: its grid within CUDA's limits and, for
-    wgrad, a non-empty reduction whose per-image pixel index P·Q (+ BK) fits the kernel's int."""
+    """Whether tile ``kernel`` of ``op`` can run ``p``: its grid within CUDA's limits and the
+    per-image pixel indices the kernel keeps in an int within range (dgrad: a stride phase's
+    pixels + BM; wgrad: P·Q + BK, and a non-empty reduction)."""
     tile = TILES[op][kernel]
+    (sh, sw) = p.stride
+    if op == "dgrad" and ceil_div(p.H, sh) * ceil_div(p.W, sw) + tile.BM > INT32_MAX:
+        return False
     if op == "wgrad" and (p.N * p.P * p.Q == 0 or p.P * p.Q + tile.BK > INT32_MAX):
         return False
     grid, _ = launch_config(0, op, tile, p)
