@@ -36,6 +36,7 @@ SEED000_LOSS = (4566.69, 46.41)
 SEED003_KERNELS = ([[0, 0, 1], [0, 2, 0], [1, 0, 1]],
                    [[1, 0, 0, 1], [1, 0, 0, 1], [0, -1, -1, 0], [0, 1, 1, 0]])
 SEED003_LOSS = {99: 641.10, 1999: 8.01}
+SEED003_LR = 3e-5  # the note's learning rate
 SEED003_MIN_REDUCTION = 50  # ok when each loss falls at least this much (the note's: 80× from step 100)
 
 
@@ -119,8 +120,18 @@ def _image(ax, a, title: str, cmap: str = "gray", vmin=None, vmax=None):
 def _loss_curves(ax, curves: dict, title: str, marks: dict | None = None, goal: float | None = None):
     for label, losses in curves.items():
         ax.semilogy(np.arange(len(losses)), losses, label=label)
-    for label, points in (marks or {}).items():
-        ax.semilogy(list(points), list(points.values()), "o", label=label)
+    # The notes' reference points: a marker where the curves reach that step, else (--quick runs
+    # fewer steps) a horizontal line, so the step axis never runs past the steps run.
+    steps = max(len(losses) for losses in curves.values())
+    for i, (label, points) in enumerate((marks or {}).items()):
+        inside = {s: v for s, v in points.items() if s < steps}
+        color = f"C{len(curves) + i}"
+        if inside:
+            ax.semilogy(list(inside), list(inside.values()), "o", color=color, label=label)
+        for s, v in points.items():
+            if s >= steps:
+                ax.axhline(v, color=color, linestyle=":", linewidth=1.2,
+                           label=f"{label} at step {s + 1}: {v:g}")
     if goal is not None:
         ax.axhline(goal, color="gray", linestyle="--", linewidth=1, label=f"goal {goal:g}")
     ax.set_xlabel("step")
@@ -308,9 +319,11 @@ def seed003_single_channel(ctx: Context) -> Result:
     rng = ctx.rng(3)
     x = ctx.array(rng.normal(1, 1, (1, 1, 20, 20)))
     steps = 400 if ctx.quick else 2000
-    # ReLU takes the note's learning rate; sigmoid's gradient is at most 1/4 and saturates on
-    # these inputs, so it gets a larger one.
-    learning_rates = {"relu": 3e-5, "sigmoid": 1e-3}
+    # The note's learning rate, 3e-5, is at the edge of stability for ReLU here: the loss
+    # oscillates every other step (it rose on 49% of 2000 steps). 2.5e-5 descends monotonically,
+    # 2e-5 leaves a margin (seeds 0-5: no rise, or a few during a plateau). Sigmoid's gradient is
+    # at most 1/4 and saturates on these inputs, so it gets a larger one.
+    learning_rates = {"relu": 2e-5, "sigmoid": 1e-3}
     curves, pictures = {}, {}
     for activation, lr in learning_rates.items():
         def net(kernels=None):
@@ -348,11 +361,14 @@ def seed003_single_channel(ctx: Context) -> Result:
     reductions = {label: losses[0] / losses[-1] for label, losses in curves.items()}
     summary = "; ".join(f"{label}: {losses[0]:.4g} → {losses[-1]:.3g}"
                         for label, losses in curves.items())
-    summary += f" in {steps} steps (note, no activation: {SEED003_LOSS[1999]:g} after 2000)"
+    summary += (f" in {steps} steps (note, no activation, lr {SEED003_LR:g}: "
+                f"{SEED003_LOSS[1999]:g} after 2000; its lr makes relu oscillate here)")
     return Result("seed003-single-channel", "seed 003: single channel, relu and sigmoid",
                   all(r >= SEED003_MIN_REDUCTION for r in reductions.values()), summary,
-                  dict(steps=steps, **{label: dict(first_loss=l[0], final_loss=l[-1])
-                                       for label, l in curves.items()}), png)
+                  dict(steps=steps, seed_relu_lr=SEED003_LR,
+                       **{label: dict(first_loss=l[0], final_loss=l[-1],
+                                      rising_steps=int(np.sum(np.diff(l) > 0)))
+                          for label, l in curves.items()}), png)
 
 
 EXPERIMENTS = (seed004_numeric, seed001_edge_kernel, seed000_two_layers, seed003_single_channel)

@@ -165,3 +165,22 @@ def test_seed003_target_and_learned_share_one_colour_scale(figures):
     for im in (target, learned):  # the shared scale covers both pictures
         assert lo <= im.get_array().min() and im.get_array().max() <= hi
     assert any(t.startswith("learned − target") for t in images)
+
+
+@pytest.mark.parametrize("name", ["seed000-two-layers", "seed003-single-channel"])
+def test_loss_axis_ends_at_the_steps_run(figures, name):
+    """The notes' reference points past the steps --quick runs do not stretch the step axis."""
+    result, fig = figures[name]
+    steps = result.metrics["steps"]
+    loss_axes = [ax for ax in fig.axes if ax.get_xlabel() == "step"]
+    assert loss_axes and all(ax.get_xlim()[1] <= 1.1 * steps for ax in loss_axes)
+    legend = " ".join(t.get_text() for ax in loss_axes for t in ax.get_legend().get_texts())
+    assert "the note" in legend
+
+
+def test_seed003_relu_descends_cleanly(figures):
+    """The learning rate is inside the stable range: the loss never rises."""
+    metrics = figures["seed003-single-channel"][0].metrics
+    relu = next(v for k, v in metrics.items() if k.startswith("relu"))
+    assert relu["rising_steps"] == 0
+    assert metrics["seed_relu_lr"] == 3e-5
