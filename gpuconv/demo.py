@@ -227,8 +227,9 @@ def seed001_edge_kernel(ctx: Context) -> Result:
             sgd.step()
             bar.update()
             if len(losses) % 200 == 0:
-                bar.set_postfix(loss=f"{loss:.2e}")
+                bar.set_postfix_str(f"½·MSE={loss:.2e}", refresh=False)
         bar.total = bar.n
+        bar.set_postfix_str(f"½·MSE={losses[-1]:.2e}")  # the summary's figure
     steps = len(losses) - 1
     learned, w_true = ctx.host(conv.weight.data)[0, 0], ctx.host(w_true)[0, 0]
     output, target = ctx.host(conv(x))[0, 0], ctx.host(target)[0, 0]
@@ -258,8 +259,9 @@ def seed001_edge_kernel(ctx: Context) -> Result:
 
 
 def _train(ctx: Context, title: str, net: nn.Layer, x, target, loss: nn.MSELoss, lr: float,
-           steps: int) -> list[float]:
-    """Plain gradient descent on ``loss(net(x), target)``; the loss before each step."""
+           steps: int, quantity: str) -> list[float]:
+    """Plain gradient descent on ``loss(net(x), target)``: the loss after 0, 1, ..., ``steps``
+    steps (``steps + 1`` values). The bar shows it as ``quantity=value``, ending on the last."""
     sgd = nn.SGD(net.parameters(), lr)
     losses = []
     with ctx.progress(title, steps) as bar:
@@ -269,7 +271,9 @@ def _train(ctx: Context, title: str, net: nn.Layer, x, target, loss: nn.MSELoss,
             sgd.step()
             bar.update()
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{losses[-1]:.3g}")
+                bar.set_postfix_str(f"{quantity}={losses[-1]:.3g}", refresh=False)
+        losses.append(float(loss(net(x), target)))
+        bar.set_postfix_str(f"{quantity}={losses[-1]:.3g}")
     return losses
 
 
@@ -290,7 +294,7 @@ def seed000_two_layers(ctx: Context) -> Result:
     target = target_net(x)
     net = nn.Sequential(conv(3, 5, 3, 1), conv(5, 6, 4, 2))
     steps = 100 if ctx.quick else 300
-    losses = _train(ctx, "seed 000: two layers", net, x, target, nn.MSELoss(), 0.01, steps)
+    losses = _train(ctx, "seed 000: two layers", net, x, target, nn.MSELoss(), 0.01, steps, "MSE")
     learned = net(x)
 
     fig = _figure(11, 4.2)
@@ -338,7 +342,7 @@ def seed003_single_channel(ctx: Context) -> Result:
         target = net(SEED003_KERNELS)(x)
         trained = net()
         curves[f"{activation}, lr {lr:g}"] = _train(
-            ctx, f"seed 003: {activation}", trained, x, target, nn.MSELoss("sum"), lr, steps)
+            ctx, f"seed 003: {activation}", trained, x, target, nn.MSELoss("sum"), lr, steps, "SSE")
         pictures[activation] = ctx.host(target)[0, 0], ctx.host(trained(x))[0, 0]
 
     fig = _figure(18, 3.8)

@@ -184,3 +184,24 @@ def test_seed003_relu_descends_cleanly(figures):
     relu = next(v for k, v in metrics.items() if k.startswith("relu"))
     assert relu["rising_steps"] == 0
     assert metrics["seed_relu_lr"] == 3e-5
+
+
+def _last_bar_postfix(stderr: str, title: str) -> str:
+    """The postfix (after the rate) the bar called ``title`` showed last."""
+    lines = [s.strip() for s in stderr.replace("\r", "\n").split("\n") if s.startswith(title)]
+    assert lines, f"no progress bar {title!r} in:\n{stderr}"
+    return lines[-1].rsplit("step/s, ", 1)[1].rstrip("]")
+
+
+def test_progress_bars_end_on_the_summary_loss(demo):
+    """Each bar's last postfix is the quantity the summary reports, at its final value."""
+    run, out = demo
+    metrics = [e["metrics"] for e in json.loads((out / "summary.json").read_text())["experiments"]]
+    edge, two, single = metrics[1], metrics[2], metrics[3]
+    assert _last_bar_postfix(run.stderr, "seed 001") == f"½·MSE={edge['final_loss']:.2e}"
+    assert _last_bar_postfix(run.stderr, "seed 000") == f"MSE={two['final_loss']:.3g}"
+    for activation in ("relu", "sigmoid"):
+        final = next(v for k, v in single.items() if k.startswith(activation))["final_loss"]
+        assert _last_bar_postfix(run.stderr, f"seed 003: {activation}") == f"SSE={final:.3g}"
+    summary = (out / "summary.md").read_text()
+    assert f"{two['final_loss']:.3g} in {two['steps']} steps" in summary
