@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 
 import gpuconv as gc
 from gpuconv import reference as ref
-from gpuconv.backends.kernel_backend import (KERNEL_CHOICES, KERNELS, TILES, choose_wgrad, conv_args,
+from gpuconv.backends.kernel_backend import (KERNEL_CHOICES, TILES, choose_wgrad, conv_args,
                                              emulate_backend, wgrad_splits)
 from gpuconv.problem import Conv2dProblem, transpose_problem
 from problems import EDGE, conv_cases, conv_kwargs, normal, problem, small_ints, transpose_cases
@@ -129,12 +129,6 @@ def test_random_problems_exact(case):
 def every_kernel(emulate_options, name="dilation_stride"):
     """Each kernel once on EDGE[name] (float32 and float64, every activation), checked."""
     be = emulate_backend(**emulate_options)
-    # WORKAROUND (emulator bug, reported): gpuconv/emulate/runtime.cpp unmaps fiber stacks with
-    # their ASan stack redzones still poisoned, so a library the asan worker loads after a launch
-    # may be mapped there and trip a false stack-buffer-overflow in its static data. Load (getting
-    # a function loads) every module before the first launch.
-    for filename, names in KERNELS.items():
-        be._kernel(filename, names[0])
     for dtype, maker in (("float32", small_ints), ("float64", normal)):
         p = problem(EDGE[name], dtype)
         a = conv_inputs(p, 13, maker)

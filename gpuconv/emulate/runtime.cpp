@@ -250,6 +250,11 @@ struct Launch {
 
     ~Launch() {
         for (Fiber* f : fibers) {
+#ifdef __SANITIZE_ADDRESS__
+            // ASan keeps the poison of the fiber's last frames; a library mapped here later would
+            // inherit it and report a false stack-buffer-overflow.
+            __asan_unpoison_memory_region(f->stack, f->stack_size);
+#endif
             munmap(f->mapping, f->stack_size + size_t(sysconf(_SC_PAGESIZE)));
             delete f;
         }
