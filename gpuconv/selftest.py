@@ -3,8 +3,10 @@
 Backends: ``numpy`` always, ``emulate`` when a C++ compiler is present, ``cuda`` when CuPy sees a
 GPU (a backend that is present but broken fails the test; it is never skipped). Each op runs on a
 small problem matrix (stride, padding, dilation, groups, unbatched input) in float32 and float64;
-the error is max |result - reference| / max(1, max |reference|). On a GPU the cuda results are also
-compared with PyTorch (cuDNN, TF32 off) when it is importable, and the quick benchmark runs.
+the error is max |result - reference| / max(1, max |reference|), the reference computed in float64
+on the inputs as the op got them (rounded to its dtype), so it is the op's own error. On a GPU
+the cuda results are also compared with PyTorch (cuDNN, TF32 off) when it is importable, and the
+quick benchmark runs.
 Needs nothing but NumPy (and CuPy / PyTorch where present): it runs from a checkout with
 ``PYTHONPATH=.``.
 """
@@ -21,6 +23,8 @@ from . import api, info, reference
 from .problem import conv_problem, transpose_problem
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+ERROR_DEFINITION = ("rel err: max |result - reference| / max(1, max |reference|), the reference "
+                    "computed in float64 on the same inputs, rounded to the column's dtype")
 # cuDNN may pick Winograd or FFT algorithms, whose float32 rounding is larger than a direct sum's
 TORCH_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 
@@ -74,6 +78,8 @@ def _relative_error(got, want) -> float:
 
 # -- the cases: (inputs, gpuconv call, reference call, PyTorch call or None) --------------------
 # The calls close over the loop's variables: ``check`` makes them before the next case is built.
+# The reference call takes the inputs as the op got them (rounded to the dtype under test), cast
+# to float64: the error is then the op's own, not the rounding of its inputs.
 
 
 def _batched(shape):
@@ -87,24 +93,24 @@ def _conv_cases(op: str, rng):
         p = conv_problem(_batched(x_shape), w_shape, dtype="float64", **kw)
         dy = rng.standard_normal(p.y_shape[4 - len(x_shape):])
         unbatch = (lambda a: a[0]) if len(x_shape) == 3 else (lambda a: a)
-        x4, dy4 = x.reshape(p.x_shape), dy.reshape(p.y_shape)
+        x4 = x.reshape(p.x_shape)
         if op in CONV_VARIANTS:
             with_bias, act = CONV_VARIANTS[op]
             b = rng.standard_normal(p.K) if with_bias else None
             yield ((x, w, b), lambda x, w, b, be: api.conv2d(x, w, b, activation=act, backend=be, **kw),
-                   lambda: unbatch(reference.fprop(p, x4, w, b, act)),
+                   lambda x, w, b: unbatch(reference.fprop(p, x.reshape(p.x_shape), w, b, act)),
                    lambda torch, x, w, b: _torch_conv(torch, p, x, w, b, act))
         elif op == "conv2d_input":
             yield ((w, dy), lambda w, dy, be: api.conv2d_input(x_shape, w, dy, backend=be, **kw),
-                   lambda: unbatch(reference.dgrad(p, dy4, w)),
+                   lambda w, dy: unbatch(reference.dgrad(p, dy.reshape(p.y_shape), w)),
                    lambda torch, w, dy: _torch_grads(torch, p, x4, w, dy)[0].reshape(x_shape))
         elif op == "conv2d_weight":
             yield ((x, dy), lambda x, dy, be: api.conv2d_weight(x, w_shape, dy, backend=be, **kw),
-                   lambda: reference.wgrad(p, x4, dy4),
+                   lambda x, dy: reference.wgrad(p, x.reshape(p.x_shape), dy.reshape(p.y_shape)),
                    lambda torch, x, dy: _torch_grads(torch, p, x, w, dy)[1])
         elif op == "conv2d_bias":
             yield ((dy,), lambda dy, be: api.conv2d_bias(dy, backend=be),
-                   lambda: reference.bias_grad(dy4), None)
+                   lambda dy: reference.bias_grad(dy.reshape(p.y_shape)), None)
 
 
 def _transpose_cases(rng):
@@ -113,7 +119,7 @@ def _transpose_cases(rng):
         p = transpose_problem(x_shape, w_shape, dtype="float64", **kw)
         b = rng.standard_normal(p.C)
         yield ((x, w, b), lambda x, w, b, be: api.conv_transpose2d(x, w, b, backend=be, **kw),
-               lambda: reference.dgrad(p, x, w, b),
+               lambda x, w, b: reference.dgrad(p, x, w, b),
                lambda torch, x, w, b: torch.nn.functional.conv_transpose2d(x, w, b, **kw))
 
 
@@ -123,10 +129,10 @@ def _elementwise_cases(op: str, rng):
     dy = rng.standard_normal(x.shape)
     y = reference.activate(x, "sigmoid")
     cases = {
-        "relu": ((x,), api.relu, lambda: reference.activate(x, "relu")),
-        "relu_backward": ((dy, x), api.relu_backward, lambda: reference.relu_backward(dy, x)),
-        "sigmoid": ((x,), api.sigmoid, lambda: y),
-        "sigmoid_backward": ((dy, y), api.sigmoid_backward, lambda: reference.sigmoid_backward(dy, y)),
+        "relu": ((x,), api.relu, lambda x: reference.activate(x, "relu")),
+        "relu_backward": ((dy, x), api.relu_backward, reference.relu_backward),
+        "sigmoid": ((x,), api.sigmoid, lambda x: reference.activate(x, "sigmoid")),
+        "sigmoid_backward": ((dy, y), api.sigmoid_backward, reference.sigmoid_backward),
     }
     inputs, call, want = cases[op]
     yield inputs, lambda *a, be: call(*a, backend=be), want, None
@@ -206,7 +212,8 @@ def check(backend: str, op: str, torch=None) -> Row:
             except Exception as e:
                 row.failure = info.error_line(e)
                 return row
-            row.error[dtype] = max(row.error.get(dtype, 0.0), _relative_error(got, want()))
+            exact = [None if a is None else a.astype(np.float64) for a in typed]
+            row.error[dtype] = max(row.error.get(dtype, 0.0), _relative_error(got, want(*exact)))
             if torch is not None and torch_call is not None:
                 as_torch = [None if a is None else torch.as_tensor(a, device="cuda") for a in typed]
                 theirs = torch_call(torch, *as_torch).detach().cpu().numpy()
@@ -221,7 +228,7 @@ def _cell(errors: dict, dtype: str) -> str:
 
 def table(rows: list[Row], markdown: bool = False) -> str:
     with_torch = any(r.torch_error for r in rows)
-    head = ["backend", "op", "problems", "err float32", "err float64"]
+    head = ["backend", "op", "problems", "rel err float32", "rel err float64"]
     if with_torch:
         head += ["vs torch f32", "vs torch f64"]
     head.append("status")
@@ -259,7 +266,7 @@ def write_report(out: Path, rows: list[Row], facts: dict, bench_outcome: str | N
     ok = all(r.ok for r in rows)
     env = "\n".join(f"- {k}: {v}" for k, v in facts.items())
     text = (f"# gpuconv selftest: {'PASS' if ok else 'FAIL'}\n\n{env}\n\n"
-            f"Error: max |result - reference| / max(1, max |reference|); tolerance "
+            f"{ERROR_DEFINITION}; tolerance "
             f"{TOLERANCE['float32']:g} (float32), {TOLERANCE['float64']:g} (float64); against "
             f"PyTorch {TORCH_TOLERANCE['float32']:g}, {TORCH_TOLERANCE['float64']:g}.\n\n"
             f"{table(rows, markdown=True)}\n")
@@ -283,6 +290,7 @@ def main(args) -> int:
         print(f"checking {backend} ...", file=sys.stderr, flush=True)
         rows += [check(backend, op, torch if backend == "cuda" else None) for op in OPS]
     print(table(rows))
+    print(f"({ERROR_DEFINITION})")
     bench_outcome = _bench(args.out) if "cuda" in backends else None
     if bench_outcome:
         print(f"benchmark: {bench_outcome}")

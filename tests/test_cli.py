@@ -205,3 +205,18 @@ def test_progress_bars_end_on_the_summary_loss(demo):
         assert _last_bar_postfix(run.stderr, f"seed 003: {activation}") == f"SSE={final:.3g}"
     summary = (out / "summary.md").read_text()
     assert f"{two['final_loss']:.3g} in {two['steps']} steps" in summary
+
+
+def test_selftest_float32_error_is_the_ops_own():
+    """float32 results are compared with the float64 reference on the same float32 inputs, so an
+    exact op shows no error at all (not float32 rounding of its inputs)."""
+    from gpuconv import selftest
+
+    for op in ("relu", "relu_backward"):
+        row = selftest.check("numpy", op)
+        assert row.ok and row.error == {"float32": 0.0, "float64": 0.0}, row
+    conv = selftest.check("numpy", "conv2d")
+    assert 0 < conv.error["float32"] < selftest.TOLERANCE["float32"]
+    header = selftest.table([conv]).splitlines()[0]
+    assert "rel err float32" in header and "rel err float64" in header
+    assert "same inputs" in selftest.ERROR_DEFINITION
