@@ -92,8 +92,10 @@ __device__ __forceinline__ PhaseTaps phase_taps(int phase, int pad, int stride, 
     return t;
 }
 
+// The launch bound's min-blocks of 1 lets ptxas use the ~115 registers this kernel wants: left to its
+// own occupancy heuristic it capped the 64×64 float tile at 80 and spilled.
 template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), 1)
 dgrad_implicit_gemm(const T* __restrict__ dy, const T* __restrict__ w, const T* __restrict__ bias,
                     T* __restrict__ dx,
                     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
@@ -106,7 +108,8 @@ dgrad_implicit_gemm(const T* __restrict__ dy, const T* __restrict__ w, const T* 
     // This block's phase: rows h ≡ phase_h (mod stride_h), columns w ≡ phase_w (mod stride_w),
     // i.e. h = phase_h + i·stride_h for i in [0, Hp) (Hp = 0 when phase_h >= H).
     const int phase_h = blockIdx.z / stride_w, phase_w = blockIdx.z % stride_w;
-    const int Hp = (int)ceil_div(H - phase_h, stride_h), Wp = (int)ceil_div(W - phase_w, stride_w);
+    // (32-bit on purpose: common.cuh's 64-bit ceil_div would be a division subroutine call.)
+    const int Hp = (H - phase_h + stride_h - 1) / stride_h, Wp = (W - phase_w + stride_w - 1) / stride_w;
     const index_t HWp = (index_t)Hp * Wp, M = N * HWp;
     const index_t m_base = (index_t)blockIdx.x * BM;
     if (m_base >= M) return;  // the grid spans the largest phase; the whole block leaves together
@@ -114,7 +117,7 @@ dgrad_implicit_gemm(const T* __restrict__ dy, const T* __restrict__ w, const T* 
     const PhaseTaps tap_s = phase_taps(phase_w, pad_left, stride_w, dil_w, S);
     const int taps = tap_r.count * tap_s.count, KRS = K_per_group * taps;
     // blockIdx.y enumerates (group, tile of BN input channels within the group).
-    const int c_tiles = (int)ceil_div(C_per_group, BN);
+    const int c_tiles = (C_per_group + BN - 1) / BN;
     const int g = blockIdx.y / c_tiles, c_base = (blockIdx.y % c_tiles) * BN;
     const T* dy_g = dy + (index_t)g * K_per_group * P * Q;
     const T* w_g = w + (index_t)g * K_per_group * C_per_group * R * S;
@@ -127,10 +130,10 @@ dgrad_implicit_gemm(const T* __restrict__ dy, const T* __restrict__ w, const T* 
     static_assert(THREADS % BM == 0 && THREADS % BK == 0, "staging assumes THREADS % BM, BK == 0");
     const int a_j = threadIdx.x % BM, b_i = threadIdx.x % BK;
     const index_t a_m = m_base + a_j;
-    // Pixels are decoded from the block's first one: one 64-bit division (a subroutine call whose
-    // live registers spill), the rest in 32 bits (Hp·Wp + BM < 2^31).
-    const index_t n_base = m_base / HWp;
-    const int ij_base = (int)(m_base - n_base * HWp);
+    // Pixels are decoded in 32 bits: the host runs this kernel only when N·Hp·Wp + BM < 2^31 (else
+    // dgrad_direct), and a 64-bit division is a subroutine call whose live registers spill.
+    const int n_base = (int)m_base / (int)HWp;
+    const int ij_base = (int)m_base - n_base * (int)HWp;
     const index_t a_n = n_base + (ij_base + a_j) / (int)HWp;
     const int a_ij = (ij_base + a_j) % (int)HWp;
     // dy row / column that tap t = 0 of pixel a_m reads; tap t subtracts t·dp (phase_taps).

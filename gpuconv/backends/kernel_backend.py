@@ -128,11 +128,11 @@ def choose_wgrad(p, kernel: str = "auto") -> str:
 
 def launchable(op: str, p, kernel: str) -> bool:
     """Whether tile ``kernel`` of ``op`` can run ``p``: its grid within CUDA's limits and the
-    per-image pixel indices the kernel keeps in an int within range (dgrad: a stride phase's
-    pixels + BM; wgrad: P·Q + BK, and a non-empty reduction)."""
+    pixel indices the kernel keeps in an int within range (dgrad: all of a stride phase's
+    N·Hp·Wp pixels + BM; wgrad: P·Q + BK, and a non-empty reduction)."""
     tile = TILES[op][kernel]
     (sh, sw) = p.stride
-    if op == "dgrad" and ceil_div(p.H, sh) * ceil_div(p.W, sw) + tile.BM > INT32_MAX:
+    if op == "dgrad" and p.N * ceil_div(p.H, sh) * ceil_div(p.W, sw) + tile.BM > INT32_MAX:
         return False
     if op == "wgrad" and (p.N * p.P * p.Q == 0 or p.P * p.Q + tile.BK > INT32_MAX):
         return False
