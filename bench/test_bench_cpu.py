@@ -8,10 +8,11 @@ use ``gpuconv bench`` for the comparison we report.
 
 ``test_peak_memory`` measures the numpy backend's peak extra memory with tracemalloc (which sees
 NumPy's allocations, the result included) for stride-1 layers and prints it as a multiple of
-input + 2 × output. It asserts the budget that the shifted GEMM's design gives: input + 2 × output,
-both counted on the padded grid that the GEMM computes on ((P+R-1)(Q+S-1) / (P·Q): 1.07 at 56²,
-1.65 at 7²), plus one rearranged copy of the filter (weight-dominated layers like res5 exceed the
-plain budget by that copy alone). No buffer is R·S times anything.
+input + 2 × output. It asserts the budget that the chunked im2col's design gives: input + 2 × output,
+both counted on the padded grid ((P+R-1)(Q+S-1) / (P·Q): 1.07 at 56², 1.65 at 7²), plus the
+filter's size (dgrad's one rearranged copy of the filter; fprop's im2col blocks and wgrad's
+accumulation may use that much, weight-dominated layers like res5 do). No buffer is R·S times
+anything.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ STRIDE_1 = [name for name, layer in SHAPES.items() if layer.stride == 1 and laye
 @pytest.mark.parametrize("shape", STRIDE_1)
 @pytest.mark.parametrize("op", OPS)
 def test_peak_memory(op, shape):
-    """Peak extra memory of one call within the shifted GEMM's budget (see the module doc)."""
+    """Peak extra memory of one call within the chunked im2col's budget (see the module doc)."""
     p = layer_problem(shape, "cpu")
     x, w, dy = inputs(p)
     run = implementation("numpy")[0][op]

@@ -211,21 +211,27 @@ def test_sigmoid_large_inputs_do_not_overflow(dtype):
     np.testing.assert_array_equal(fused.ravel(), y)
 
 
-# A 7×7 stride-2 stem on 3 channels: the reduction is short and the output wide, so the backend
-# copies the 7 filter rows side by side (one GEMM per column phase) instead of accumulating.
-STEM = dict(x=(2, 3, 15, 13), w=(64, 3, 7, 7), stride=2, padding=3)
+# Chunked im2col (short reductions take it), with the floor on the block size lifted: a 7×7
+# stride-2 stem on 3 channels (wide output: bands of rows within an image) and a layer with few
+# input channels (several images per GEMM, the last block shorter).
+CHUNKED = {
+    "stem_bands": dict(x=(2, 3, 15, 13), w=(64, 3, 7, 7), stride=2, padding=3),
+    "image_blocks": dict(x=(5, 2, 6, 6), w=(16, 2, 3, 3), padding=1),
+}
 
 
+@pytest.mark.parametrize("name", CHUNKED)
 @pytest.mark.parametrize("op", OPS)
-def test_stacked_rows_stem(op):
+def test_chunked_im2col(name, op, monkeypatch):
     from gpuconv.backends import numpy_backend
 
-    p = problem(STEM, "float32")
-    _, grid = numpy_backend._shifted_input(
-        np.zeros((1, p.N, p.H, p.W, p.C), np.float32), p.padding, p.stride, p.dilation, p.R, p.S,
-        (p.P, p.Q))
-    assert numpy_backend._stacks_rows(grid, p.R, p.S, p.K)
+    monkeypatch.setattr(numpy_backend, "_MIN_BLOCK", 0)
+    p = problem(CHUNKED[name], "float32")
+    chunks = list(numpy_backend._chunks(p.N, p.P, p.Q, p.C * p.R * p.S + p.K,
+                                        p.N * p.K * p.P * p.Q + p.K * p.C * p.R * p.S))
+    assert len(chunks) > 1
+    assert max(nb for _, nb, _, _ in chunks) == (1 if name == "stem_bands" else 2)
     a = operands(p, np.random.default_rng(9), small_ints)
     np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
-    p64 = problem(STEM, "float64")
+    p64 = problem(CHUNKED[name], "float64")
     check_float64(p64, op, operands(p64, np.random.default_rng(10), normal))
