@@ -1,5 +1,9 @@
 """The NumPy backend: every op as BLAS matrix products, no Python loop over pixels or images.
 
+Two formulations of the correlation, chosen per layer by ``_uses_im2col``: the shifted GEMM for
+large maps with many channels, a chunked im2col for short reductions per group (a stem on RGB,
+depthwise, the seeds) and small maps, where the shifted GEMM's padded grid wastes ≥ 25%.
+
 The shifted-GEMM formulation. The padded input is stored channels-last and grouped,
 ``xh[g, n, h, w, c]``, and flattened per group, so one output pixel's input pixel for filter tap
 (r, s) sits at a fixed flat offset from the output pixel's own position: a whole tap is *one*
@@ -21,6 +25,16 @@ into stride_h × stride_w output phases, each a dense stride-1 correlation over 
 reach it (DESIGN.md), so nothing is multiplied by an inserted zero. wgrad reuses fprop's views
 with the roles of the operands swapped. Groups are a leading batch axis of ``np.matmul``. 1×1
 filters skip the layout change: NCHW is already a matrix per image.
+
+The chunked im2col works in NCHW. The input is zero-padded once; then, one block of nb images (or
+a band of rows of one image) at a time, R·S strided copies fill ``cols[g, (c, r, s), (n, p, q)]``,
+and one GEMM per group with reduction Cg·R·S writes the block straight into the NCHW result (fprop,
+dgrad: y[g, k, pq] = w[g, k, crs] @ cols) or accumulates into w's layout (wgrad: images side by side
+in the reduction). No padded grid, no row adds, no layout change of the result. Blocks hold at
+most the result's size (fprop: plus the filter's, which it does not copy; never under 64 Ki
+numbers), so memory stays within input + 2 × output, never R·S times the input. At 2 BLAS threads
+its single-threaded R·S·C-per-pixel copy costs more than the shifted GEMM's adds on large maps,
+hence the choice.
 
 Deterministic: a fixed sequence of BLAS calls and NumPy reductions, no threads of our own.
 """
