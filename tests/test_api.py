@@ -221,6 +221,24 @@ def test_edge_values_follow_pytorch(backend):
     np.testing.assert_array_equal(gc.sigmoid_backward(dy, y, backend=backend), want)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["stride_gt_kernel", "dilation_stride", "groups", "asym_pad"])
+def test_nan_and_inf_reach_the_gradients_pytorch_reaches(backend, name):
+    """A NaN or inf spreads to exactly the gradient elements whose sum includes it (the reference's
+    scatter and window sums, which are PyTorch's), not to neighbours a fast path multiplies by 0."""
+    p, x, w, dy, _ = inputs(EDGE[name], seed=21)
+    kw = conv_kwargs(EDGE[name])
+    x.flat[::7], w.flat[::5], dy.flat[::6] = np.nan, np.inf, -np.inf
+    got_dx = gc.conv2d_input(x.shape, w, dy, backend=backend, **kw)
+    got_dw = gc.conv2d_weight(x, w.shape, dy, backend=backend, **kw)
+    for got, want in ((got_dx, ref.dgrad(p, dy, w)), (got_dw, ref.wgrad(p, x, dy))):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        finite = np.isfinite(want)
+        assert rel_err(got[finite], want[finite]) <= 1e-10
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("order", [">", "<"])
 def test_any_byte_order_gives_native_results(backend, order):

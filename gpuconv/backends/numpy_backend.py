@@ -375,9 +375,37 @@ def _taps(taps):
     return slice(taps[0], taps[-1] - 1 if taps[-1] > 0 else None, -step)
 
 
+def _all_finite(*arrays) -> bool:
+    """No NaN or inf in any array (a sum is non-finite if an element is: one pass, no mask)."""
+    return all(np.isfinite(a.sum()) for a in arrays)
+
+
+def _scattered_dgrad(p: Conv2dProblem, dy, w, bias):
+    """dgrad as each tap's product scattered into the padded dx (col2im): for dy or w holding NaN
+    or inf. The fast forms below multiply w by zeros that lie outside dy (0·inf = NaN where PyTorch
+    has none); this one multiplies real dy elements only, as PyTorch and the kernels do."""
+    G, Cg, Kg = p.groups, p.C_per_group, p.K_per_group
+    (sh, sw), (dh, dw), (top, bottom, left, right) = p.stride, p.dilation, p.padding
+    dxp = np.zeros((p.N, G, Cg, p.H + top + bottom, p.W + left + right), dy.dtype)
+    dyg = dy.reshape(p.N, G, Kg, p.P * p.Q)
+    wg = w.reshape(G, Kg, Cg, p.R, p.S)
+    for r in range(p.R):
+        for s in range(p.S):
+            # tap (r, s) of output (p, q) touched padded input pixel (p·sh + r·dh, q·sw + s·dw)
+            window = dxp[..., r * dh : r * dh + sh * (p.P - 1) + 1 : sh,
+                         s * dw : s * dw + sw * (p.Q - 1) + 1 : sw]
+            window += np.matmul(wg[:, :, :, r, s].transpose(0, 2, 1), dyg).reshape(window.shape)
+    dx = np.ascontiguousarray(dxp[..., top : top + p.H, left : left + p.W]).reshape(p.x_shape)
+    if bias is not None:
+        dx += bias.reshape(-1, 1, 1)
+    return dx
+
+
 def dgrad(p: Conv2dProblem, dy, w, bias=None):
     G, Cg, Kg = p.groups, p.C_per_group, p.K_per_group
     (sh, sw), (dh, dw) = p.stride, p.dilation
+    if not _all_finite(dy, w):
+        return _scattered_dgrad(p, dy, w, bias)
     if _is_pointwise(p) and p.stride == (1, 1) and (p.H, p.W) == (p.P, p.Q):
         dx = np.empty(p.x_shape, dy.dtype)
         wT = w.reshape(G, Kg, Cg).transpose(0, 2, 1)
@@ -461,7 +489,9 @@ def wgrad(p: Conv2dProblem, x, dy):
         dys = np.ascontiguousarray(dy.reshape(p.N, G, Kg, -1).transpose(1, 2, 0, 3))
         dw = np.matmul(dys.reshape(G, Kg, -1), xs.reshape(G, Cg, -1).transpose(0, 2, 1))
         return dw.reshape(p.w_shape)
-    if _uses_im2col(Cg, p.R, p.S, p.stride, p.dilation, (p.P, p.Q)):
+    # The shifted GEMM also multiplies input pixels that only its cropped virtual outputs read by
+    # zeros (0·inf = NaN); im2col reads what real outputs read, so NaN and inf go where PyTorch's do.
+    if _uses_im2col(Cg, p.R, p.S, p.stride, p.dilation, (p.P, p.Q)) or not _all_finite(x, dy):
         return _im2col_wgrad(p, x, dy)
     buf, g = _shifted_input(
         _grouped_channels_last(x, G), p.padding, p.stride, p.dilation, p.R, p.S, (p.P, p.Q)
