@@ -251,6 +251,22 @@ def test_any_byte_order_gives_native_results(backend, order):
     np.testing.assert_array_equal(gc.relu(swapped[0], backend=backend), np.maximum(x, 0))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strides_far_beyond_the_input(backend):
+    """Stride 5000 on a 6×7 input: one output pixel, most stride phases empty (no work, no memory)."""
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((2, 3, 6, 7)), rng.standard_normal((2, 3, 3, 3))
+    p = conv_problem(x.shape, w.shape, stride=5000, padding=1)
+    dy = rng.standard_normal(p.y_shape)
+    kw = dict(stride=5000, padding=1, backend=backend)
+    assert rel_err(gc.conv2d(x, w, **kw), ref.fprop(p, x, w)) <= 1e-12
+    assert rel_err(gc.conv2d_input(x.shape, w, dy, **kw), ref.dgrad(p, dy, w)) <= 1e-12
+    assert rel_err(gc.conv2d_weight(x, w.shape, dy, **kw), ref.wgrad(p, x, dy)) <= 1e-12
+    up = gc.conv_transpose2d(np.ones((1, 1, 1, 1)), np.ones((1, 1, 3, 3)), stride=3000,
+                             backend=backend)
+    assert up.tolist() == [[[[1.0] * 3] * 3]]
+
+
 # -- the seeds' numeric example -------------------------------------------------------------------
 
 SEED_004_X = [[3, 3, 2, 1, 0], [0, 0, 1, 3, 1], [3, 1, 2, 2, 3], [2, 0, 0, 2, 2], [2, 0, 0, 0, 1]]

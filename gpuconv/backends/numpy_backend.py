@@ -192,7 +192,9 @@ def _uses_im2col(Cg: int, R: int, S: int, stride, dilation, out_hw) -> bool:
     (sh, sw), (dh, dw), (P, Q) = stride, dilation, out_hw
     grid = (_ceil_div((P - 1) * sh + (R - 1) * dh + 1, sh)
             * _ceil_div((Q - 1) * sw + (S - 1) * dw + 1, sw))
-    return Cg < 16 or grid >= 1.25 * P * Q
+    # Stride beyond the kernel's reach: the shifted input would carry every pixel no window reads.
+    skips = sh > (R - 1) * dh + 1 or sw > (S - 1) * dw + 1
+    return Cg < 16 or skips or grid >= 1.25 * P * Q
 
 
 def _padded(x, pad, stride, dilation, R, S, out_hw):
@@ -425,9 +427,10 @@ def dgrad(p: Conv2dProblem, dy, w, bias=None):
         wT = w.reshape(G, Kg, Cg, p.R, p.S).transpose(0, 3, 4, 1, 2)
     top, left = p.padding[0], p.padding[2]
     dx = None
-    for a in range(sh):
+    # Only the phases that hold a dx row and column (a stride far beyond H leaves most empty).
+    for a in sorted({(h + top) % sh for h in range(min(p.H, sh))}):
         phase_h = _dgrad_phase(p.P, p.H, top, sh, dh, p.R, a)
-        for b in range(sw):
+        for b in sorted({(w_ + left) % sw for w_ in range(min(p.W, sw))}):
             phase_w = _dgrad_phase(p.Q, p.W, left, sw, dw, p.S, b)
             out = None
             if phase_h is not None and phase_w is not None:
