@@ -40,3 +40,25 @@ __device__ __forceinline__ T activate(T v) {
     if (Activation == ACTIVATION_SIGMOID) return sigmoid_t(v);
     return v;
 }
+
+// The inner step every implicit-GEMM kernel shares: with the BK×BM tile of A and the BK×BN tile of B
+// staged in shared memory, a thread adds the outer products of its TM rows of A and TN columns of B
+// to its TM×TN accumulators. TM + TN shared loads feed TM·TN FMAs per reduction step: the data reuse
+// that makes the tiled kernels fast. Fully unrolled, so acc stays in registers.
+template <typename T, int BK, int BM, int BN, int TM, int TN>
+__device__ __forceinline__ void accumulate_tile_product(T (&acc)[TM][TN], const T (&a_tile)[BK][BM],
+                                                        const T (&b_tile)[BK][BN], int thread_m,
+                                                        int thread_n) {
+#pragma unroll
+    for (int i = 0; i < BK; i++) {
+        T a[TM], b[TN];
+#pragma unroll
+        for (int tm = 0; tm < TM; tm++) a[tm] = a_tile[i][thread_m + tm];
+#pragma unroll
+        for (int tn = 0; tn < TN; tn++) b[tn] = b_tile[i][thread_n + tn];
+#pragma unroll
+        for (int tm = 0; tm < TM; tm++)
+#pragma unroll
+            for (int tn = 0; tn < TN; tn++) acc[tm][tn] += a[tm] * b[tn];
+    }
+}

@@ -171,18 +171,7 @@ dgrad_implicit_gemm(const T* __restrict__ dy, const T* __restrict__ w, const T* 
                                   : T(0);
         }
         __syncthreads();
-#pragma unroll
-        for (int e = 0; e < BK; e++) {
-            T a[TM], b[TN];
-#pragma unroll
-            for (int tm = 0; tm < TM; tm++) a[tm] = a_tile[e][thread_m + tm];
-#pragma unroll
-            for (int tn = 0; tn < TN; tn++) b[tn] = b_tile[e][thread_n + tn];
-#pragma unroll
-            for (int tm = 0; tm < TM; tm++)
-#pragma unroll
-                for (int tn = 0; tn < TN; tn++) acc[tm][tn] += a[tm] * b[tn];
-        }
+        accumulate_tile_product(acc, a_tile, b_tile, thread_m, thread_n);
         __syncthreads();  // before the next step overwrites the tiles others are still reading
     }
 

@@ -111,18 +111,7 @@ wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ dy, T* __rest
             b_tile[e_i][j] = v;
         }
         __syncthreads();
-#pragma unroll
-        for (int i = 0; i < BK; i++) {
-            T a[TM], b[TN];
-#pragma unroll
-            for (int tm = 0; tm < TM; tm++) a[tm] = a_tile[i][thread_m + tm];
-#pragma unroll
-            for (int tn = 0; tn < TN; tn++) b[tn] = b_tile[i][thread_n + tn];
-#pragma unroll
-            for (int tm = 0; tm < TM; tm++)
-#pragma unroll
-                for (int tn = 0; tn < TN; tn++) acc[tm][tn] += a[tm] * b[tn];
-        }
+        accumulate_tile_product(acc, a_tile, b_tile, thread_m, thread_n);
         __syncthreads();  // before the next step overwrites the tiles others are still reading
         // Advance this thread's pixel by BK; with P·Q < BK that may cross several images.
         e += BK;
