@@ -5,8 +5,6 @@ says what each one is there to catch. ``RESNET`` holds real layer shapes (slow o
 """
 from __future__ import annotations
 
-import numpy as np
-
 from gpuconv.problem import conv_problem
 
 EDGE = {

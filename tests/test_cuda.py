@@ -8,11 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpuconv import reference as ref
 from gpuconv.backends.kernel_backend import cuda_backend
 from problems import EDGE, normal, problem, small_ints
-from test_kernels import (ACTIVATIONS, F64_RTOL, TRANSPOSE, assert_close, check_op, conv_inputs,
-                          run_op, transpose_call, transpose_reference)
+from test_kernels import (ACTIVATIONS, TRANSPOSE, check_elementwise, check_op, conv_inputs, run_op,
+                          transpose_call, transpose_reference)
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed (extra cuda12 or cuda13)")
 try:
@@ -71,19 +70,7 @@ def test_conv_transpose2d_exact(name):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_elementwise(dtype):
-    rng = np.random.default_rng(8)
-    maker = small_ints if dtype == "float32" else normal
-    dy = maker(rng, (3, 5, 4, 7), dtype)
-    x = maker(rng, dy.shape, dtype)
-    assert_close(GPU.bias_grad(dy), ref.bias_grad(dy), dtype, F64_RTOL)
-    np.testing.assert_array_equal(GPU.relu(x), np.maximum(x, 0))
-    np.testing.assert_array_equal(GPU.relu_backward(dy, x), ref.relu_backward(dy, x).astype(dtype))
-    # __expf is not used, but the GPU's expf / exp may differ from NumPy's by a few ulp
-    sigmoid_rtol = 1e-6 if dtype == "float32" else F64_RTOL
-    y = GPU.sigmoid(x)
-    np.testing.assert_allclose(y, ref.activate(x, "sigmoid"), rtol=sigmoid_rtol)
-    np.testing.assert_allclose(GPU.sigmoid_backward(dy, y), ref.sigmoid_backward(dy, y),
-                               rtol=sigmoid_rtol, atol=1e-7)
+    check_elementwise(GPU, dtype)
 
 
 def test_bitwise_deterministic_on_a_non_default_stream():

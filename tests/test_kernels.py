@@ -259,9 +259,9 @@ def assert_close(got, want, dtype, rtol):
         assert rel_err(got, want) <= rtol
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_elementwise(dtype):
-    be, rng = emulate_backend(), np.random.default_rng(8)
+def check_elementwise(be, dtype):
+    """bias_grad and the activations of backend ``be`` (emulate here, cuda in test_cuda.py)."""
+    rng = np.random.default_rng(8)
     maker = small_ints if dtype == "float32" else normal
     dy = maker(rng, (3, 5, 4, 7), dtype)
     x = maker(rng, dy.shape, dtype)
@@ -274,6 +274,11 @@ def test_elementwise(dtype):
     np.testing.assert_allclose(y, ref.activate(x, "sigmoid"), rtol=sigmoid_rtol)
     np.testing.assert_allclose(be.sigmoid_backward(dy, y), ref.sigmoid_backward(dy, y),
                                rtol=sigmoid_rtol, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_elementwise(dtype):
+    check_elementwise(emulate_backend(), dtype)
 
 
 def test_relu_passes_nan_as_torch():
@@ -313,10 +318,6 @@ def test_tensors_beyond_int32_elements_use_64_bit_sizes():
 
 
 def test_emulate_agrees_with_numpy_backend():
-    try:
-        from gpuconv.backends import numpy_backend  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"the numpy backend is not there yet: {e}")
     rng = np.random.default_rng(12)
     for name in ("asym_pad", "dilation_stride", "depthwise", "seed_4x4_s2"):
         case = EDGE[name]
