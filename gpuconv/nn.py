@@ -61,8 +61,16 @@ class Parameter:
             self.grad = _like(self.grad, x)
 
 
-def _uniform(rng: np.random.Generator, bound: float, shape, dtype):
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+def _kaiming_parameters(rng, w_shape, n_bias: int, dtype):
+    """Weight and bias (None when ``n_bias`` is 0) uniform in ±1/sqrt(fan_in), as PyTorch's
+    defaults, where fan_in = w_shape[1]·R·S for both Conv2d and ConvTranspose2d."""
+    generator = np.random.default_rng(rng)
+    bound = 1 / math.sqrt(math.prod(w_shape[1:]))
+
+    def uniform(shape):
+        return Parameter(generator.uniform(-bound, bound, size=shape).astype(dtype))
+
+    return uniform(w_shape), (uniform((n_bias,)) if n_bias else None)
 
 
 class Layer:
@@ -95,11 +103,8 @@ class Conv2d(Layer):
         self.conv_args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         self.activation = activation
         self.backend = backend
-        generator = np.random.default_rng(rng)
-        bound = 1 / math.sqrt(in_channels // groups * R * S)
-        self.weight = Parameter(
-            _uniform(generator, bound, (out_channels, in_channels // groups, R, S), dtype))
-        self.bias = Parameter(_uniform(generator, bound, (out_channels,), dtype)) if bias else None
+        self.weight, self.bias = _kaiming_parameters(
+            rng, (out_channels, in_channels // groups, R, S), out_channels if bias else 0, dtype)
         self.x = self.y = None
 
     def forward(self, x):
@@ -146,11 +151,8 @@ class ConvTranspose2d(Layer):
         self.conv_args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         self.output_padding = output_padding
         self.backend = backend
-        generator = np.random.default_rng(rng)
-        bound = 1 / math.sqrt(out_channels // groups * R * S)
-        self.weight = Parameter(
-            _uniform(generator, bound, (in_channels, out_channels // groups, R, S), dtype))
-        self.bias = Parameter(_uniform(generator, bound, (out_channels,), dtype)) if bias else None
+        self.weight, self.bias = _kaiming_parameters(
+            rng, (in_channels, out_channels // groups, R, S), out_channels if bias else 0, dtype)
         self.x = None
 
     def forward(self, x):
