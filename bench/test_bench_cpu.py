@@ -25,7 +25,7 @@ import pytest
 from gpuconv import reference
 from gpuconv.backends.numpy_backend import BACKEND
 from gpuconv.bench import MAX_REL_ERR
-from shapes import SHAPES, layer_problem
+from gpuconv.shapes import SHAPES, layer_problem
 
 IMPLS = ["numpy"] + (["torch-cpu"] if importlib.util.find_spec("torch") else [])
 OPS = ("fprop", "dgrad", "wgrad")

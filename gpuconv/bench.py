@@ -9,7 +9,7 @@ every repeat is timed with CUDA events after an L2 flush.
 Implementations: ``numpy`` (gpuconv's NumPy backend), ``torch-cpu`` (PyTorch on all cores),
 ``naive`` (the seeds' per-pixel Python loops, tiny shapes only), and on a GPU ``cuda`` (gpuconv's
 kernels), ``cudnn`` (PyTorch, TF32 off, ``cudnn.benchmark``) and ``im2col-cupy`` (im2col +
-``cupy.matmul``). Shapes and batch sizes come from ``bench/shapes.py`` of a checkout.
+``cupy.matmul``). Shapes and batch sizes come from ``gpuconv/shapes.py``.
 
 Output (in ``--out``): a table on stdout and in ``<device>-<date>.md``, a chart ``<device>-<date>.png``
 and ``<device>-<date>.json`` with this schema (``gpuconv-bench/1``)::
@@ -49,18 +49,6 @@ SCHEMA = "gpuconv-bench/1"
 # float32 against the float64 reference: sums of up to ~10^4 unit-normal products, each rounding
 # ~6e-8 relative; 1e-3 of the largest result is far above that and far below a wrong tap's error.
 MAX_REL_ERR = 1e-3
-
-
-def load_shapes():
-    """The ``bench/shapes.py`` module of the checkout this package lives in."""
-    path = Path(__file__).resolve().parent.parent / "bench" / "shapes.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"gpuconv bench needs a checkout: {path} not found")
-    spec = importlib.util.spec_from_file_location("gpuconv_bench_shapes", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclass/NamedTuple machinery looks the module up
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- the implementations (each runs inside its worker process) --------------------------------
@@ -244,7 +232,7 @@ def _cpu_time(fn, sync) -> float:
 
 def worker(impl: str, device_class: str, shapes: list[str], ops: list[str], repeats: int) -> int:
     """Time ``impl`` on every (shape, op); print one JSON record per case on stdout."""
-    table = load_shapes()
+    from . import shapes as table
     try:
         to_array, run, sync = _make_impl(impl)
     except ImportError as e:
@@ -422,7 +410,7 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(prog="gpuconv bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the small shape set, 3 repeats")
     ap.add_argument("--ops", help=f"comma-separated subset of {','.join(OPS)}")
-    ap.add_argument("--shapes", help="comma-separated names from bench/shapes.py")
+    ap.add_argument("--shapes", help="comma-separated names from gpuconv/shapes.py")
     ap.add_argument("--impls", help=f"comma-separated subset of {','.join(CPU_IMPLS + GPU_IMPLS)}")
     ap.add_argument("--out", default="gpuconv-bench", help="folder for the JSON, table and chart")
     ap.add_argument("--device", choices=("cpu", "gpu"),
@@ -437,7 +425,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    table = load_shapes()
+    from . import shapes as table
     args.device = args.device or ("gpu" if _has_gpu() else "cpu")
     args.repeats = args.repeats or (3 if args.quick else 7)
     default_shapes = table.QUICK if args.quick else tuple(table.SHAPES)

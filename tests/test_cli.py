@@ -127,6 +127,20 @@ def test_bench_is_delegated(capsys):
     assert "--quick" in capsys.readouterr().out
 
 
+def test_bench_quick_writes_table_json_and_chart(tmp_path):
+    run = gpuconv("bench", "--quick", "--device", "cpu", "--impls", "numpy,naive", "--ops",
+                  "fprop,dgrad", "--shapes", "seed000_3x3", "--out", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    (report,) = tmp_path.glob("cpu-*.json")
+    records = json.loads(report.read_text())["results"]
+    assert {(r["impl"], r["op"]) for r in records} == {
+        (i, o) for i in ("numpy", "naive") for o in ("fprop", "dgrad")}
+    for r in records:
+        assert r["ms"] > 0 and r["gflops"] > 0 and r["max_rel_err"] < 1e-3, r
+    assert "| fprop | numpy | seed000_3x3 |" in report.with_suffix(".md").read_text()
+    assert report.with_suffix(".png").read_bytes().startswith(PNG_SIGNATURE)
+
+
 # -- the demo's figures, in process: each experiment's Figure captured instead of saved ----------
 
 
