@@ -39,6 +39,14 @@ EDGE = {
     "seed_4x4_s2": dict(x=(3, 5, 8, 8), w=(6, 5, 4, 4), stride=2),
 }
 
+# Channels that fill the 64×64 tiles, the ones 'auto' picks on real layers (GPU tests; the emulator
+# runs the same tiles, forced, on EDGE).
+WIDE = {
+    "wide_3x3": dict(x=(2, 64, 9, 9), w=(64, 64, 3, 3), padding=1),
+    "wide_3x3_s2": dict(x=(1, 64, 12, 11), w=(128, 64, 3, 3), padding=1, stride=2),
+    "wide_grouped": dict(x=(1, 128, 7, 7), w=(128, 64, 3, 3), groups=2, padding=1),
+}
+
 RESNET = {
     "res2_3x3": dict(x=(1, 64, 56, 56), w=(64, 64, 3, 3), padding=1),
     "res3_3x3_s2": dict(x=(1, 128, 56, 56), w=(128, 128, 3, 3), padding=1, stride=2),

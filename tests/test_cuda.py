@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from gpuconv.backends.kernel_backend import cuda_backend
-from problems import EDGE, normal, problem, small_ints
-from test_kernels import (ACTIVATIONS, TRANSPOSE, check_elementwise, check_op, conv_inputs, run_op,
-                          transpose_call, transpose_reference)
+from problems import EDGE, WIDE, normal, problem, small_ints
+from test_kernels import (ACTIVATIONS, OP_KERNELS, TRANSPOSE, check_elementwise, check_op,
+                          conv_inputs, run_op, transpose_call, transpose_reference)
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed (extra cuda12 or cuda13)")
 try:
@@ -23,40 +23,69 @@ pytestmark = pytest.mark.gpu
 
 
 class OnDevice:
-    """The cuda backend behind NumPy in, NumPy out, so test_kernels' checks apply unchanged."""
+    """A cuda backend behind NumPy in, NumPy out, so test_kernels' checks apply unchanged."""
+
+    def __init__(self, backend):
+        self.backend = backend
 
     def __getattr__(self, op):
         def run(*args):
             moved = [cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
-            out = getattr(BACKEND, op)(*moved)
+            out = getattr(self.backend, op)(*moved)
             assert isinstance(out, cupy.ndarray)
             return out.get()
 
         return run
 
 
-GPU = OnDevice()
+GPU = OnDevice(BACKEND)
 
 
+def gpu(op, kernel):
+    """The cuda backend with ``op`` forced to ``kernel`` ('auto', 'direct' or a tile)."""
+    return OnDevice(cuda_backend(poison_outputs=True, **{f"{op}_kernel": kernel}))
+
+
+# EDGE plus problems whose channels fill the 64×64 tiles, which 'auto' picks only there.
+PROBLEMS = {**EDGE, **WIDE}
+FPROP_KERNELS = [k for op, k in OP_KERNELS if op == "fprop"]
+GRAD_KERNELS = [(op, k) for op, k in OP_KERNELS if op != "fprop"]
+
+
+@pytest.mark.parametrize("kernel", FPROP_KERNELS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("name", EDGE)
-def test_fprop_exact(name, activation):
-    p = problem(EDGE[name], "float32")
-    check_op(GPU, "fprop", p, conv_inputs(p, 1, small_ints), activation)
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_fprop_exact(name, activation, kernel):
+    p = problem(PROBLEMS[name], "float32")
+    check_op(gpu("fprop", kernel), "fprop", p, conv_inputs(p, 1, small_ints), activation)
 
 
-@pytest.mark.parametrize("op", ["dgrad", "wgrad"])
-@pytest.mark.parametrize("name", EDGE)
-def test_gradients_exact(name, op):
-    p = problem(EDGE[name], "float32")
-    check_op(GPU, op, p, conv_inputs(p, 2, small_ints))
+@pytest.mark.parametrize("op, kernel", GRAD_KERNELS)
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_gradients_exact(name, op, kernel):
+    p = problem(PROBLEMS[name], "float32")
+    check_op(gpu(op, kernel), op, p, conv_inputs(p, 2, small_ints))
 
 
-@pytest.mark.parametrize("op", ["fprop", "dgrad", "wgrad"])
-@pytest.mark.parametrize("name", EDGE)
-def test_float64(name, op):
-    p = problem(EDGE[name], "float64")
-    check_op(GPU, op, p, conv_inputs(p, 4, normal), "sigmoid")
+@pytest.mark.parametrize("op, kernel", OP_KERNELS)
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_float64(name, op, kernel):
+    p = problem(PROBLEMS[name], "float64")
+    check_op(gpu(op, kernel), op, p, conv_inputs(p, 4, normal), "sigmoid")
+
+
+@pytest.mark.skipif(cupy.cuda.runtime.getDeviceCount() < 2, reason="needs two GPUs")
+def test_results_stay_on_the_arrays_device():
+    """Arrays on device 1 while device 0 is current: outputs on device 1, and right."""
+    p = problem(EDGE["groups"], "float32")
+    a = conv_inputs(p, 12, small_ints)
+    with cupy.cuda.Device(1):
+        on_1 = {k: cupy.asarray(v) for k, v in a.items()}
+    with cupy.cuda.Device(0):
+        for op in ("fprop", "dgrad", "wgrad"):
+            got = run_op(BACKEND, op, p, on_1)
+            assert got.device.id == 1, op
+            np.testing.assert_array_equal(got.get(), run_op(GPU, op, p, a), err_msg=op)
 
 
 @pytest.mark.parametrize("name", TRANSPOSE)

@@ -237,19 +237,33 @@ def conv_args(p) -> tuple:
     return tuple(_int32(name, v) for name, v in sizes.items())
 
 
+def _on_input_device(op):
+    """Run a backend op with its first array's device current: its outputs are allocated, and its
+    kernels launched, on that device (not on whichever device happens to be current)."""
+
+    @functools.wraps(op)
+    def run(self, *args, **kwargs):
+        first = next(a for a in args if isinstance(a, self.xp.ndarray))
+        with self._on_device(first):
+            return op(self, *args, **kwargs)
+
+    return run
+
+
 class KernelBackend:
     """The backend interface (see ``gpuconv.backends``) over compiled ``kernels/*.cu`` modules.
 
-    ``get_module(filename)`` returns a module with ``get_function(name_expression)``; kernels are
-    called as ``kernel(grid, block, args)`` inside ``on_device(first array argument)``, so they run
-    on the arrays' device (CuPy launches on that device's current stream). ``fprop_kernel``,
+    ``get_function(filename, name_expression)`` returns a memoised kernel of the current device,
+    called as ``kernel(grid, block, args)``. Every op runs whole inside ``on_device(its first
+    array)``, so its outputs are allocated, and its kernels run, on the arrays' device (CuPy
+    launches on that device's current stream). ``fprop_kernel``,
     ``dgrad_kernel`` and ``wgrad_kernel`` are each one of KERNEL_CHOICES[op]: 'auto' (the op's
     ``choose_*``), 'direct' or a tile name (tests run each). With ``poison_outputs`` every output
     (and wgrad's split workspace) is filled with NaN before its kernel runs, so an element a kernel
     fails to write shows up in the result.
     """
 
-    def __init__(self, name: str, xp, get_module, on_device, poison_outputs: bool = False,
+    def __init__(self, name: str, xp, get_function, on_device, poison_outputs: bool = False,
                  fprop_kernel: str = "auto", dgrad_kernel: str = "auto",
                  wgrad_kernel: str = "auto"):
         self._kernels = dict(fprop=fprop_kernel, dgrad=dgrad_kernel, wgrad=wgrad_kernel)
@@ -257,13 +271,10 @@ class KernelBackend:
             if kernel not in KERNEL_CHOICES[op]:
                 raise ValueError(f"{op}_kernel must be one of {KERNEL_CHOICES[op]}, got {kernel!r}")
         self.name, self.xp = name, xp
-        self._get_module, self._on_device = get_module, on_device
+        self._get_function, self._on_device = get_function, on_device
         self._poison = poison_outputs
 
     # -- plumbing ----------------------------------------------------------------------------
-    def _kernel(self, filename: str, name_expression: str):
-        return self._get_module(filename).get_function(name_expression)
-
     def _empty(self, shape, dtype):
         out = self.xp.empty(shape, dtype)
         if self._poison:
@@ -275,10 +286,10 @@ class KernelBackend:
         if total == 0:  # a grid of zero blocks is a launch error; there is nothing to do
             return
         grid, block = launch_config(total, op, tile, p)
-        with self._on_device(args[0]):
-            self._kernel(filename, name_expression)(grid, block, args)
+        self._get_function(filename, name_expression)(grid, block, args)
 
     # -- convolutions ------------------------------------------------------------------------
+    @_on_input_device
     def fprop(self, p, x, w, bias, activation):
         y = self._empty(p.y_shape, p.dtype)
         kernel = choose_fprop(p, self._kernels["fprop"])
@@ -286,6 +297,7 @@ class KernelBackend:
                      (x, w, bias, y) + conv_args(p), "fprop", TILES["fprop"].get(kernel), p)
         return y
 
+    @_on_input_device
     def dgrad(self, p, dy, w, bias=None):
         dx = self._empty(p.x_shape, p.dtype)
         kernel = choose_dgrad(p, self._kernels["dgrad"])
@@ -293,6 +305,7 @@ class KernelBackend:
                      (dy, w, bias, dx) + conv_args(p), "dgrad", TILES["dgrad"].get(kernel), p)
         return dx
 
+    @_on_input_device
     def wgrad(self, p, x, dy):
         dw = self._empty(p.w_shape, p.dtype)
         kernel = choose_wgrad(p, self._kernels["wgrad"])
@@ -313,6 +326,7 @@ class KernelBackend:
         return dw
 
     # -- elementwise -------------------------------------------------------------------------
+    @_on_input_device
     def bias_grad(self, dy):
         N, K, P, Q = dy.shape
         db = self._empty((K,), dy.dtype)
@@ -320,6 +334,7 @@ class KernelBackend:
         self._launch("elementwise.cu", f"bias_grad<{CTYPES[dy.dtype.name]}>", K, args)
         return db
 
+    @_on_input_device
     def _map(self, kernel: str, *inputs):
         out = self._empty(inputs[0].shape, inputs[0].dtype)
         name = f"{kernel}<{CTYPES[out.dtype.name]}>"
@@ -351,14 +366,19 @@ def _emulate_module(filename: str, **emulate_options):
 
 
 @functools.lru_cache(maxsize=None)
+def _emulate_function(filename: str, name_expression: str, **emulate_options):
+    return _emulate_module(filename, **emulate_options).get_function(name_expression)
+
+
+@functools.lru_cache(maxsize=None)
 def emulate_backend(fprop_kernel: str = "auto", dgrad_kernel: str = "auto",
                     wgrad_kernel: str = "auto", **emulate_options) -> KernelBackend:
     """The kernels run on the CPU by ``gpuconv.emulate`` on NumPy arrays; outputs are NaN-poisoned.
 
     The ``*_kernel`` arguments are KernelBackend's. ``emulate_options`` (e.g. ``mode='asan'``, ``schedule='reverse'``) go to ``emulate.Module``.
     """
-    module = functools.partial(_emulate_module, **emulate_options)
-    return KernelBackend("emulate", np, module, _no_device, True, fprop_kernel, dgrad_kernel,
+    function = functools.partial(_emulate_function, **emulate_options)
+    return KernelBackend("emulate", np, function, _no_device, True, fprop_kernel, dgrad_kernel,
                          wgrad_kernel)
 
 
@@ -375,10 +395,15 @@ def _cuda_module(device_id: int, filename: str):
                               name_expressions=KERNELS[filename])
 
 
-def _current_device_module(filename: str):
+@functools.lru_cache(maxsize=None)
+def _cuda_function(device_id: int, filename: str, name_expression: str):
+    return _cuda_module(device_id, filename).get_function(name_expression)
+
+
+def _current_device_function(filename: str, name_expression: str):
     import cupy
 
-    return _cuda_module(cupy.cuda.Device().id, filename)
+    return _cuda_function(cupy.cuda.Device().id, filename, name_expression)
 
 
 @functools.lru_cache(maxsize=None)
@@ -401,7 +426,7 @@ def cuda_backend(poison_outputs: bool = False, fprop_kernel: str = "auto",
         raise RuntimeError(f"the cuda backend found no usable CUDA GPU: {e}") from e
     if count == 0:
         raise RuntimeError("the cuda backend found no CUDA GPU (cudaGetDeviceCount() = 0)")
-    return KernelBackend("cuda", cupy, _current_device_module, _array_device, poison_outputs,
+    return KernelBackend("cuda", cupy, _current_device_function, _array_device, poison_outputs,
                          fprop_kernel, dgrad_kernel, wgrad_kernel)
 
 
