@@ -74,7 +74,7 @@ def layer_problem(name: str, device: str = "cpu", dtype: str = "float32",
                   batch: int | None = None) -> Conv2dProblem:
     """The checked problem of layer ``name`` at the device class's batch (or ``batch``)."""
     layer = SHAPES[name]
-    N = layer.batch or batch or BATCH[device]
+    N = batch or layer.batch or BATCH[device]
     return conv_problem(
         (N, layer.C, layer.H, layer.W), (layer.K, layer.C // layer.groups, layer.R, layer.S),
         stride=layer.stride, padding=layer.padding, groups=layer.groups, dtype=dtype,

@@ -11,7 +11,7 @@
 // transpose of fprop, which would need atomics) it gathers from the taps that hit a real dy
 // element, in a fixed order (r, s, k), then adds the bias if there is one.
 //
-// dgrad_implicit_gemm (assumes a phase's pixels per image Hp·Wp + BM < 2^31, checked on the host): the
+// dgrad_implicit_gemm (assumes a phase's N·Hp·Wp pixels + BM < 2^31, checked on the host): the
 // tiled GEMM, one launch for all stride phases. Input pixels with the same
 // (h mod stride_h, w mod stride_w) meet the same taps (see phase_taps), so blockIdx.z names a phase
 // and the block runs that phase's dense GEMM: M = N·Hp·Wp pixels h = phase_h + i·stride_h,

@@ -14,7 +14,7 @@
 // zero in the padding and past the edges) and B[BK][BN] (from w) in shared memory, then every
 // thread does BK rank-1 updates of its register tile: each staged value is read by BN/TN (A) or
 // BM/TM (B) threads. The reduction order is fixed ((c,r,s) ascending), so results are bitwise
-// reproducible. Tile shapes come from FPROP_TILES in gpuconv/backends/kernel_backend.py.
+// reproducible. Tile shapes come from TILES["fprop"] in gpuconv/backends/kernel_backend.py.
 #include "common.cuh"
 
 template <typename T, int Activation>

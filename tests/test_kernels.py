@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 
 import gpuconv as gc
 from gpuconv import reference as ref
-from gpuconv.backends.kernel_backend import (KERNEL_CHOICES, TILES, choose_wgrad, conv_args,
-                                             emulate_backend, wgrad_splits)
+from gpuconv.backends.kernel_backend import (KERNEL_CHOICES, TILES, choose_dgrad, choose_fprop,
+                                             choose_wgrad, conv_args, emulate_backend, wgrad_splits)
 from gpuconv.problem import Conv2dProblem, transpose_problem
 from problems import EDGE, conv_cases, conv_kwargs, normal, problem, small_ints, transpose_cases
 
@@ -308,10 +308,17 @@ def test_a_size_beyond_int32_raises_before_launch():
         conv_args(p)
 
 
-def test_tensors_beyond_int32_elements_use_64_bit_sizes():
-    # 2**31 + elements in total, every single size small: accepted, nothing to raise.
-    p = Conv2dProblem(2**16, 64, 32, 32, 64, 3, 3, 30, 30)
+def test_sizes_beyond_the_kernels_int32_fields():
+    """Tensors beyond 2**31 elements pass their (small) sizes as int32; a single size beyond
+    2**31 - 1 raises before launch; a reduction too long for the tiles' 32-bit index goes direct.
+    (No kernel runs: such tensors need tens of GB. The 64-bit offsets are read in the kernels.)"""
+    p = Conv2dProblem(2**16, 64, 32, 32, 64, 3, 3, 30, 30)  # x has 2**32 elements
     assert all(isinstance(v, np.int32) for v in conv_args(p))
+    with pytest.raises(ValueError, match="W .* = 2147483650 does not fit the kernels' 32-bit sizes"):
+        conv_args(Conv2dProblem(1, 1, 1, 2**31, 1, 1, 1, 1, 2**31))
+    long = Conv2dProblem(1, 2**28, 3, 3, 2**28, 3, 3, 1, 1)  # C·R·S = K·R·S = 9·2**28 > 2**31
+    assert (choose_fprop(long), choose_dgrad(long), choose_wgrad(long)) == ("direct",) * 3
+    assert choose_fprop(Conv2dProblem(1, 2**20, 3, 3, 64, 3, 3, 1, 1)) != "direct"
 
 
 # -- the emulate backend agrees with the numpy backend, through the public API ------------------

@@ -10,7 +10,9 @@ explicitly typed NumPy scalars matching the kernel signatures (``int`` → ``np.
 
 Sizes go to the kernels as 32-bit ints and every linear index and offset is 64-bit inside them, so
 tensors beyond 2**31 elements work; a single size (or padded extent) beyond 2**31 - 1 raises a
-``ValueError`` before any launch.
+``ValueError`` before any launch. The tiled kernels also keep their reduction index (C·R·S or
+K·R·S per group) and some pixel counts in 32 bits: ``launchable`` sends a problem beyond those to the
+direct kernel.
 """
 from __future__ import annotations
 
@@ -36,7 +38,6 @@ def compile_options() -> tuple[str, ...]:
 CTYPES = {"float32": "float", "float64": "double"}
 # The activation template argument of fprop_direct: ACTIVATION_* in kernels/common.cuh.
 ACTIVATION_IDS = {None: 0, "relu": 1, "sigmoid": 2}
-
 
 
 @dataclass(frozen=True)
@@ -128,13 +129,16 @@ def choose_wgrad(p, kernel: str = "auto") -> str:
 
 def launchable(op: str, p, kernel: str) -> bool:
     """Whether tile ``kernel`` of ``op`` can run ``p``: its grid within CUDA's limits and the
-    pixel indices the kernel keeps in an int within range (dgrad: all of a stride phase's
-    N·Hp·Wp pixels + BM; wgrad: P·Q + BK, and a non-empty reduction)."""
+    indices the kernel keeps in an int within range (the reduction index, C·R·S or K·R·S per group,
+    plus a step; dgrad: all of a stride phase's N·Hp·Wp pixels + BM; wgrad: P·Q + BK)."""
     tile = TILES[op][kernel]
-    (sh, sw) = p.stride
+    (sh, sw), RS = p.stride, p.R * p.S
+    reduction = p.K_per_group * RS if op == "dgrad" else p.C_per_group * RS
+    if reduction + tile.BK > INT32_MAX:
+        return False
     if op == "dgrad" and p.N * ceil_div(p.H, sh) * ceil_div(p.W, sw) + tile.BM > INT32_MAX:
         return False
-    if op == "wgrad" and (p.N * p.P * p.Q == 0 or p.P * p.Q + tile.BK > INT32_MAX):
+    if op == "wgrad" and p.P * p.Q + tile.BK > INT32_MAX:
         return False
     grid, _ = launch_config(0, op, tile, p)
     return grid[0] <= INT32_MAX and all(g <= 65535 for g in grid[1:])
