@@ -56,11 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _bench(argv: list[str]) -> int:
-    try:
-        from . import bench
-    except ImportError as e:
-        print(f"gpuconv bench: the benchmark module is not available ({e})", file=sys.stderr)
-        return 2
+    from . import bench
+
     try:
         return bench.main(argv)
     except SystemExit as e:  # its argparse: --help or bad arguments

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import api, info, reference
+from . import api, bench, info, reference
 from .problem import conv_problem, transpose_problem
 
 # Reductions here are at most 64·9 = 576 terms of unit normals: float32 sums err ~1e-6 relative,
@@ -254,10 +254,6 @@ def table(rows: list[Row], markdown: bool = False) -> str:
 
 def _bench(out: Path | None) -> str:
     """The quick benchmark (GPU only); its outcome in words."""
-    try:
-        from . import bench
-    except ImportError as e:
-        return f"not run: {e}"
     argv = ["--quick", "--device", "gpu"] + (["--out", str(out / "bench")] if out else [])
     try:
         code = bench.main(argv)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import gpuconv as gc
+from gpuconv import backends
 
 BACKENDS = ["numpy", "emulate"]
 
@@ -108,7 +109,6 @@ def test_bad_input_raises_with_the_argument_named(backend, name, call, exc, word
 
 
 def test_cuda_backend_without_cupy_says_how_to_install():
-    pytest.importorskip("numpy")
     try:
         import cupy  # noqa: F401
         pytest.skip("CuPy is installed here; this checks the message when it is not")
@@ -119,6 +119,12 @@ def test_cuda_backend_without_cupy_says_how_to_install():
 
 
 def test_environment_variable_picks_the_backend(monkeypatch):
+    x = f32(2, 3)
+    monkeypatch.setenv("GPUCONV_BACKEND", "emulate")
+    assert backends.select(None, {"x": x}).name == "emulate"
+    assert backends.select("numpy", {"x": x}).name == "numpy"  # backend= wins over the variable
+    monkeypatch.delenv("GPUCONV_BACKEND")
+    assert backends.select(None, {"x": x}).name == "numpy"
     monkeypatch.setenv("GPUCONV_BACKEND", "cuda")
     with pytest.raises(ValueError, match="GPUCONV_BACKEND must be 'numpy' or 'emulate'"):
-        gc.relu(f32(2))
+        gc.relu(x)
