@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-BACKEND_CHOICES = ("cuda", "numpy", "emulate")
+from .backends import BACKENDS
 
 
 def _add_demo(sub):
@@ -15,7 +15,7 @@ def _add_demo(sub):
                     "seed-001 edge-kernel recovery, the seed-000 two-layer re-learning and the "
                     "seed-003 20x20 experiment. Writes one PNG per experiment, summary.md and "
                     "summary.json.")
-    p.add_argument("--backend", choices=BACKEND_CHOICES,
+    p.add_argument("--backend", choices=BACKENDS,
                    help="backend to run on (default: cuda if CuPy and a GPU work, else numpy)")
     p.add_argument("--out", type=Path, default=Path("gpuconv-demo"),
                    help="folder for the pictures and summaries (default: ./gpuconv-demo)")
@@ -30,7 +30,7 @@ def _add_selftest(sub):
                     "emulate with a C++ compiler; cuda with CuPy and a GPU) and compare with "
                     "gpuconv.reference; on a GPU also with PyTorch (cuDNN) and run the quick "
                     "benchmark. Exit 0 when everything agrees, 1 otherwise.")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, action="append",
+    p.add_argument("--backend", choices=BACKENDS, action="append",
                    help="only this backend (repeatable; default: every backend present)")
     p.add_argument("--out", type=Path, help="folder for selftest.md and selftest.json")
 

@@ -5,6 +5,8 @@ says what each one is there to catch. ``RESNET`` holds real layer shapes (slow o
 """
 from __future__ import annotations
 
+import numpy as np
+
 from gpuconv.problem import conv_problem
 
 EDGE = {
@@ -63,6 +65,12 @@ def problem(case: dict, dtype: str = "float64"):
 
 def conv_kwargs(case: dict) -> dict:
     return {k: case[k] for k in CONV_KEYS if k in case}
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b|, in float64 (0 for empty arrays)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300) if b.size else 0.0
 
 
 def small_ints(rng, shape, dtype):

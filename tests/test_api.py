@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 import gpuconv as gc
 from gpuconv import reference as ref
 from gpuconv.problem import conv_problem, transpose_problem
-from problems import EDGE, conv_cases, conv_kwargs, normal, problem, small_ints, transpose_cases
+from problems import (EDGE, conv_cases, conv_kwargs, normal, problem, rel_err, small_ints,
+                      transpose_cases)
 
 BACKENDS = ["numpy", "emulate"]
 # The emulator runs every CUDA thread as a fiber: fewer random draws there, same strategies.
@@ -19,11 +20,6 @@ try:
 except ImportError:  # the cross-check needs PyTorch; everything else does not
     torch = None
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed (extra 'torch')")
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300) if b.size else 0.0
 
 
 def inputs(case, seed, dtype=np.float64, maker=normal):

@@ -19,7 +19,8 @@ from gpuconv import reference as ref
 from gpuconv.backends.kernel_backend import (KERNEL_CHOICES, TILES, choose_dgrad, choose_fprop,
                                              choose_wgrad, conv_args, emulate_backend, wgrad_splits)
 from gpuconv.problem import Conv2dProblem, transpose_problem
-from problems import EDGE, conv_cases, conv_kwargs, normal, problem, small_ints, transpose_cases
+from problems import (EDGE, conv_cases, conv_kwargs, normal, problem, rel_err, small_ints,
+                      transpose_cases)
 
 ACTIVATIONS = [None, "relu", "sigmoid"]
 F64_RTOL = 1e-10
@@ -30,11 +31,6 @@ OP_KERNELS = [(op, k) for op, choices in KERNEL_CHOICES.items() for k in choices
 def backend(op, kernel, **emulate_options):
     """The emulate backend with ``op`` forced to ``kernel`` (the other ops on 'auto')."""
     return emulate_backend(**{f"{op}_kernel": kernel}, **emulate_options)
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300) if b.size else 0.0
 
 
 def conv_inputs(p, seed, maker, with_bias=True):
