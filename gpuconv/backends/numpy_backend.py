@@ -1,8 +1,22 @@
 """The NumPy backend: every op as BLAS matrix products, no Python loop over pixels or images.
 
-Two formulations of the correlation, chosen per layer by ``_uses_im2col``: the shifted GEMM for
-large maps with many channels, a chunked im2col for short reductions per group (a stem on RGB,
-depthwise, the seeds) and small maps, where the shifted GEMM's padded grid wastes ≥ 25%.
+Three formulations of the correlation, chosen per layer: Winograd F(2×2, 3×3) for 3×3 stride-1
+layers with ≥ 32 channels each way (``_uses_winograd``; fprop, and dgrad, whose stride-1
+correlation has the same form), else the shifted GEMM for large maps with many channels, and a
+chunked im2col (``_uses_im2col``) for short reductions per group (a stem on RGB, depthwise, the
+seeds) and small maps, where the shifted GEMM's padded grid wastes ≥ 25%.
+
+Winograd F(2×2, 3×3) (Lavin & Gray): each 2×2 output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A of its 4×4
+input tile d, so the 36 multiplies per channel pair of a direct 3×3 tile become 16 — 16 GEMMs of
+reduction C (one per transform element) on 2.25× fewer multiplies. The padded input is stored
+channels-last, so the input and output transforms (sums and differences of tile rows, then
+columns) are contiguous NumPy passes over channels, vectorised over all tiles of a block; the
+filter transform is one small GEMM with G ⊗ G; Aᵀ's row sums are accumulated as each row ξ of
+GEMMs is done. Blocks of images or bands of tile rows keep the extra memory within the result's
+size plus the filter's. The transforms' coefficients are 0, ±1 and ±½: small integers stay exact,
+and float32 errors stay within a few times the direct sum's. Not for NaN or inf inputs (a tile
+transform mixes an inf with its neighbours: inf - inf = NaN where the direct sum has inf); those
+take the direct paths.
 
 The shifted-GEMM formulation. The padded input is stored channels-last and grouped,
 ``xh[g, n, h, w, c]``, and flattened per group, so one output pixel's input pixel for filter tap
@@ -197,8 +211,9 @@ def _uses_im2col(Cg: int, R: int, S: int, stride, dilation, out_hw) -> bool:
     return Cg < 16 or skips or grid >= 1.25 * P * Q
 
 
-def _padded(x, pad, stride, dilation, R, S, out_hw):
-    """The zero-padded copy of x[N, C, Hin, Win] holding only the rows and columns an output reads.
+def _padded(x, pad, stride, dilation, R, S, out_hw, channels_last=False):
+    """The zero-padded copy of x[N, C, Hin, Win] holding only the rows and columns an output reads,
+    [N, C, Hx, Wx] or, with ``channels_last``, [N, Hx, Wx, C].
 
     ``pad`` = (top, bottom, left, right) may be negative (dgrad phases crop dy instead of padding it).
     """
@@ -207,11 +222,11 @@ def _padded(x, pad, stride, dilation, R, S, out_hw):
     P, Q = out_hw
     top, left = pad[0], pad[2]
     Hx, Wx = (P - 1) * sh + (R - 1) * dh + 1, (Q - 1) * sw + (S - 1) * dw + 1
-    xp = np.zeros((N, C, Hx, Wx), x.dtype)
+    xp = np.zeros((N, Hx, Wx, C) if channels_last else (N, C, Hx, Wx), x.dtype)
     h_lo, h_hi = max(top, 0), min(Hx, top + Hin)
     w_lo, w_hi = max(left, 0), min(Wx, left + Win)
     if h_lo < h_hi and w_lo < w_hi:
-        xp[:, :, h_lo:h_hi, w_lo:w_hi] = x[:, :, h_lo - top : h_hi - top, w_lo - left : w_hi - left]
+        (xp.transpose(0, 3, 1, 2) if channels_last else xp)[:, :, h_lo:h_hi, w_lo:w_hi] = x[:, :, h_lo - top : h_hi - top, w_lo - left : w_hi - left]
     return xp
 
 
@@ -276,6 +291,107 @@ def _im2col_correlate(x, wm, pad, stride, dilation, R, S, out_hw, spare):
     return y
 
 
+# -- Winograd F(2×2, 3×3) ---------------------------------------------------------------------
+
+
+_WINOGRAD_MIN_C = 32
+
+
+def _uses_winograd(p: Conv2dProblem, C: int, K: int) -> bool:
+    """Whether the layer's correlation of C channels into K takes Winograd F(2×2, 3×3): 3×3,
+    stride 1, no dilation, one group, and enough channels that its GEMMs outweigh the tile
+    transforms."""
+    return ((p.R, p.S, p.stride, p.dilation, p.groups) == (3, 3, (1, 1), (1, 1), 1)
+            and min(C, K) >= _WINOGRAD_MIN_C)
+
+
+# G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]; row (ξ, ν) of G ⊗ G maps a filter's 9 taps
+# (r, s) to element (ξ, ν) of its transform G g Gᵀ.
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+_GG = np.kron(_G, _G)
+
+
+def _filter_transform(w, xi: int, flip: bool):
+    """Row ξ of the transformed filters, U[ν, c, k] = (G w[k, c] Gᵀ)[ξ, ν], as one small GEMM (a
+    view). With ``flip``, of the flipped, transposed filter w[c, k, ::-1, ::-1] (dgrad)."""
+    gg = _GG[4 * xi : 4 * xi + 4, ::-1 if flip else 1].astype(w.dtype)
+    u = np.matmul(gg, w.reshape(-1, 9).T).reshape(4, *w.shape[:2])
+    return u if flip else u.transpose(0, 2, 1)
+
+
+# Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]: (a, b, ufunc) per row, d_a ± d_b.
+_BT = ((0, 2, np.subtract), (1, 2, np.add), (2, 1, np.subtract), (1, 3, np.subtract))
+# Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]: (a, b, c, ufunc) per row, (m_a ± m_b) ± m_c.
+_AT = ((0, 1, 2, np.add), (1, 2, 3, np.subtract))
+
+
+def _winograd_correlate(x, w, pad, out_hw, spare, bias=None, flip=False):
+    """y[n, k, p, q] = Σ_{c,r,s} w[k, c, r, s]·x_padded[n, c, p + r, q + s] (+ bias[k]) by
+    F(2×2, 3×3); with ``flip``, of the flipped, transposed filter w[c, k, 2 - r, 2 - s] (dgrad).
+
+    x[N, C, Hin, Win] is any view, w contiguous. The padded input is stored channels-last, so
+    every transform is a contiguous pass over channels. Per block of 2×2 output tiles t: the 4×4
+    input tiles' transform V = Bᵀ d B, 16 GEMMs M[ξ, ν] = V[ξ, ν][t, c] @ U[ξ, ν][c, k] (4 batched
+    per row ξ), and the output transform Aᵀ M A, copied into the NCHW result. Extra memory: the
+    result's size plus ``spare`` numbers, the transformed filter included.
+    """
+    N, C = x.shape[:2]
+    K = w.shape[1 if flip else 0]
+    P, Q = out_hw
+    TP, TQ = _ceil_div(P, 2), _ceil_div(Q, 2)
+    xh = _padded(x, pad, (1, 1), (1, 1), 3, 3, (2 * TP, 2 * TQ), channels_last=True)
+    Wx = xh.shape[2]
+    y = np.empty((N, K, P, Q), x.dtype)
+    # The transformed filter (16·K·C) is kept across blocks when it takes at most half the budget,
+    # else one row ξ of it (4·K·C) at a time.
+    budget = y.size + spare
+    keep = 16 * K * C <= budget // 2
+    U = [None] * 4
+    bufs = None
+    # per tile: rows combined (2·C), V and M of one ξ (4·C, 4·K), M combined along ξ (2 × 4·K),
+    # the block's result (4·K)
+    for n0, nb, p0, rb in _chunks(N, TP, TQ, 6 * C + 16 * K, budget - (16 if keep else 4) * K * C):
+        T = nb * rb * TQ
+        sizes = (nb * rb * Wx * C, 4 * T * C, 4 * T * K, 4 * T * K, 4 * T * K, 4 * T * K)
+        if bufs is None:  # the first block is the largest
+            bufs = [np.empty(n, x.dtype) for n in sizes]
+        rows, v, m, z0, z1, out = (buf[:n].reshape(shape) for buf, n, shape in zip(bufs, sizes, (
+            (nb, rb, Wx, C), (4, nb, rb, TQ, C), (4, T, K), (4, T, K), (4, T, K), (nb, rb, 2, TQ, 2, K))))
+        xs = xh[n0 : n0 + nb, 2 * p0 : 2 * (p0 + rb) + 2]
+        for xi, (a, b, op) in enumerate(_BT):
+            # rows[n, i, :, c] = Σ_t Bᵀ[ξ, t]·x[n, 2i + t, :, c], then the same along the columns
+            op(xs[:, a : a + 2 * rb : 2], xs[:, b : b + 2 * rb : 2], out=rows)
+            for nu, (c, d, op_col) in enumerate(_BT):
+                op_col(rows[:, :, c : c + 2 * TQ : 2], rows[:, :, d : d + 2 * TQ : 2], out=v[nu])
+            if U[xi] is None:
+                U[xi] = _filter_transform(w, xi, flip)
+            # z_i = Σ_ξ Aᵀ[i, ξ]·M[ξ] as it comes: z0 = (M0 + M1) + M2, z1 = (M1 - M2) - M3
+            np.matmul(v.reshape(4, T, C), U[xi], out=(z0, z1, m, m)[xi])
+            if not keep:
+                U[xi] = None
+            if xi == 1:
+                z0 += z1
+            elif xi >= 2:
+                if xi == 2:
+                    z0 += m
+                z1 -= m
+        for i, z in enumerate((z0, z1)):
+            z = z.reshape(4, nb, rb, TQ, K)
+            for j, (a, b, c, op) in enumerate(_AT):
+                op(z[a], z[b], out=out[:, :, i, :, j])
+                op(out[:, :, i, :, j], z[c], out=out[:, :, i, :, j])
+        # out[n, i, j, k] is pixel (2·p0 + i, j) of the block; the last tile row and column may
+        # reach past the output.
+        rows_out = min(2 * rb, P - 2 * p0)
+        src = out.reshape(nb, 2 * rb, 2 * TQ, K)[:, :rows_out, :Q].transpose(0, 3, 1, 2)
+        dst = y[n0 : n0 + nb, :, 2 * p0 : 2 * p0 + rows_out]
+        if bias is None:
+            np.copyto(dst, src)
+        else:
+            np.add(src, bias.reshape(-1, 1, 1), out=dst)
+    return y
+
+
 # -- layouts ------------------------------------------------------------------------------------
 
 
@@ -333,6 +449,8 @@ def fprop(p: Conv2dProblem, x, w, bias=None, activation=None):
         np.matmul(w.reshape(G, Kg, Cg), xs, out=y.reshape(p.N, G, Kg, p.P * p.Q))
         if bias is not None:
             y += bias.reshape(-1, 1, 1)
+    elif _uses_winograd(p, p.C, p.K) and _all_finite(x, w):
+        y = _winograd_correlate(x, w, p.padding, (p.P, p.Q), w.size, bias)
     elif _uses_im2col(Cg, p.R, p.S, p.stride, p.dilation, (p.P, p.Q)):
         y = _im2col_correlate(x, w.reshape(G, Kg, -1), p.padding, p.stride, p.dilation, p.R, p.S,
                               (p.P, p.Q), w.size)
@@ -415,6 +533,11 @@ def dgrad(p: Conv2dProblem, dy, w, bias=None):
         if bias is not None:
             dx += bias.reshape(-1, 1, 1)
         return dx
+    top, left = p.padding[0], p.padding[2]
+    if _uses_winograd(p, p.K, p.C):  # the correlation of dy with the flipped, transposed filter
+        pad_h = _dgrad_phase(p.P, p.H, top, 1, 1, 3, 0)[2]
+        pad_w = _dgrad_phase(p.Q, p.W, left, 1, 1, 3, 0)[2]
+        return _winograd_correlate(dy, w, pad_h + pad_w, (p.H, p.W), w.size, bias, flip=True)
     im2col = _uses_im2col(Kg, p.R, p.S, (1, 1), p.dilation, (p.H, p.W))
     if im2col:
         # wT[g, c, k, r, s] = w[g·Kg + k, c, r, s]: the filter with K and C swapped.
@@ -425,7 +548,6 @@ def dgrad(p: Conv2dProblem, dy, w, bias=None):
             dyg = np.ascontiguousarray(dyg)
         # wT[g, r, s, k, c] = w[g·Kg + k, c, r, s]: the filter with K and C swapped.
         wT = w.reshape(G, Kg, Cg, p.R, p.S).transpose(0, 3, 4, 1, 2)
-    top, left = p.padding[0], p.padding[2]
     dx = None
     # Only the phases that hold a dx row and column (a stride far beyond H leaves most empty).
     for a in sorted({(h + top) % sh for h in range(min(p.H, sh))}):
