@@ -38,7 +38,10 @@ dgrad is the same correlation run on dy with the transposed, flipped filter. Str
 into stride_h × stride_w output phases, each a dense stride-1 correlation over only the taps that
 reach it (DESIGN.md), so nothing is multiplied by an inserted zero. wgrad reuses fprop's views
 with the roles of the operands swapped. Groups are a leading batch axis of ``np.matmul``. 1×1
-filters skip the layout change: NCHW is already a matrix per image.
+filters skip the layout change: NCHW is already a matrix per image. dgrad into few channels per
+group from many (Cg < 16 ≤ Kg: the stem on RGB, where the other forms are GEMMs Cg wide) is a
+col2im instead: per image one GEMM to its Cg·R·S columns, then R·S shifted adds into the padded
+dx — the form that dy or w holding NaN or inf take too (``_scattered_dgrad``).
 
 The chunked im2col works in NCHW. The input is zero-padded once; then, one block of nb images (or
 a band of rows of one image) at a time, R·S strided copies fill ``cols[g, (c, r, s), (n, p, q)]``,
@@ -501,20 +504,31 @@ def _all_finite(*arrays) -> bool:
 
 
 def _scattered_dgrad(p: Conv2dProblem, dy, w, bias):
-    """dgrad as each tap's product scattered into the padded dx (col2im): for dy or w holding NaN
-    or inf. The fast forms below multiply w by zeros that lie outside dy (0·inf = NaN where PyTorch
-    has none); this one multiplies real dy elements only, as PyTorch and the kernels do."""
+    """dgrad as col2im: per block of images (or band of dy rows), one GEMM per image and group,
+    cols[(c, r, s), (p, q)] = Σ_k w[k, (c, r, s)]·dy[k, (p, q)], then each tap's columns added into
+    its window of the padded dx. Where dx has few channels per group and dy many (the stem on RGB:
+    the other forms are GEMMs 3 wide), and for dy or w holding NaN or inf: the other forms
+    multiply w by zeros that lie outside dy (0·inf = NaN where PyTorch has none); this one
+    multiplies real dy elements only, as PyTorch and the kernels do."""
     G, Cg, Kg = p.groups, p.C_per_group, p.K_per_group
+    R, S, Q = p.R, p.S, p.Q
     (sh, sw), (dh, dw), (top, bottom, left, right) = p.stride, p.dilation, p.padding
     dxp = np.zeros((p.N, G, Cg, p.H + top + bottom, p.W + left + right), dy.dtype)
-    dyg = dy.reshape(p.N, G, Kg, p.P * p.Q)
-    wg = w.reshape(G, Kg, Cg, p.R, p.S)
-    for r in range(p.R):
-        for s in range(p.S):
-            # tap (r, s) of output (p, q) touched padded input pixel (p·sh + r·dh, q·sw + s·dw)
-            window = dxp[..., r * dh : r * dh + sh * (p.P - 1) + 1 : sh,
-                         s * dw : s * dw + sw * (p.Q - 1) + 1 : sw]
-            window += np.matmul(wg[:, :, :, r, s].transpose(0, 2, 1), dyg).reshape(window.shape)
+    dyg = dy.reshape(p.N, G, Kg, p.P * Q)
+    wT = w.reshape(G, Kg, Cg * R * S).transpose(0, 2, 1)
+    cols = None
+    for n0, nb, p0, rb in _chunks(p.N, p.P, Q, G * Cg * R * S, dxp.size):
+        if cols is None:
+            cols = np.empty(nb * G * Cg * R * S * rb * Q, dy.dtype)
+        block = cols[: nb * G * Cg * R * S * rb * Q].reshape(nb, G, Cg * R * S, rb * Q)
+        np.matmul(wT, dyg[n0 : n0 + nb, :, :, p0 * Q : (p0 + rb) * Q], out=block)
+        block = block.reshape(nb, G, Cg, R, S, rb, Q)
+        for r in range(R):
+            h = p0 * sh + r * dh
+            for s in range(S):
+                # tap (r, s) of output (p, q) touched padded input pixel (p·sh + r·dh, q·sw + s·dw)
+                dxp[n0 : n0 + nb, ..., h : h + sh * (rb - 1) + 1 : sh,
+                    s * dw : s * dw + sw * (Q - 1) + 1 : sw] += block[:, :, :, r, s]
     dx = np.ascontiguousarray(dxp[..., top : top + p.H, left : left + p.W]).reshape(p.x_shape)
     if bias is not None:
         dx += bias.reshape(-1, 1, 1)
@@ -524,7 +538,7 @@ def _scattered_dgrad(p: Conv2dProblem, dy, w, bias):
 def dgrad(p: Conv2dProblem, dy, w, bias=None):
     G, Cg, Kg = p.groups, p.C_per_group, p.K_per_group
     (sh, sw), (dh, dw) = p.stride, p.dilation
-    if not _all_finite(dy, w):
+    if Cg < 16 <= Kg or not _all_finite(dy, w):
         return _scattered_dgrad(p, dy, w, bias)
     if _is_pointwise(p) and p.stride == (1, 1) and (p.H, p.W) == (p.P, p.Q):
         dx = np.empty(p.x_shape, dy.dtype)
