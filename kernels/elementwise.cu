@@ -1,22 +1,44 @@
 // elementwise.cu: the bias gradient and the activations with their backwards.
 //
 // bias_grad: db[k] = Σ_{n,p,q} dy[n,k,p,q], the column sums of fprop's GEMM output (M = N·P·Q
-// rows, K columns). One thread per k sums its N·P·Q values in a fixed order (n, then the P·Q
-// contiguous pixels): no atomics, bitwise reproducible.
+// rows, K columns). One block per k: thread t sums the elements t, t + 256, ... of channel k's
+// N·P·Q values (neighbouring threads read neighbouring pixels: coalesced), then the block adds the
+// 256 partial sums by a shared-memory tree. Both orders are fixed, so no atomics and bitwise
+// reproducible results whatever the schedule.
 //
 // relu, relu_backward, sigmoid, sigmoid_backward: one thread per element (grid-stride), any
 // shape, flattened to n elements.
 #include "common.cuh"
 
+// The host launches bias_grad with exactly BIAS_GRAD_THREADS threads a block (a power of two, for
+// the tree).
+#define BIAS_GRAD_THREADS 256
+
 template <typename T>
-__global__ void bias_grad(const T* __restrict__ dy, T* __restrict__ db, int N, int K, index_t PQ) {
-    for (index_t k = global_thread_index(); k < K; k += grid_stride()) {
+__global__ void __launch_bounds__(BIAS_GRAD_THREADS)
+bias_grad(const T* __restrict__ dy, T* __restrict__ db, int N, int K, index_t PQ) {
+    __shared__ T partial[BIAS_GRAD_THREADS];
+    for (index_t k = blockIdx.x; k < K; k += gridDim.x) {
+        // Element i of channel k is pixel j of image n, i = n·PQ + j. Stepping i by the block size
+        // carries j over into n by subtraction: a 64-bit division per element would be a
+        // subroutine call (and spill).
         T acc = T(0);
-        for (int n = 0; n < N; n++) {
-            const T* dy_nk = dy + ((index_t)n * K + k) * PQ;
-            for (index_t j = 0; j < PQ; j++) acc += dy_nk[j];
+        index_t j = threadIdx.x;
+        int n = 0;
+        while (j >= PQ) { j -= PQ; n++; }
+        while (n < N) {
+            acc += dy[((index_t)n * K + k) * PQ + j];
+            j += BIAS_GRAD_THREADS;
+            while (j >= PQ) { j -= PQ; n++; }
         }
-        db[k] = acc;
+        partial[threadIdx.x] = acc;
+        __syncthreads();
+        for (int half = BIAS_GRAD_THREADS / 2; half > 0; half /= 2) {
+            if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0) db[k] = partial[0];
+        __syncthreads();  // partial[0] is read before the next k overwrites it
     }
 }
 

@@ -257,6 +257,9 @@ def check_elementwise(be, dtype):
     dy = maker(rng, (3, 5, 4, 7), dtype)
     x = maker(rng, dy.shape, dtype)
     assert_close(be.bias_grad(dy), ref.bias_grad(dy), dtype, F64_RTOL)
+    # N·P·Q = 2·300 > the 256 threads of a block: each thread sums several pixels, across images
+    long = maker(rng, (2, 3, 15, 20), dtype)
+    assert_close(be.bias_grad(long), ref.bias_grad(long), dtype, F64_RTOL)
     np.testing.assert_array_equal(be.relu(x), np.maximum(x, 0))
     np.testing.assert_array_equal(be.relu_backward(dy, x), ref.relu_backward(dy, x).astype(dtype))
     # expf / exp round differently from NumPy's exp by a few ulp

@@ -179,6 +179,7 @@ KERNELS = {
 }
 
 THREADS_PER_BLOCK = 256
+BIAS_GRAD_THREADS = 256  # = BIAS_GRAD_THREADS in kernels/elementwise.cu (its tree's width)
 # The kernels loop grid-stride, so the grid may be smaller than the work; this cap keeps it far
 # below every limit (gridDim.x < 2**31) while still filling any GPU many times over.
 MAX_BLOCKS = 65536
@@ -193,7 +194,7 @@ def launch_config(total: int, op: str | None = None, tile: Tile | None = None, p
     """(grid, block) of a launch.
 
     Direct and elementwise kernels (``total`` outputs): one thread per output, grid-stride beyond
-    MAX_BLOCKS. The implicit-GEMM kernel of ``op`` (with ``tile`` and the problem ``p``):
+    MAX_BLOCKS; bias_grad: one block per output channel. The implicit-GEMM kernel of ``op`` (with ``tile`` and the problem ``p``):
     ``tile.threads`` threads a block, and the grid
       fprop: x over tiles of BM output pixels, y over (group, tile of BN output channels);
       dgrad: x over tiles of BM pixels of the largest stride phase, y over (group, tile of BN input
@@ -201,6 +202,8 @@ def launch_config(total: int, op: str | None = None, tile: Tile | None = None, p
       wgrad: x over tiles of BN taps (c,r,s), y over (group, tile of BM output channels), z over
              the reduction splits (``wgrad_splits``).
     """
+    if op == "bias_grad":  # one block per output channel (``total`` = K), BIAS_GRAD_THREADS each
+        return (min(total, MAX_BLOCKS),), (BIAS_GRAD_THREADS,)
     if tile is None:
         return (min(ceil_div(total, THREADS_PER_BLOCK), MAX_BLOCKS),), (THREADS_PER_BLOCK,)
     (sh, sw), G = p.stride, p.groups
@@ -335,7 +338,7 @@ class KernelBackend:
         N, K, P, Q = dy.shape
         db = self._empty((K,), dy.dtype)
         args = (dy, db, _int32("N", N), _int32("K", K), np.int64(P * Q))
-        self._launch("elementwise.cu", f"bias_grad<{CTYPES[dy.dtype.name]}>", K, args)
+        self._launch("elementwise.cu", f"bias_grad<{CTYPES[dy.dtype.name]}>", K, args, "bias_grad")
         return db
 
     @_on_input_device
