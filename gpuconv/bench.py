@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import reference
+from . import info, reference
 from .problem import OPS
 
 CPU_IMPLS = ("numpy", "torch-cpu", "naive")
@@ -272,52 +271,21 @@ def worker(impl: str, device_class: str, shapes: list[str], ops: list[str], repe
 
 
 def machine_info(device_class: str) -> dict:
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            # Other processes on the machine disturb the timings: record how busy it was.
-            "load_average_1_5_15min": list(os.getloadavg())}
+    facts = {"cpu": info.cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+             "python": platform.python_version(), "numpy": np.__version__,
+             # Other processes on the machine disturb the timings: record how busy it was.
+             "load_average_1_5_15min": list(os.getloadavg()),
+             "torch": info.torch_version()}
     try:
         import threadpoolctl
 
-        info["blas"] = [{k: v for k, v in lib.items() if k != "filepath"}
-                        for lib in threadpoolctl.threadpool_info()]
+        facts["blas"] = [{k: v for k, v in lib.items() if k != "filepath"}
+                         for lib in threadpoolctl.threadpool_info()]
     except ImportError:
-        info["blas"] = "threadpoolctl not installed"
-    if importlib.util.find_spec("torch"):
-        import torch
-
-        info["torch"] = torch.__version__
-        if device_class == "gpu" and torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name()
-            info["cuda"] = torch.version.cuda
-    if device_class == "gpu" and importlib.util.find_spec("cupy"):
-        import cupy
-
-        info["cupy"] = cupy.__version__
-        info["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
-        info["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _has_gpu() -> bool:
-    if importlib.util.find_spec("cupy") is None:
-        return False
-    import cupy
-
-    try:
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except cupy.cuda.runtime.CUDARuntimeError:
-        return False
+        facts["blas"] = "threadpoolctl not installed"
+    if device_class == "gpu":
+        facts.update(cupy=info.cupy_version(), **info.cuda_facts())
+    return facts
 
 
 def _run_worker(impl, args, shapes, ops, progress):
@@ -426,7 +394,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from . import shapes as table
-    args.device = args.device or ("gpu" if _has_gpu() else "cpu")
+    args.device = args.device or ("gpu" if info.gpu_count() > 0 else "cpu")
     args.repeats = args.repeats or (3 if args.quick else 7)
     default_shapes = table.QUICK if args.quick else tuple(table.SHAPES)
     shapes = _csv(args.shapes, table.SHAPES, "shapes") or list(default_shapes)

@@ -119,13 +119,16 @@ def device_name(backend: str) -> str:
     """What runs the kernels of ``backend``: the GPU, or this machine's CPU."""
     if backend == "cuda":
         return cuda_facts()["device"]
-    cpu = platform.processor() or platform.machine()
+    return f"CPU: {cpu_model()}, {os.cpu_count()} cores"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform module knows."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
-    return f"CPU: {cpu}, {os.cpu_count()} cores"
+        return platform.processor() or platform.machine()
 
 
 @functools.lru_cache(maxsize=None)
