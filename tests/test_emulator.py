@@ -166,6 +166,24 @@ def test_arguments_are_checked_against_the_kernel_signature():
         kernel(1, 256, (x, out, np.float32(256)))
     with pytest.raises(TypeError, match=r"argument 0: got an array but the parameter is a signed"):
         module("correct.cu").get_function("barriers")(1, 32, (out,))
+    # Null pointers: CuPy passes None as the address 0xffffffff, so only an 8-byte 0 is null.
+    with pytest.raises(TypeError, match=r"argument 1: None is not a null pointer.*np.uint64\(0\)"):
+        kernel(1, 256, (x, None, np.int32(256)))
+    with pytest.raises(TypeError, match=r"argument 1: the parameter is a pointer.*not uint64 8"):
+        kernel(1, 256, (x, np.uint64(8), np.int32(256)))
+    with pytest.raises(TypeError, match=r"argument 1: the parameter is a pointer.*not int32 0"):
+        kernel(1, 256, (x, np.int32(0), np.int32(256)))
+
+
+def test_null_pointer_reaches_the_kernel_as_nullptr():
+    """gpuconv's bias-less fprop passes NULL for the bias: the kernel must see nullptr (and skip it)."""
+    from gpuconv.backends.kernel_backend import NULL, emulate_backend
+    import gpuconv.problem as problem
+
+    p = problem.conv_problem((1, 1, 3, 3), (1, 1, 1, 1))
+    x, w = np.full((1, 1, 3, 3), 2.0, np.float32), np.full((1, 1, 1, 1), 3.0, np.float32)
+    assert NULL == 0 and NULL.dtype.itemsize == 8
+    assert emulate_backend().fprop(p, x, w, None, None).tolist() == [[[[6.0] * 3] * 3]]
 
 
 def test_launch_limits():

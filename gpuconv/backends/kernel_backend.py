@@ -6,7 +6,7 @@ in the array module (CuPy or NumPy). Everything else is shared: which template i
 source holds (``KERNELS``), the compile options (``compile_options()``, also used by
 ``gpuconv.compile_check``), the grid (``launch_config``) and the argument lists, whose scalars are
 explicitly typed NumPy scalars matching the kernel signatures (``int`` → ``np.int32``,
-``index_t`` → ``np.int64``); a missing bias is a null pointer (``None``).
+``index_t`` → ``np.int64``); a missing bias is the null pointer ``NULL``.
 
 Sizes go to the kernels as 32-bit ints and every linear index and offset is 64-bit inside them, so
 tensors beyond 2**31 elements work; a single size (or padded extent) beyond 2**31 - 1 raises a
@@ -38,6 +38,14 @@ def compile_options() -> tuple[str, ...]:
 CTYPES = {"float32": "float", "float64": "double"}
 # The activation template argument of fprop_direct: ACTIVATION_* in kernels/common.cuh.
 ACTIVATION_IDS = {None: 0, "relu": 1, "sigmoid": 2}
+# A null pointer argument: 8 zero bytes. Not None, which CuPy passes as 0xffffffff
+# (cupy/cupy#9046); the emulator refuses None for that reason.
+NULL = np.uint64(0)
+
+
+def _pointer(array):
+    """An optional array argument: the array, or NULL."""
+    return NULL if array is None else array
 
 
 @dataclass(frozen=True)
@@ -301,7 +309,7 @@ class KernelBackend:
         y = self._empty(p.y_shape, p.dtype)
         kernel = choose_fprop(p, self._kernels["fprop"])
         self._launch("fprop.cu", kernel_name("fprop", p.dtype, kernel, activation), y.size,
-                     (x, w, bias, y) + conv_args(p), "fprop", TILES["fprop"].get(kernel), p)
+                     (x, w, _pointer(bias), y) + conv_args(p), "fprop", TILES["fprop"].get(kernel), p)
         return y
 
     @_on_input_device
@@ -309,7 +317,7 @@ class KernelBackend:
         dx = self._empty(p.x_shape, p.dtype)
         kernel = choose_dgrad(p, self._kernels["dgrad"])
         self._launch("dgrad.cu", kernel_name("dgrad", p.dtype, kernel), dx.size,
-                     (dy, w, bias, dx) + conv_args(p), "dgrad", TILES["dgrad"].get(kernel), p)
+                     (dy, w, _pointer(bias), dx) + conv_args(p), "dgrad", TILES["dgrad"].get(kernel), p)
         return dx
 
     @_on_input_device

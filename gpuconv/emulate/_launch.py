@@ -55,9 +55,10 @@ def parse_signature(text: bytes) -> tuple[tuple[str, int], ...]:
 
 
 def check_arguments(kernel_name: str, signature, args) -> list:
-    """The arguments as arrays, None (null pointer) or NumPy scalars, each checked against the
-    kernel's parameter; TypeError names the kernel and the argument index. On a GPU these mistakes
-    pass silently and give wrong results."""
+    """The arguments as arrays or NumPy scalars, each checked against the kernel's parameter;
+    TypeError names the kernel and the argument index. On a GPU these mistakes pass silently and
+    give wrong results. A null pointer is an 8-byte integer 0 (``np.uint64(0)``), as CuPy passes
+    it; ``None`` is refused, since CuPy turns it into the address 0xffffffff (cupy/cupy#9046)."""
     args = tuple(args)
     described = ", ".join(f"{k}{n}" for k, n in signature)
     if len(args) != len(signature):
@@ -66,7 +67,10 @@ def check_arguments(kernel_name: str, signature, args) -> list:
     checked = []
     for i, (arg, (kind, size)) in enumerate(zip(args, signature)):
         where = f"kernel {kernel_name!r} argument {i}"
-        if isinstance(arg, np.ndarray) or arg is None:
+        if arg is None:
+            raise TypeError(f"{where}: None is not a null pointer on a GPU (CuPy passes it as "
+                            "0xffffffff): pass np.uint64(0)")
+        if isinstance(arg, np.ndarray):
             if kind != "p":
                 raise TypeError(f"{where}: got an array but the parameter is {_KINDS[kind]} of "
                                 f"{size} bytes")
@@ -77,6 +81,12 @@ def check_arguments(kernel_name: str, signature, args) -> list:
             arg = np.asarray(arg)[()]
         if not isinstance(arg, np.generic):
             raise TypeError(f"{where}: {type(arg).__name__} is not an array or a NumPy scalar")
+        if kind == "p":
+            if arg.dtype.kind in "iu" and arg.dtype.itemsize == size and arg == 0:
+                checked.append(arg)  # the null pointer: its 8 zero bytes are what the kernel reads
+                continue
+            raise TypeError(f"{where}: the parameter is a pointer: pass an array, or np.uint64(0) "
+                            f"for a null pointer, not {arg.dtype.name} {arg}")
         arg_kind = {"i": "i", "u": "u", "f": "f", "b": "b", "V": "s"}.get(arg.dtype.kind)
         # Signed and unsigned integers of one size have the same bits for the values that matter.
         same_kind = arg_kind == kind or {arg_kind, kind} == {"i", "u"}
@@ -94,8 +104,8 @@ def call(library: ctypes.CDLL, launch: Launch, arguments) -> tuple[int, str]:
     """Runs the launch on checked arguments in this process: (status, report)."""
     holders = []
     for arg in arguments:
-        if arg is None or isinstance(arg, np.ndarray):
-            holders.append(ctypes.c_void_p(None if arg is None else arg.ctypes.data))
+        if isinstance(arg, np.ndarray):
+            holders.append(ctypes.c_void_p(arg.ctypes.data))
         else:
             holders.append(ctypes.create_string_buffer(arg.tobytes(), arg.dtype.itemsize))
     pointers = (ctypes.c_void_p * max(1, len(holders)))(*(ctypes.addressof(h) for h in holders))
