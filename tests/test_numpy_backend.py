@@ -237,25 +237,26 @@ def test_chunked_im2col(name, op, monkeypatch):
     check_float64(p64, op, operands(p64, np.random.default_rng(10), normal))
 
 
-# Winograd F(2×2, 3×3) (3×3, stride 1, ≥ 32 channels each way): odd and even output sizes (the
-# last tile row and column cropped), asymmetric padding, padding beyond the kernel (dgrad crops
-# dy), and with the floor on the block size lifted, blocks of images and bands of tile rows.
+# Winograd F(2×2, 3×3) (3×3, stride 1, ≥ 128 channels each way for all three ops): odd and even
+# output sizes (the last tile row and column cropped), asymmetric padding, padding beyond the kernel
+# (dgrad crops dy), and with the floor on the block size lifted, blocks of images and bands of tile
+# rows.
 WINOGRAD = {
-    "odd_asym": dict(x=(2, 32, 9, 7), w=(40, 32, 3, 3), padding=(0, 2, 1, 0)),
-    "even_same": dict(x=(3, 33, 6, 8), w=(32, 33, 3, 3), padding=1),
-    "wide_pad": dict(x=(1, 32, 4, 5), w=(32, 32, 3, 3), padding=3),
+    "odd_asym": dict(x=(2, 128, 9, 7), w=(136, 128, 3, 3), padding=(0, 2, 1, 0)),
+    "even_same": dict(x=(3, 129, 6, 8), w=(128, 129, 3, 3), padding=1),
+    "wide_pad": dict(x=(1, 128, 4, 5), w=(128, 128, 3, 3), padding=3),
 }
 
 
 @pytest.mark.parametrize("min_block", [1 << 16, 0])
 @pytest.mark.parametrize("name", WINOGRAD)
-@pytest.mark.parametrize("op", ["fprop", "dgrad"])
+@pytest.mark.parametrize("op", OPS)
 def test_winograd(name, op, min_block, monkeypatch):
     from gpuconv.backends import numpy_backend
 
     monkeypatch.setattr(numpy_backend, "_MIN_BLOCK", min_block)
     p = problem(WINOGRAD[name], "float32")
-    assert numpy_backend._uses_winograd(p, p.C, p.K)
+    assert numpy_backend._uses_winograd(p, op)
     # F(2, 3)'s transforms hold halves at most: small integers stay exact
     a = operands(p, np.random.default_rng(11), small_ints)
     np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
@@ -264,10 +265,14 @@ def test_winograd(name, op, min_block, monkeypatch):
     check_float64(p64, op, operands(p64, np.random.default_rng(13), normal))
 
 
-def test_winograd_nonfinite_fprop():
-    """inf in x: Winograd's transforms would mix it with its neighbours (inf - inf = NaN), so fprop
-    takes the direct path, whose NaN and inf are the reference's."""
+@pytest.mark.parametrize("op", OPS)
+def test_winograd_nonfinite(op):
+    """inf in x or dy: Winograd's transforms would mix it with its neighbours (inf - inf = NaN),
+    so the op takes a direct path, whose NaN and inf are the reference's."""
     p = problem(WINOGRAD["even_same"], "float32")
     a = operands(p, np.random.default_rng(14), small_ints)
     a["x"][0, 0, 2, 3] = np.inf
-    np.testing.assert_array_equal(run(p, "fprop", a, BACKEND), run(p, "fprop", a, reference))
+    a["dy"][1, 2, 3, 4] = -np.inf
+    with np.errstate(invalid="ignore"):
+        got, want = run(p, op, a, BACKEND), run(p, op, a, reference)
+    np.testing.assert_array_equal(got, want)

@@ -1,22 +1,24 @@
 """The NumPy backend: every op as BLAS matrix products, no Python loop over pixels or images.
 
 Three formulations of the correlation, chosen per layer: Winograd F(2×2, 3×3) for 3×3 stride-1
-layers with ≥ 32 channels each way (``_uses_winograd``; fprop, and dgrad, whose stride-1
-correlation has the same form), else the shifted GEMM for large maps with many channels, and a
-chunked im2col (``_uses_im2col``) for short reductions per group (a stem on RGB, depthwise, the
-seeds) and small maps, where the shifted GEMM's padded grid wastes ≥ 25%.
+layers with enough channels each way (``_uses_winograd``: ≥ 32 for fprop and dgrad, whose
+stride-1 correlation has the same form, ≥ 128 for wgrad), else the shifted GEMM for large maps
+with many channels, and a chunked im2col (``_uses_im2col``) for short reductions per group (a stem
+on RGB, depthwise, the seeds) and small maps, where the shifted GEMM's padded grid wastes ≥ 25%.
 
 Winograd F(2×2, 3×3) (Lavin & Gray): each 2×2 output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A of its 4×4
 input tile d, so the 36 multiplies per channel pair of a direct 3×3 tile become 16 — 16 GEMMs of
 reduction C (one per transform element) on 2.25× fewer multiplies. The padded input is stored
-channels-last, so the input and output transforms (sums and differences of tile rows, then
-columns) are contiguous NumPy passes over channels, vectorised over all tiles of a block; the
+channels-last with its columns split by parity, so a tile column's input columns are, for all
+tiles, one contiguous run, and the input and output transforms (sums and differences of tile
+rows, then columns) are long contiguous NumPy passes, vectorised over all tiles of a block; the
 filter transform is one small GEMM with G ⊗ G; Aᵀ's row sums are accumulated as each row ξ of
-GEMMs is done. Blocks of images or bands of tile rows keep the extra memory within the result's
-size plus the filter's. The transforms' coefficients are 0, ±1 and ±½: small integers stay exact,
-and float32 errors stay within a few times the direct sum's. Not for NaN or inf inputs (a tile
-transform mixes an inf with its neighbours: inf - inf = NaN where the direct sum has inf); those
-take the direct paths.
+GEMMs is done. wgrad is the transposed form, dw = Gᵀ[Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)]G: 16 GEMMs that
+reduce over the tiles, then G ⊗ G back to the 9 taps. Blocks of images or bands of tile rows keep
+the extra memory within the result's size plus the filter's. The transforms' coefficients are 0,
+±1 and ±½: small integers stay exact, and float32 errors stay within a few times the direct
+sum's. Not for NaN or inf inputs (a tile transform mixes an inf with its neighbours: inf - inf =
+NaN where the direct sum has inf); those take the direct paths.
 
 The shifted-GEMM formulation. The padded input is stored channels-last and grouped,
 ``xh[g, n, h, w, c]``, and flattened per group, so one output pixel's input pixel for filter tap
@@ -297,15 +299,17 @@ def _im2col_correlate(x, wm, pad, stride, dilation, R, S, out_hw, spare):
 # -- Winograd F(2×2, 3×3) ---------------------------------------------------------------------
 
 
-_WINOGRAD_MIN_C = 32
+# Channels each way from which Winograd beats the direct forms (measured at 2 BLAS threads): its
+# tile transforms cost O(C + K) per tile against the GEMMs' O(C·K). wgrad transforms both x and
+# dy, and its alternative, the shifted GEMM, is at its best on large maps with few channels.
+_WINOGRAD_MIN_C = {"fprop": 32, "dgrad": 32, "wgrad": 128}
 
 
-def _uses_winograd(p: Conv2dProblem, C: int, K: int) -> bool:
-    """Whether the layer's correlation of C channels into K takes Winograd F(2×2, 3×3): 3×3,
-    stride 1, no dilation, one group, and enough channels that its GEMMs outweigh the tile
-    transforms."""
+def _uses_winograd(p: Conv2dProblem, op: str) -> bool:
+    """Whether ``op`` of the layer takes Winograd F(2×2, 3×3): 3×3, stride 1, no dilation, one
+    group, and enough channels that its GEMMs outweigh the tile transforms."""
     return ((p.R, p.S, p.stride, p.dilation, p.groups) == (3, 3, (1, 1), (1, 1), 1)
-            and min(C, K) >= _WINOGRAD_MIN_C)
+            and min(p.C, p.K) >= _WINOGRAD_MIN_C[op])
 
 
 # G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]; row (ξ, ν) of G ⊗ G maps a filter's 9 taps
@@ -328,22 +332,41 @@ _BT = ((0, 2, np.subtract), (1, 2, np.add), (2, 1, np.subtract), (1, 3, np.subtr
 _AT = ((0, 1, 2, np.add), (1, 2, 3, np.subtract))
 
 
+def _winograd_input(x, pad, TP: int, TQ: int):
+    """x[N, C, Hin, Win] zero-padded to the 2·TP + 2 rows and 2·TQ + 2 columns that TP × TQ tiles
+    read, channels-last with the columns split by parity: xh[n, h, φ, i, c] = x_padded[n, c, h,
+    2i + φ]. Input column 2t + j of tile column t is then (φ, i) = (j % 2, t + j // 2): for all
+    tiles, one contiguous run."""
+    xh = _padded(x, pad, (1, 1), (1, 1), 3, 3, (2 * TP, 2 * TQ), channels_last=True)
+    N, Hx, Wx, C = xh.shape
+    return np.ascontiguousarray(xh.reshape(N, Hx, Wx // 2, 2, C).transpose(0, 1, 3, 2, 4))
+
+
+def _input_transform(xs, xi: int, rows, v):
+    """v[ν, n, i, t, c] = (Bᵀ d B)[ξ, ν] of the tiles (i, t) of a block xs[nb, 2·rb + 2, 2, TQ + 1, C]
+    of _winograd_input, for one ξ: its rows combined into rows[nb, rb, 2, TQ + 1, C], then columns."""
+    rb, TQ = rows.shape[1], v.shape[3]
+    a, b, op = _BT[xi]
+    op(xs[:, a : a + 2 * rb : 2], xs[:, b : b + 2 * rb : 2], out=rows)
+    for nu, (c, d, op_col) in enumerate(_BT):
+        op_col(rows[:, :, c % 2, c // 2 : c // 2 + TQ], rows[:, :, d % 2, d // 2 : d // 2 + TQ],
+               out=v[nu])
+
+
 def _winograd_correlate(x, w, pad, out_hw, spare, bias=None, flip=False):
     """y[n, k, p, q] = Σ_{c,r,s} w[k, c, r, s]·x_padded[n, c, p + r, q + s] (+ bias[k]) by
     F(2×2, 3×3); with ``flip``, of the flipped, transposed filter w[c, k, 2 - r, 2 - s] (dgrad).
 
-    x[N, C, Hin, Win] is any view, w contiguous. The padded input is stored channels-last, so
-    every transform is a contiguous pass over channels. Per block of 2×2 output tiles t: the 4×4
-    input tiles' transform V = Bᵀ d B, 16 GEMMs M[ξ, ν] = V[ξ, ν][t, c] @ U[ξ, ν][c, k] (4 batched
-    per row ξ), and the output transform Aᵀ M A, copied into the NCHW result. Extra memory: the
+    x[N, C, Hin, Win] is any view, w contiguous. Per block of 2×2 output tiles t: the 4×4 input
+    tiles' transform V = Bᵀ d B, 16 GEMMs M[ξ, ν] = V[ξ, ν][t, c] @ U[ξ, ν][c, k] (4 batched per
+    row ξ), and the output transform Aᵀ M A, copied into the NCHW result. Extra memory: the
     result's size plus ``spare`` numbers, the transformed filter included.
     """
     N, C = x.shape[:2]
     K = w.shape[1 if flip else 0]
     P, Q = out_hw
     TP, TQ = _ceil_div(P, 2), _ceil_div(Q, 2)
-    xh = _padded(x, pad, (1, 1), (1, 1), 3, 3, (2 * TP, 2 * TQ), channels_last=True)
-    Wx = xh.shape[2]
+    xh = _winograd_input(x, pad, TP, TQ)
     y = np.empty((N, K, P, Q), x.dtype)
     # The transformed filter (16·K·C) is kept across blocks when it takes at most half the budget,
     # else one row ξ of it (4·K·C) at a time.
@@ -355,17 +378,15 @@ def _winograd_correlate(x, w, pad, out_hw, spare, bias=None, flip=False):
     # the block's result (4·K)
     for n0, nb, p0, rb in _chunks(N, TP, TQ, 6 * C + 16 * K, budget - (16 if keep else 4) * K * C):
         T = nb * rb * TQ
-        sizes = (nb * rb * Wx * C, 4 * T * C, 4 * T * K, 4 * T * K, 4 * T * K, 4 * T * K)
+        sizes = (nb * rb * 2 * (TQ + 1) * C, 4 * T * C, 4 * T * K, 4 * T * K, 4 * T * K, 4 * T * K)
         if bufs is None:  # the first block is the largest
             bufs = [np.empty(n, x.dtype) for n in sizes]
         rows, v, m, z0, z1, out = (buf[:n].reshape(shape) for buf, n, shape in zip(bufs, sizes, (
-            (nb, rb, Wx, C), (4, nb, rb, TQ, C), (4, T, K), (4, T, K), (4, T, K), (nb, rb, 2, TQ, 2, K))))
+            (nb, rb, 2, TQ + 1, C), (4, nb, rb, TQ, C), (4, T, K), (4, T, K), (4, T, K),
+            (nb, rb, 2, 2, TQ, K))))
         xs = xh[n0 : n0 + nb, 2 * p0 : 2 * (p0 + rb) + 2]
-        for xi, (a, b, op) in enumerate(_BT):
-            # rows[n, i, :, c] = Σ_t Bᵀ[ξ, t]·x[n, 2i + t, :, c], then the same along the columns
-            op(xs[:, a : a + 2 * rb : 2], xs[:, b : b + 2 * rb : 2], out=rows)
-            for nu, (c, d, op_col) in enumerate(_BT):
-                op_col(rows[:, :, c : c + 2 * TQ : 2], rows[:, :, d : d + 2 * TQ : 2], out=v[nu])
+        for xi in range(4):
+            _input_transform(xs, xi, rows, v)
             if U[xi] is None:
                 U[xi] = _filter_transform(w, xi, flip)
             # z_i = Σ_ξ Aᵀ[i, ξ]·M[ξ] as it comes: z0 = (M0 + M1) + M2, z1 = (M1 - M2) - M3
@@ -381,18 +402,75 @@ def _winograd_correlate(x, w, pad, out_hw, spare, bias=None, flip=False):
         for i, z in enumerate((z0, z1)):
             z = z.reshape(4, nb, rb, TQ, K)
             for j, (a, b, c, op) in enumerate(_AT):
-                op(z[a], z[b], out=out[:, :, i, :, j])
-                op(out[:, :, i, :, j], z[c], out=out[:, :, i, :, j])
-        # out[n, i, j, k] is pixel (2·p0 + i, j) of the block; the last tile row and column may
-        # reach past the output.
+                op(z[a], z[b], out=out[:, :, i, j])
+                op(out[:, :, i, j], z[c], out=out[:, :, i, j])
+        # out[n, tile row, i, j, t, k] is pixel (2·(p0 + tile row) + i, 2·t + j) of image n0 + n;
+        # the last tile row and column may reach past the output.
         rows_out = min(2 * rb, P - 2 * p0)
-        src = out.reshape(nb, 2 * rb, 2 * TQ, K)[:, :rows_out, :Q].transpose(0, 3, 1, 2)
-        dst = y[n0 : n0 + nb, :, 2 * p0 : 2 * p0 + rows_out]
-        if bias is None:
-            np.copyto(dst, src)
-        else:
-            np.add(src, bias.reshape(-1, 1, 1), out=dst)
+        for j in range(2):
+            src = out[:, :, :, j].reshape(nb, 2 * rb, TQ, K)[:, :rows_out, : _ceil_div(Q - j, 2)]
+            dst = y[n0 : n0 + nb, :, 2 * p0 : 2 * p0 + rows_out, j::2]
+            if bias is None:
+                np.copyto(dst, src.transpose(0, 3, 1, 2))
+            else:
+                np.add(src.transpose(0, 3, 1, 2), bias.reshape(-1, 1, 1), out=dst)
     return y
+
+
+# A = [[1, 0], [1, 1], [1, -1], [0, 1]] (Aᵀ's transpose, with its last row's sign moved into the
+# filter side: _GG_WGRAD): (a, b, ufunc) per row, dy_a ± dy_b, or dy_a alone where b is None.
+_A = ((0, None, None), (0, 1, np.add), (0, 1, np.subtract), (1, None, None))
+# dw[k, c, r, s] = Σ_{ξ,ν} M[ξ, ν, k, c]·G'[ξ, r]·G'[ν, s], G' = G with row 3 negated (for _A).
+_GG_WGRAD = np.kron(_G * [[1], [1], [1], [-1]], _G * [[1], [1], [1], [-1]])
+
+
+def _winograd_wgrad(p: Conv2dProblem, x, dy):
+    """wgrad of a Winograd layer: dw = Gᵀ[Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)]G, the transpose of fprop's
+    F(2×2, 3×3). Per block of tiles and row ξ: the input tiles' transform V (as fprop), dy's 2×2
+    tiles' transform E = A dy Aᵀ, and 4 GEMMs M[ξ, ν][k, c] += E[ξ, ν][t, k]ᵀ @ V[ξ, ν][t, c] that
+    reduce over the tiles; then one GEMM with G' ⊗ G' maps the 16 elements to the 9 taps, in w's
+    layout."""
+    N, C, K = p.N, p.C, p.K
+    TP, TQ = _ceil_div(p.P, 2), _ceil_div(p.Q, 2)
+    xh = _winograd_input(x, p.padding, TP, TQ)
+    m = np.empty((4, 4, K, C), dy.dtype)
+    bufs = tmp = None
+    # per tile: x rows combined (2·C), V of one ξ (4·C), dy's block channels-last and its rows
+    # combined (4·K, 2·K), E of one ξ (4·K)
+    for n0, nb, p0, rb in _chunks(N, TP, TQ, 6 * C + 10 * K, max(dy.size, 9 * C * K)):
+        T = nb * rb * TQ
+        sizes = (nb * rb * 2 * (TQ + 1) * C, 4 * T * C, 4 * T * K, 2 * T * K, 4 * T * K)
+        if bufs is None:  # the first block is the largest
+            bufs = [np.empty(n, x.dtype) for n in sizes]
+        rows, v, dyb, dyrows, e = (buf[:n].reshape(shape) for buf, n, shape in zip(bufs, sizes, (
+            (nb, rb, 2, TQ + 1, C), (4, nb, rb, TQ, C), (nb, 2 * rb, 2, TQ, K), (nb, rb, 2, TQ, K),
+            (4, nb, rb, TQ, K))))
+        # dy's block channels-last, columns split by parity as in xh, zero past the output
+        rows_dy = min(2 * rb, p.P - 2 * p0)
+        dyb[:, rows_dy:] = 0
+        for phase in range(2):
+            q = _ceil_div(p.Q - phase, 2)
+            dyb[:, :, phase, q:] = 0
+            np.copyto(dyb[:, :rows_dy, phase, :q],
+                      dy[n0 : n0 + nb, :, 2 * p0 : 2 * p0 + rows_dy, phase::2].transpose(0, 2, 3, 1))
+        xs = xh[n0 : n0 + nb, 2 * p0 : 2 * (p0 + rb) + 2]
+        for xi in range(4):
+            _input_transform(xs, xi, rows, v)
+            a, b, op = _A[xi]
+            src = dyb[:, a::2] if b is None else op(dyb[:, a::2], dyb[:, b::2], out=dyrows)
+            for nu, (c, d, op_col) in enumerate(_A):
+                if d is None:
+                    np.copyto(e[nu], src[:, :, c])
+                else:
+                    op_col(src[:, :, c], src[:, :, d], out=e[nu])
+            et = e.reshape(4, T, K).transpose(0, 2, 1)
+            if n0 == 0 and p0 == 0:
+                np.matmul(et, v.reshape(4, T, C), out=m[xi])
+            else:
+                tmp = np.matmul(et, v.reshape(4, T, C), out=tmp)
+                m[xi] += tmp
+    del bufs, tmp
+    return np.matmul(m.reshape(16, K * C).T, _GG_WGRAD.astype(dy.dtype)).reshape(p.w_shape)
 
 
 # -- layouts ------------------------------------------------------------------------------------
@@ -452,7 +530,7 @@ def fprop(p: Conv2dProblem, x, w, bias=None, activation=None):
         np.matmul(w.reshape(G, Kg, Cg), xs, out=y.reshape(p.N, G, Kg, p.P * p.Q))
         if bias is not None:
             y += bias.reshape(-1, 1, 1)
-    elif _uses_winograd(p, p.C, p.K) and _all_finite(x, w):
+    elif _uses_winograd(p, "fprop") and _all_finite(x, w):
         y = _winograd_correlate(x, w, p.padding, (p.P, p.Q), w.size, bias)
     elif _uses_im2col(Cg, p.R, p.S, p.stride, p.dilation, (p.P, p.Q)):
         y = _im2col_correlate(x, w.reshape(G, Kg, -1), p.padding, p.stride, p.dilation, p.R, p.S,
@@ -548,7 +626,7 @@ def dgrad(p: Conv2dProblem, dy, w, bias=None):
             dx += bias.reshape(-1, 1, 1)
         return dx
     top, left = p.padding[0], p.padding[2]
-    if _uses_winograd(p, p.K, p.C):  # the correlation of dy with the flipped, transposed filter
+    if _uses_winograd(p, "dgrad"):  # the correlation of dy with the flipped, transposed filter
         pad_h = _dgrad_phase(p.P, p.H, top, 1, 1, 3, 0)[2]
         pad_w = _dgrad_phase(p.Q, p.W, left, 1, 1, 3, 0)[2]
         return _winograd_correlate(dy, w, pad_h + pad_w, (p.H, p.W), w.size, bias, flip=True)
@@ -628,6 +706,8 @@ def wgrad(p: Conv2dProblem, x, dy):
         dys = np.ascontiguousarray(dy.reshape(p.N, G, Kg, -1).transpose(1, 2, 0, 3))
         dw = np.matmul(dys.reshape(G, Kg, -1), xs.reshape(G, Cg, -1).transpose(0, 2, 1))
         return dw.reshape(p.w_shape)
+    if _uses_winograd(p, "wgrad") and _all_finite(x, dy):
+        return _winograd_wgrad(p, x, dy)
     # The shifted GEMM also multiplies input pixels that only its cropped virtual outputs read by
     # zeros (0·inf = NaN); im2col reads what real outputs read, so NaN and inf go where PyTorch's do.
     if _uses_im2col(Cg, p.R, p.S, p.stride, p.dilation, (p.P, p.Q)) or not _all_finite(x, dy):
