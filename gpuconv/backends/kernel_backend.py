@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,9 +31,14 @@ from . import CUDA_INSTALL_HINT
 OPTIONS = ("--std=c++17",)
 
 
+@functools.lru_cache(maxsize=None)
 def compile_options() -> tuple[str, ...]:
-    """OPTIONS plus the include path of the kernels folder (the kernels include "common.cuh")."""
-    return (*OPTIONS, f"-I{_paths.kernels_dir()}")
+    """OPTIONS, the include path of the kernels folder (the kernels include "common.cuh") and a
+    hash of common.cuh as a define: CuPy's kernel cache keys on the source text and the options,
+    not on included headers, so without it an edited common.cuh would load a stale cubin."""
+    header = (_paths.kernels_dir() / "common.cuh").read_bytes()
+    digest = hashlib.sha256(header).hexdigest()[:16]
+    return (*OPTIONS, f"-I{_paths.kernels_dir()}", f"-DGPUCONV_COMMON_CUH_SHA={digest}")
 
 
 CTYPES = {"float32": "float", "float64": "double"}
