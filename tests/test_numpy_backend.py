@@ -276,3 +276,22 @@ def test_winograd_nonfinite(op):
     with np.errstate(invalid="ignore"):
         got, want = run(p, op, a, BACKEND), run(p, op, a, reference)
     np.testing.assert_array_equal(got, want)
+
+
+# 1×1 layers on small maps with many channels: fprop and dgrad put the images side by side in one
+# GEMM (the filter outweighs a map), wgrad gathers them; on large maps, one GEMM per image.
+POINTWISE = {
+    "small_map": dict(x=(3, 40, 2, 2), w=(48, 40, 1, 1)),
+    "small_map_s2": dict(x=(3, 40, 3, 3), w=(48, 40, 1, 1), stride=2),
+    "large_map": dict(x=(2, 4, 9, 9), w=(6, 4, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("name", POINTWISE)
+@pytest.mark.parametrize("op", OPS)
+def test_pointwise(name, op):
+    p = problem(POINTWISE[name], "float32")
+    a = operands(p, np.random.default_rng(15), small_ints)
+    np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
+    p64 = problem(POINTWISE[name], "float64")
+    check_float64(p64, op, operands(p64, np.random.default_rng(16), normal))
