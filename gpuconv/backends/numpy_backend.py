@@ -307,9 +307,13 @@ _WINOGRAD_MIN_C = {"fprop": 32, "dgrad": 32, "wgrad": 128}
 
 def _uses_winograd(p: Conv2dProblem, op: str) -> bool:
     """Whether ``op`` of the layer takes Winograd F(2×2, 3×3): 3×3, stride 1, no dilation, one
-    group, and enough channels that its GEMMs outweigh the tile transforms."""
+    group, and enough channels that its GEMMs outweigh the tile transforms. Not for fprop on small
+    maps, where the 2×2 tiles reach ≥ 25% past the output (7²: 8² computed) and fprop's im2col is
+    one large GEMM (dgrad's has to copy the filter, wgrad's gathers the images: Winograd wins)."""
+    tiles = 4 * _ceil_div(p.P, 2) * _ceil_div(p.Q, 2)
     return ((p.R, p.S, p.stride, p.dilation, p.groups) == (3, 3, (1, 1), (1, 1), 1)
-            and min(p.C, p.K) >= _WINOGRAD_MIN_C[op])
+            and min(p.C, p.K) >= _WINOGRAD_MIN_C[op]
+            and (op != "fprop" or tiles < 1.25 * p.P * p.Q))
 
 
 # G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]; row (ξ, ν) of G ⊗ G maps a filter's 9 taps
