@@ -216,9 +216,8 @@ def _uses_im2col(Cg: int, R: int, S: int, stride, dilation, out_hw) -> bool:
     return Cg < 16 or skips or grid >= 1.25 * P * Q
 
 
-def _padded(x, pad, stride, dilation, R, S, out_hw, channels_last=False):
-    """The zero-padded copy of x[N, C, Hin, Win] holding only the rows and columns an output reads,
-    [N, C, Hx, Wx] or, with ``channels_last``, [N, Hx, Wx, C].
+def _padded(x, pad, stride, dilation, R, S, out_hw):
+    """The zero-padded copy of x[N, C, Hin, Win] holding only the rows and columns an output reads.
 
     ``pad`` = (top, bottom, left, right) may be negative (dgrad phases crop dy instead of padding it).
     """
@@ -227,11 +226,11 @@ def _padded(x, pad, stride, dilation, R, S, out_hw, channels_last=False):
     P, Q = out_hw
     top, left = pad[0], pad[2]
     Hx, Wx = (P - 1) * sh + (R - 1) * dh + 1, (Q - 1) * sw + (S - 1) * dw + 1
-    xp = np.zeros((N, Hx, Wx, C) if channels_last else (N, C, Hx, Wx), x.dtype)
+    xp = np.zeros((N, C, Hx, Wx), x.dtype)
     h_lo, h_hi = max(top, 0), min(Hx, top + Hin)
     w_lo, w_hi = max(left, 0), min(Wx, left + Win)
     if h_lo < h_hi and w_lo < w_hi:
-        (xp.transpose(0, 3, 1, 2) if channels_last else xp)[:, :, h_lo:h_hi, w_lo:w_hi] = x[:, :, h_lo - top : h_hi - top, w_lo - left : w_hi - left]
+        xp[:, :, h_lo:h_hi, w_lo:w_hi] = x[:, :, h_lo - top : h_hi - top, w_lo - left : w_hi - left]
     return xp
 
 
@@ -340,10 +339,22 @@ def _winograd_input(x, pad, TP: int, TQ: int):
     """x[N, C, Hin, Win] zero-padded to the 2·TP + 2 rows and 2·TQ + 2 columns that TP × TQ tiles
     read, channels-last with the columns split by parity: xh[n, h, φ, i, c] = x_padded[n, c, h,
     2i + φ]. Input column 2t + j of tile column t is then (φ, i) = (j % 2, t + j // 2): for all
-    tiles, one contiguous run."""
-    xh = _padded(x, pad, (1, 1), (1, 1), 3, 3, (2 * TP, 2 * TQ), channels_last=True)
-    N, Hx, Wx, C = xh.shape
-    return np.ascontiguousarray(xh.reshape(N, Hx, Wx // 2, 2, C).transpose(0, 1, 3, 2, 4))
+    tiles, one contiguous run. ``pad`` as _padded's."""
+    N, C, Hin, Win = x.shape
+    top, left = pad[0], pad[2]
+    Hx = 2 * TP + 2
+    xh = np.zeros((N, Hx, 2, TQ + 1, C), x.dtype)
+    h_lo, h_hi = max(top, 0), min(Hx, top + Hin)
+    for phase in range(2):
+        # padded column 2i + phase holds input column 2i + phase - left
+        i_lo = max(_ceil_div(left - phase, 2), 0)
+        i_hi = min(_ceil_div(left + Win - phase, 2), TQ + 1)
+        if h_lo < h_hi and i_lo < i_hi:
+            w_lo = 2 * i_lo + phase - left
+            xh[:, h_lo:h_hi, phase, i_lo:i_hi] = x[:, :, h_lo - top : h_hi - top,
+                                                   w_lo : w_lo + 2 * (i_hi - i_lo - 1) + 1 : 2
+                                                   ].transpose(0, 2, 3, 1)
+    return xh
 
 
 def _input_transform(xs, xi: int, rows, v):
