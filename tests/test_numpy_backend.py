@@ -295,3 +295,44 @@ def test_pointwise(name, op):
     np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
     p64 = problem(POINTWISE[name], "float64")
     check_float64(p64, op, operands(p64, np.random.default_rng(16), normal))
+
+
+# Depthwise with one channel per group at stride 1 (fprop, dgrad's phases, wgrad): taps as offsets
+# into flat padded planes, in blocks of images and channels (a block size of one plane forces one
+# channel per block, the smallest a partial last block of images); asymmetric padding, dilation,
+# and stride 2, whose dgrad phases are stride-1 depthwise correlations.
+DEPTHWISE = {
+    "same": dict(x=(3, 5, 8, 7), w=(5, 1, 3, 3), groups=5, padding=1),
+    "asym_dilated": dict(x=(2, 4, 9, 6), w=(4, 1, 3, 2), groups=4, padding=(2, 0, 1, 1),
+                         dilation=(2, 1)),
+    "strided": dict(x=(2, 3, 9, 8), w=(3, 1, 3, 3), groups=3, padding=1, stride=2),
+}
+
+
+@pytest.mark.parametrize("block", [1 << 18, 1, 200])
+@pytest.mark.parametrize("name", DEPTHWISE)
+@pytest.mark.parametrize("op", OPS)
+def test_depthwise(name, op, block, monkeypatch):
+    from gpuconv.backends import numpy_backend
+
+    monkeypatch.setattr(numpy_backend, "_DEPTHWISE_BLOCK", block)
+    p = problem(DEPTHWISE[name], "float32")
+    a = operands(p, np.random.default_rng(17), small_ints)
+    np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
+    check_float32(p, op, operands(p, np.random.default_rng(18), normal))
+    p64 = problem(DEPTHWISE[name], "float64")
+    check_float64(p64, op, operands(p64, np.random.default_rng(19), normal))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_depthwise_nonfinite(op):
+    """inf in x and dy: the result's NaN and inf are the reference's. wgrad's dot products also
+    multiply x's last column by the zeros past Q on dy's virtual grid (inf·0 = NaN where the
+    reference has finite sums): the non-finite result sends it to the im2col."""
+    p = problem(dict(x=(2, 3, 6, 5), w=(3, 1, 3, 3), groups=3, padding=(1, 1, 0, 0)), "float32")
+    a = operands(p, np.random.default_rng(20), small_ints)
+    a["x"][0, 1, 2, 4] = np.inf
+    a["dy"][1, 2, 3, 1] = -np.inf
+    with np.errstate(invalid="ignore"):
+        got, want = run(p, op, a, BACKEND), run(p, op, a, reference)
+    np.testing.assert_array_equal(got, want)
