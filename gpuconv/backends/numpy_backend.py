@@ -58,8 +58,9 @@ col2im instead: per image one GEMM to its Cg·R·S columns, then R·S shifted ad
 dx — the form that dy or w holding NaN or inf take too (``_scattered_dgrad``).
 
 The chunked im2col works in NCHW. The input is zero-padded once; then, one block of nb images (or
-a band of rows of one image) at a time, R·S strided copies fill ``cols[g, (c, r, s), (n, p, q)]``,
-and one GEMM per group with reduction Cg·R·S writes the block straight into the NCHW result (fprop,
+a band of rows of one image) at a time, one copy from a read-only strided view that holds all R·S
+windows (one NumPy call, not R·S: on the seeds' tiny layers the calls were most of the time) fills
+``cols[g, (c, r, s), (n, p, q)]``, and one GEMM per group with reduction Cg·R·S writes the block straight into the NCHW result (fprop,
 dgrad: y[g, k, pq] = w[g, k, crs] @ cols) or accumulates into w's layout (wgrad: images side by side
 in the reduction). No padded grid, no row adds, no layout change of the result. Blocks hold at
 most the result's size (fprop: plus the filter's, which it does not copy; never under 64 Ki
@@ -274,19 +275,19 @@ def _chunks(N: int, P: int, Q: int, per_pixel: int, budget: int):
 
 def _im2col(cols, xp, groups, n0, nb, p0, rb, stride, dilation, R, S):
     """cols[g, (c, r, s), (n, p, q)] = xp[n0 + n, g·Cg + c, (p0 + p)·sh + r·dh, q·sw + s·dw] for a
-    block of nb images × rb output rows: R·S strided copies, one per tap. Returns the block, a
-    [G, Cg·R·S, nb·rb·Q] view of the flat buffer ``cols``."""
+    block of nb images × rb output rows: one copy from a read-only strided view of xp that holds
+    every tap's window. Returns the block, a [G, Cg·R·S, nb·rb·Q] view of the flat buffer
+    ``cols``."""
     N, C, _, _ = xp.shape
     (sh, sw), (dh, dw) = stride, dilation
     Cg = C // groups
     Q = (xp.shape[3] - (S - 1) * dw - 1) // sw + 1
     block = cols[: C * R * S * nb * rb * Q].reshape(groups, Cg, R, S, nb, rb, Q)
-    src = xp[n0 : n0 + nb].reshape(nb, groups, Cg, *xp.shape[2:]).transpose(1, 2, 0, 3, 4)
-    for r in range(R):
-        h = p0 * sh + r * dh
-        for s in range(S):
-            block[:, :, r, s] = src[..., h : h + (rb - 1) * sh + 1 : sh,
-                                    s * dw : s * dw + (Q - 1) * sw + 1 : sw]
+    image, channel, row, column = xp.strides  # xp is contiguous: _padded's
+    windows = np.ndarray(block.shape, xp.dtype, xp, n0 * image + p0 * sh * row,
+                         (Cg * channel, channel, dh * row, dw * column, image, sh * row, sw * column))
+    windows.flags.writeable = False
+    np.copyto(block, windows)
     return block.reshape(groups, Cg * R * S, nb * rb * Q)
 
 
