@@ -174,15 +174,20 @@ def compilers() -> dict:
     return found
 
 
-def check(archs=ARCHS, which=None) -> list[Resources]:
-    """Compile every instance with every compiler present (or ``which``) for ``archs``."""
+def check(archs=ARCHS, which=None, progress=None) -> list[Resources]:
+    """Compile every instance with every compiler present (or ``which``) for ``archs``;
+    ``progress(done, total, label)`` is called as each (compiler, file, arch) finishes."""
     from concurrent.futures import ThreadPoolExecutor
 
     present = compilers()
-    jobs = [(present[c][0], f, a) for c in (which or present) for a in archs for f in KERNELS]
+    jobs = [(c, f, a) for c in (which or present) for a in archs for f in KERNELS]
+    rows = []
     with ThreadPoolExecutor() as pool:  # nvcc is a subprocess; NVRTC releases the GIL
-        results = pool.map(lambda job: job[0](job[1], job[2]), jobs)
-        rows = [r for rs in results for r in rs]
+        results = pool.map(lambda job: present[job[0]][0](job[1], job[2]), jobs)
+        for done, ((c, f, a), rs) in enumerate(zip(jobs, results), 1):
+            rows += rs
+            if progress:
+                progress(done, len(jobs), f"{c} {a} {f}")
     expected = {e for es in KERNELS.values() for e in es}
     for c in which or present:
         for a in archs:
@@ -246,7 +251,8 @@ def main(argv=None) -> int:
     if not present:
         print("neither NVRTC (pip install 'gpuconv[nvrtc]') nor nvcc found", file=sys.stderr)
         return 2
-    rows = check()
+    rows = check(progress=lambda done, total, label: print(
+        f"\r[{done}/{total}] {label:<32}", end="" if done < total else "\n", file=sys.stderr))
     print(write_report(rows, {c: v for c, (_, v) in present.items()}, args.out))
     bad = spills(rows)
     for r in bad:
