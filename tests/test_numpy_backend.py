@@ -83,6 +83,20 @@ def test_edge_small_integers_exact(name, op):
     np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
 
 
+@pytest.mark.parametrize("name", [n for n in EDGE if problem(EDGE[n], "float64").stride != (1, 1)])
+def test_strided_dgrad_phases(name, monkeypatch):
+    """Tiny strided layers' dgrad is a col2im; with the floor on the block size lifted, the edge
+    problems take the stride phases instead."""
+    from gpuconv.backends import numpy_backend
+
+    monkeypatch.setattr(numpy_backend, "_MIN_BLOCK", 0)
+    p = problem(EDGE[name], "float32")
+    a = operands(p, np.random.default_rng(3), small_ints)
+    np.testing.assert_array_equal(run(p, "dgrad", a, BACKEND), run(p, "dgrad", a, reference))
+    p64 = problem(EDGE[name], "float64")
+    check_float64(p64, "dgrad", operands(p64, np.random.default_rng(1), normal))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("name", RESNET)
