@@ -292,6 +292,29 @@ def test_winograd_nonfinite(op):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_winograd_near_overflow(op):
+    """Finite numbers so large that a transform's sums of up to 4 of them would overflow, though
+    the true results are finite: alternating signs make every tile sum ±4·9e37 > float32's max.
+    The op must leave Winograd and give the reference's finite result."""
+    p = problem(WINOGRAD["even_same"], "float32")
+    signs = np.array([1, 1, -1, -1] * 4)[:, None] * (-1.0) ** np.arange(16)
+    rng = np.random.default_rng(15)
+    a = operands(p, rng, normal)
+    for name in ("x", "dy"):
+        shape = a[name].shape
+        a[name] = np.ascontiguousarray(np.broadcast_to(signs[: shape[2], : shape[3]] * 9e37,
+                                                       shape), np.float32)
+    a["w"] = a["w"] * np.float32(1e-3)
+    if op == "wgrad":  # a sum over N·P·Q products of 9e37²: keep the true result finite
+        a["dy"] = a["dy"] * np.float32(1e-40 / 9e37 * 1e38 / 9e37)
+    want = run(p, op, a, reference)
+    assert np.isfinite(want).all()
+    got = run(p, op, a, BACKEND)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 # 1×1 layers on small maps with many channels: fprop and dgrad put the images side by side in one
 # GEMM (the filter outweighs a map), wgrad gathers them; on large maps, one GEMM per image.
 POINTWISE = {

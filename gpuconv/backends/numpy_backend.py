@@ -28,9 +28,12 @@ filter transform is one small GEMM with G ⊗ G; Aᵀ's row sums are accumulated
 GEMMs is done. wgrad is the transposed form, dw = Gᵀ[Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)]G: 16 GEMMs that
 reduce over the tiles, then G ⊗ G back to the 9 taps. Blocks of images or bands of tile rows keep
 the extra memory within the result's size plus the filter's. The transforms' coefficients are 0,
-±1 and ±½: small integers stay exact, and float32 errors stay within a few times the direct
-sum's. Not for NaN or inf inputs (a tile transform mixes an inf with its neighbours: inf - inf =
-NaN where the direct sum has inf); those take the direct paths.
+±1 and ±½: small integers stay exact while the transformed sums (up to ~4× the direct ones) stay
+below 2^24 in float32 (fprop and dgrad in practice; wgrad's long tile sums can pass it past ~10^6
+reduced pixels), and float32 errors stay within a few times the direct sum's. Not for NaN or inf
+inputs (a tile transform mixes an inf with its neighbours: inf - inf = NaN where the direct sum has
+inf), nor for numbers so large that a transform could overflow where the direct sum does not
+(``_winograd_safe``); those take the direct paths.
 
 The shifted-GEMM formulation. The padded input is stored channels-last and grouped,
 ``xh[g, n, h, w, c]``, and flattened per group, so one output pixel's input pixel for filter tap
@@ -661,7 +664,7 @@ def fprop(p: Conv2dProblem, x, w, bias=None, activation=None):
         _pointwise_product(w.reshape(G, Kg, Cg), xs, y.reshape(p.N, G, Kg, p.P * p.Q))
         if bias is not None:
             y += bias.reshape(-1, 1, 1)
-    elif _uses_winograd(p, "fprop") and _all_finite(x, w):
+    elif _uses_winograd(p, "fprop") and _winograd_safe(x, w, Cg * 9):
         y = _winograd_correlate(x, w, p.padding, (p.P, p.Q), w.size, bias)
     elif _uses_im2col(Cg, p.R, p.S, p.stride, p.dilation, (p.P, p.Q)):
         y = _im2col_correlate(x, w.reshape(G, Kg, -1), p.padding, p.stride, p.dilation, p.R, p.S,
@@ -707,9 +710,21 @@ def _taps(taps):
     return slice(taps[0], taps[-1] - 1 if taps[-1] > 0 else None, -step)
 
 
+def _winograd_safe(a, b, terms: int) -> bool:
+    """Whether Winograd may run on operands a and b of a reduction of ``terms`` products: both
+    finite, each operand's transform (a sum of at most 4 of its numbers) below the dtype's largest
+    number, and so is max|a|·max|b|·terms·81, a bound on every later intermediate (transformed
+    operands ≤ 4·max and ≤ 2.25·max, output transform sums ≤ 9 terms). So no intermediate
+    overflows where the direct sum would not; max and min propagate NaN, so one test covers both."""
+    ma, mb = (max(float(v.max()), -float(v.min())) for v in (a, b))
+    largest = float(np.finfo(a.dtype).max)
+    return bool(np.isfinite(ma * mb)) and 4 * max(ma, mb) < largest and ma * mb * terms * 81 < largest
+
+
 def _all_finite(*arrays) -> bool:
-    """No NaN or inf in any array (a sum is non-finite if an element is: one pass, no mask)."""
-    return all(np.isfinite(a.sum()) for a in arrays)
+    """No NaN or inf in any array (max and min propagate both; unlike a sum they cannot overflow,
+    and unlike np.isfinite(a).all() they need no mask)."""
+    return all(np.isfinite(a.max()) and np.isfinite(a.min()) for a in arrays)
 
 
 def _scattered_dgrad(p: Conv2dProblem, dy, w, bias):
@@ -760,7 +775,8 @@ def dgrad(p: Conv2dProblem, dy, w, bias=None):
             dx += bias.reshape(-1, 1, 1)
         return dx
     top, left = p.padding[0], p.padding[2]
-    if _uses_winograd(p, "dgrad"):  # the correlation of dy with the flipped, transposed filter
+    if _uses_winograd(p, "dgrad") and _winograd_safe(dy, w, Kg * 9):
+        # the correlation of dy with the flipped, transposed filter
         pad_h = _dgrad_phase(p.P, p.H, top, 1, 1, 3, 0)[2]
         pad_w = _dgrad_phase(p.Q, p.W, left, 1, 1, 3, 0)[2]
         return _winograd_correlate(dy, w, pad_h + pad_w, (p.H, p.W), w.size, bias, flip=True)
@@ -845,7 +861,7 @@ def wgrad(p: Conv2dProblem, x, dy):
         dys = np.ascontiguousarray(dy.reshape(p.N, G, Kg, -1).transpose(1, 2, 0, 3))
         dw = np.matmul(dys.reshape(G, Kg, -1), xs.reshape(G, Cg, -1).transpose(0, 2, 1))
         return dw.reshape(p.w_shape)
-    if _uses_winograd(p, "wgrad") and _all_finite(x, dy):
+    if _uses_winograd(p, "wgrad") and _winograd_safe(x, dy, p.N * p.P * p.Q):
         return _winograd_wgrad(p, x, dy)
     if G > 1 and (Cg, Kg, p.stride) == (1, 1, (1, 1)):
         dw = _depthwise_wgrad(p, x, dy)
