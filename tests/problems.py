@@ -67,6 +67,26 @@ def conv_kwargs(case: dict) -> dict:
     return {k: case[k] for k in CONV_KEYS if k in case}
 
 
+def conv_inputs(p, seed, maker, with_bias=True):
+    """x, w, dy and a bias per op (bias_k for fprop, bias_c for dgrad) of problem p."""
+    rng = np.random.default_rng(seed)
+    return dict(
+        x=maker(rng, p.x_shape, p.dtype), w=maker(rng, p.w_shape, p.dtype),
+        dy=maker(rng, p.y_shape, p.dtype),
+        bias_k=maker(rng, (p.K,), p.dtype) if with_bias else None,
+        bias_c=maker(rng, (p.C,), p.dtype) if with_bias else None,
+    )
+
+
+def run_op(impl, op, p, a, activation=None):
+    """``op`` of ``impl`` (a backend or gpuconv.reference: they share the signatures) on ``a``."""
+    if op == "fprop":
+        return impl.fprop(p, a["x"], a["w"], a["bias_k"], activation)
+    if op == "dgrad":
+        return impl.dgrad(p, a["dy"], a["w"], a["bias_c"])
+    return impl.wgrad(p, a["x"], a["dy"])
+
+
 def rel_err(a, b) -> float:
     """max |a - b| / max |b|, in float64 (0 for empty arrays)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -19,8 +19,8 @@ from gpuconv import reference as ref
 from gpuconv.backends.kernel_backend import (KERNEL_CHOICES, TILES, choose_dgrad, choose_fprop,
                                              choose_wgrad, conv_args, emulate_backend, wgrad_splits)
 from gpuconv.problem import Conv2dProblem, transpose_problem
-from problems import (EDGE, conv_cases, conv_kwargs, normal, problem, rel_err, small_ints,
-                      transpose_cases)
+from problems import (EDGE, conv_cases, conv_inputs, conv_kwargs, normal, problem, rel_err, run_op,
+                      small_ints, transpose_cases)
 
 ACTIVATIONS = [None, "relu", "sigmoid"]
 F64_RTOL = 1e-10
@@ -31,26 +31,6 @@ OP_KERNELS = [(op, k) for op, choices in KERNEL_CHOICES.items() for k in choices
 def backend(op, kernel, **emulate_options):
     """The emulate backend with ``op`` forced to ``kernel`` (the other ops on 'auto')."""
     return emulate_backend(**{f"{op}_kernel": kernel}, **emulate_options)
-
-
-def conv_inputs(p, seed, maker, with_bias=True):
-    """x, w, dy and a bias per op (bias_k for fprop, bias_c for dgrad) of problem p."""
-    rng = np.random.default_rng(seed)
-    return dict(
-        x=maker(rng, p.x_shape, p.dtype), w=maker(rng, p.w_shape, p.dtype),
-        dy=maker(rng, p.y_shape, p.dtype),
-        bias_k=maker(rng, (p.K,), p.dtype) if with_bias else None,
-        bias_c=maker(rng, (p.C,), p.dtype) if with_bias else None,
-    )
-
-
-def run_op(impl, op, p, a, activation=None):
-    """``op`` of ``impl`` (a backend or gpuconv.reference: they share the signatures) on ``a``."""
-    if op == "fprop":
-        return impl.fprop(p, a["x"], a["w"], a["bias_k"], activation)
-    if op == "dgrad":
-        return impl.dgrad(p, a["dy"], a["w"], a["bias_c"])
-    return impl.wgrad(p, a["x"], a["dy"])
 
 
 def check_op(be, op, p, a, activation=None):

@@ -17,41 +17,23 @@ from hypothesis import strategies as st
 from gpuconv import reference
 from gpuconv.backends.numpy_backend import BACKEND
 from gpuconv.problem import conv_problem, transpose_problem
-from problems import EDGE, RESNET, float32_tolerance, normal, problem, small_ints
+from problems import (EDGE, RESNET, conv_inputs, float32_tolerance, normal, problem, run_op,
+                      small_ints)
 
 OPS = ("fprop", "dgrad", "wgrad")
 
 
-def operands(p, rng, draw):
-    """x, w, dy and a bias for each direction (fprop's over K, dgrad's over C)."""
-    return dict(
-        x=draw(rng, p.x_shape, p.dtype),
-        w=draw(rng, p.w_shape, p.dtype),
-        dy=draw(rng, p.y_shape, p.dtype),
-        bias_k=draw(rng, (p.K,), p.dtype),
-        bias_c=draw(rng, (p.C,), p.dtype),
-    )
-
-
-def run(p, op, a, impl, activation=None):
-    if op == "fprop":
-        return impl.fprop(p, a["x"], a["w"], a["bias_k"], activation)
-    if op == "dgrad":
-        return impl.dgrad(p, a["dy"], a["w"], a["bias_c"])
-    return impl.wgrad(p, a["x"], a["dy"])
-
-
 def check_float64(p, op, a, activation=None):
-    got = run(p, op, a, BACKEND, activation)
-    want = run(p, op, a, reference, activation)
+    got = run_op(BACKEND, op, p, a, activation)
+    want = run_op(reference, op, p, a, activation)
     assert got.dtype == np.float64 and got.shape == want.shape and got.flags.c_contiguous
     err = np.abs(got - want).max() / max(np.abs(want).max(), 1e-300)
     assert err <= 1e-10, f"{op} {p.describe()}: relative error {err:.2e}"
 
 
 def check_float32(p, op, a):
-    got = run(p, op, a, BACKEND)
-    want = run(p, op, a, reference)
+    got = run_op(BACKEND, op, p, a)
+    want = run_op(reference, op, p, a)
     assert got.dtype == np.float32 and got.flags.c_contiguous
     tol = float32_tolerance(p.gemm_shape(op)[2])
     err = np.abs(got - want).max()
@@ -65,22 +47,22 @@ def check_float32(p, op, a):
 @pytest.mark.parametrize("name", EDGE)
 def test_edge_float64(name, op):
     p = problem(EDGE[name], "float64")
-    check_float64(p, op, operands(p, np.random.default_rng(1), normal))
+    check_float64(p, op, conv_inputs(p, 1, normal))
 
 
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("name", EDGE)
 def test_edge_float32(name, op):
     p = problem(EDGE[name], "float32")
-    check_float32(p, op, operands(p, np.random.default_rng(2), normal))
+    check_float32(p, op, conv_inputs(p, 2, normal))
 
 
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("name", EDGE)
 def test_edge_small_integers_exact(name, op):
     p = problem(EDGE[name], "float32")
-    a = operands(p, np.random.default_rng(3), small_ints)
-    np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
+    a = conv_inputs(p, 3, small_ints)
+    np.testing.assert_array_equal(run_op(BACKEND, op, p, a), run_op(reference, op, p, a))
 
 
 @pytest.mark.parametrize("name", [n for n in EDGE if problem(EDGE[n], "float64").stride != (1, 1)])
@@ -91,10 +73,10 @@ def test_strided_dgrad_phases(name, monkeypatch):
 
     monkeypatch.setattr(numpy_backend, "_MIN_BLOCK", 0)
     p = problem(EDGE[name], "float32")
-    a = operands(p, np.random.default_rng(3), small_ints)
-    np.testing.assert_array_equal(run(p, "dgrad", a, BACKEND), run(p, "dgrad", a, reference))
+    a = conv_inputs(p, 3, small_ints)
+    np.testing.assert_array_equal(run_op(BACKEND, "dgrad", p, a), run_op(reference, "dgrad", p, a))
     p64 = problem(EDGE[name], "float64")
-    check_float64(p64, "dgrad", operands(p64, np.random.default_rng(1), normal))
+    check_float64(p64, "dgrad", conv_inputs(p64, 1, normal))
 
 
 @pytest.mark.slow
@@ -102,14 +84,14 @@ def test_strided_dgrad_phases(name, monkeypatch):
 @pytest.mark.parametrize("name", RESNET)
 def test_resnet_float32(name, op):
     p = problem(RESNET[name], "float32")
-    check_float32(p, op, operands(p, np.random.default_rng(4), normal))
+    check_float32(p, op, conv_inputs(p, 4, normal))
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 @pytest.mark.parametrize("name", ["asym_pad", "1x1_kernel", "depthwise"])
 def test_fused_bias_activation(name, activation):
     p = problem(EDGE[name], "float64")
-    check_float64(p, "fprop", operands(p, np.random.default_rng(5), normal), activation)
+    check_float64(p, "fprop", conv_inputs(p, 5, normal), activation)
 
 
 # -- random problems ---------------------------------------------------------------------------
@@ -157,7 +139,7 @@ RANDOM = settings(max_examples=400, deadline=None, suppress_health_check=[Health
 @RANDOM
 @given(p=conv_problems(), seed=st.integers(0, 2**32 - 1))
 def test_random_conv_float64(p, seed):
-    a = operands(p, np.random.default_rng(seed), normal)
+    a = conv_inputs(p, seed, normal)
     for op in OPS:
         check_float64(p, op, a)
 
@@ -165,16 +147,16 @@ def test_random_conv_float64(p, seed):
 @RANDOM
 @given(p=transpose_problems(), seed=st.integers(0, 2**32 - 1))
 def test_random_transpose_float64(p, seed):
-    check_float64(p, "dgrad", operands(p, np.random.default_rng(seed), normal))
+    check_float64(p, "dgrad", conv_inputs(p, seed, normal))
 
 
 @RANDOM
 @given(p=conv_problems(), seed=st.integers(0, 2**32 - 1))
 def test_random_small_integers_exact(p, seed):
     p = conv_problem(p.x_shape, p.w_shape, p.stride, p.padding, p.dilation, p.groups, "float32")
-    a = operands(p, np.random.default_rng(seed), small_ints)
+    a = conv_inputs(p, seed, small_ints)
     for op in OPS:
-        np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
+        np.testing.assert_array_equal(run_op(BACKEND, op, p, a), run_op(reference, op, p, a))
 
 
 # -- determinism, dtype, the elementwise ops ----------------------------------------------------
@@ -183,11 +165,11 @@ def test_random_small_integers_exact(p, seed):
 @pytest.mark.parametrize("name", ["odd_channels", "dilation_stride", "groups"])
 def test_bitwise_deterministic(name):
     p = problem(EDGE[name], "float32")
-    a = operands(p, np.random.default_rng(6), normal)
+    a = conv_inputs(p, 6, normal)
     for op in OPS:
-        first = run(p, op, a, BACKEND)
+        first = run_op(BACKEND, op, p, a)
         for _ in range(3):
-            assert run(p, op, a, BACKEND).tobytes() == first.tobytes(), op
+            assert run_op(BACKEND, op, p, a).tobytes() == first.tobytes(), op
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -245,10 +227,10 @@ def test_chunked_im2col(name, op, monkeypatch):
                                         p.N * p.K * p.P * p.Q + p.K * p.C * p.R * p.S))
     assert len(chunks) > 1
     assert max(nb for _, nb, _, _ in chunks) == (1 if name == "stem_bands" else 2)
-    a = operands(p, np.random.default_rng(9), small_ints)
-    np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
+    a = conv_inputs(p, 9, small_ints)
+    np.testing.assert_array_equal(run_op(BACKEND, op, p, a), run_op(reference, op, p, a))
     p64 = problem(CHUNKED[name], "float64")
-    check_float64(p64, op, operands(p64, np.random.default_rng(10), normal))
+    check_float64(p64, op, conv_inputs(p64, 10, normal))
 
 
 # Winograd F(2×2, 3×3) (3×3, stride 1, ≥ 128 channels each way for all three ops): odd and even
@@ -272,11 +254,11 @@ def test_winograd(name, op, min_block, monkeypatch):
     p = problem(WINOGRAD[name], "float32")
     assert numpy_backend._uses_winograd(p, op)
     # F(2, 3)'s transforms hold halves at most: small integers stay exact
-    a = operands(p, np.random.default_rng(11), small_ints)
-    np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
-    check_float32(p, op, operands(p, np.random.default_rng(12), normal))
+    a = conv_inputs(p, 11, small_ints)
+    np.testing.assert_array_equal(run_op(BACKEND, op, p, a), run_op(reference, op, p, a))
+    check_float32(p, op, conv_inputs(p, 12, normal))
     p64 = problem(WINOGRAD[name], "float64")
-    check_float64(p64, op, operands(p64, np.random.default_rng(13), normal))
+    check_float64(p64, op, conv_inputs(p64, 13, normal))
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -284,11 +266,11 @@ def test_winograd_nonfinite(op):
     """inf in x or dy: Winograd's transforms would mix it with its neighbours (inf - inf = NaN),
     so the op takes a direct path, whose NaN and inf are the reference's."""
     p = problem(WINOGRAD["even_same"], "float32")
-    a = operands(p, np.random.default_rng(14), small_ints)
+    a = conv_inputs(p, 14, small_ints)
     a["x"][0, 0, 2, 3] = np.inf
     a["dy"][1, 2, 3, 4] = -np.inf
     with np.errstate(invalid="ignore"):
-        got, want = run(p, op, a, BACKEND), run(p, op, a, reference)
+        got, want = run_op(BACKEND, op, p, a), run_op(reference, op, p, a)
     np.testing.assert_array_equal(got, want)
 
 
@@ -299,8 +281,7 @@ def test_winograd_near_overflow(op):
     The op must leave Winograd and give the reference's finite result."""
     p = problem(WINOGRAD["even_same"], "float32")
     signs = np.array([1, 1, -1, -1] * 4)[:, None] * (-1.0) ** np.arange(16)
-    rng = np.random.default_rng(15)
-    a = operands(p, rng, normal)
+    a = conv_inputs(p, 15, normal)
     for name in ("x", "dy"):
         shape = a[name].shape
         a[name] = np.ascontiguousarray(np.broadcast_to(signs[: shape[2], : shape[3]] * 9e37,
@@ -308,9 +289,9 @@ def test_winograd_near_overflow(op):
     a["w"] = a["w"] * np.float32(1e-3)
     if op == "wgrad":  # a sum over N·P·Q products of 9e37²: keep the true result finite
         a["dy"] = a["dy"] * np.float32(1e-40 / 9e37 * 1e38 / 9e37)
-    want = run(p, op, a, reference)
+    want = run_op(reference, op, p, a)
     assert np.isfinite(want).all()
-    got = run(p, op, a, BACKEND)
+    got = run_op(BACKEND, op, p, a)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
@@ -328,10 +309,10 @@ POINTWISE = {
 @pytest.mark.parametrize("op", OPS)
 def test_pointwise(name, op):
     p = problem(POINTWISE[name], "float32")
-    a = operands(p, np.random.default_rng(15), small_ints)
-    np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
+    a = conv_inputs(p, 15, small_ints)
+    np.testing.assert_array_equal(run_op(BACKEND, op, p, a), run_op(reference, op, p, a))
     p64 = problem(POINTWISE[name], "float64")
-    check_float64(p64, op, operands(p64, np.random.default_rng(16), normal))
+    check_float64(p64, op, conv_inputs(p64, 16, normal))
 
 
 # Depthwise with one channel per group at stride 1 (fprop, dgrad's phases, wgrad): taps as offsets
@@ -354,11 +335,11 @@ def test_depthwise(name, op, block, monkeypatch):
 
     monkeypatch.setattr(numpy_backend, "_DEPTHWISE_BLOCK", block)
     p = problem(DEPTHWISE[name], "float32")
-    a = operands(p, np.random.default_rng(17), small_ints)
-    np.testing.assert_array_equal(run(p, op, a, BACKEND), run(p, op, a, reference))
-    check_float32(p, op, operands(p, np.random.default_rng(18), normal))
+    a = conv_inputs(p, 17, small_ints)
+    np.testing.assert_array_equal(run_op(BACKEND, op, p, a), run_op(reference, op, p, a))
+    check_float32(p, op, conv_inputs(p, 18, normal))
     p64 = problem(DEPTHWISE[name], "float64")
-    check_float64(p64, op, operands(p64, np.random.default_rng(19), normal))
+    check_float64(p64, op, conv_inputs(p64, 19, normal))
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -367,9 +348,9 @@ def test_depthwise_nonfinite(op):
     multiply x's last column by the zeros past Q on dy's virtual grid (inf·0 = NaN where the
     reference has finite sums): the non-finite result sends it to the im2col."""
     p = problem(dict(x=(2, 3, 6, 5), w=(3, 1, 3, 3), groups=3, padding=(1, 1, 0, 0)), "float32")
-    a = operands(p, np.random.default_rng(20), small_ints)
+    a = conv_inputs(p, 20, small_ints)
     a["x"][0, 1, 2, 4] = np.inf
     a["dy"][1, 2, 3, 1] = -np.inf
     with np.errstate(invalid="ignore"):
-        got, want = run(p, op, a, BACKEND), run(p, op, a, reference)
+        got, want = run_op(BACKEND, op, p, a), run_op(reference, op, p, a)
     np.testing.assert_array_equal(got, want)
