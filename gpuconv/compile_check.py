@@ -24,8 +24,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .backends.kernel_backend import KERNELS, OPTIONS, compile_options, source
 from . import _paths
+from .backends.kernel_backend import KERNELS, OPTIONS, compile_options, source
 
 ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 

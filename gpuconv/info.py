@@ -65,8 +65,9 @@ def cuda_facts() -> dict[str, str]:
         return facts
     props = cupy.cuda.runtime.getDeviceProperties(0)
     major, minor = props["major"], props["minor"]
+    more = f" + {count - 1} more" if count > 1 else ""
     facts["device"] = (f"{props['name'].decode()} (compute capability {major}.{minor}, "
-                       f"{props['totalGlobalMem'] / 2**30:.0f} GiB){' + %d more' % (count - 1) if count > 1 else ''}")
+                       f"{props['totalGlobalMem'] / 2**30:.0f} GiB){more}")
     return facts
 
 
@@ -78,7 +79,8 @@ def nvrtc_version() -> str:
         return "%d.%d" % cupy.cuda.nvrtc.getVersion()
     except Exception:
         pass
-    from .compile_check import nvrtc_available, nvrtc_version as bindings_version
+    from .compile_check import nvrtc_available
+    from .compile_check import nvrtc_version as bindings_version
 
     return f"{bindings_version()} (cuda-bindings)" if nvrtc_available() else NOT_INSTALLED
 

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 import gpuconv as gc
 from gpuconv import reference as ref
 from gpuconv.problem import conv_problem, transpose_problem
-from problems import (EDGE, conv_cases, conv_kwargs, normal, problem, rel_err, small_ints,
-                      transpose_cases)
+
+from problems import EDGE, conv_cases, conv_kwargs, normal, problem, rel_err, small_ints, transpose_cases
 
 BACKENDS = ["numpy", "emulate"]
 # The emulator runs every CUDA thread as a fiber: fewer random draws there, same strategies.

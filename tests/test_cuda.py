@@ -9,9 +9,17 @@ import numpy as np
 import pytest
 
 from gpuconv.backends.kernel_backend import cuda_backend
+
 from problems import EDGE, WIDE, conv_inputs, normal, problem, run_op, small_ints
-from test_kernels import (ACTIVATIONS, OP_KERNELS, TRANSPOSE, check_elementwise, check_op,
-                          transpose_call, transpose_reference)
+from test_kernels import (
+    ACTIVATIONS,
+    OP_KERNELS,
+    TRANSPOSE,
+    check_elementwise,
+    check_op,
+    transpose_call,
+    transpose_reference,
+)
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed (extra cuda12 or cuda13)")
 try:

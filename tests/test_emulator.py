@@ -20,9 +20,9 @@ from gpuconv.emulate import (
     RaceError,
     SanitizerError,
     WarpError,
+    _build,
     coverage_report,
 )
-from gpuconv.emulate import _build
 
 KERNELS = Path(__file__).parent / "emu_kernels"
 CORRECT = ["transpose<16>", "block_sum<float, 256>", "block_sum<double, 64>", "warp_sum",
@@ -103,7 +103,8 @@ def bug(name: str, mode: str = "plain", **settings):
 
 def test_missing_barrier_is_a_race():
     x = np.ones(64, np.float32)
-    with pytest.raises(RaceError, match=r"race \(.*hazard\).*thread \(\d+,0,0\).*::partial.*thread \(\d+,0,0\)"):
+    with pytest.raises(RaceError,
+                       match=r"race \(.*hazard\).*thread \(\d+,0,0\).*::partial.*thread \(\d+,0,0\)"):
         bug("sum_missing_barrier", "race")(1, 64, (x, np.zeros(1, np.float32)))
 
 
@@ -177,8 +178,8 @@ def test_arguments_are_checked_against_the_kernel_signature():
 
 def test_null_pointer_reaches_the_kernel_as_nullptr():
     """gpuconv's bias-less fprop passes NULL for the bias: the kernel must see nullptr (and skip it)."""
-    from gpuconv.backends.kernel_backend import NULL, emulate_backend
     import gpuconv.problem as problem
+    from gpuconv.backends.kernel_backend import NULL, emulate_backend
 
     p = problem.conv_problem((1, 1, 3, 3), (1, 1, 1, 1))
     x, w = np.full((1, 1, 3, 3), 2.0, np.float32), np.full((1, 1, 1, 1), 3.0, np.float32)

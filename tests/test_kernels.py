@@ -16,11 +16,30 @@ from hypothesis import HealthCheck, given, settings
 
 import gpuconv as gc
 from gpuconv import reference as ref
-from gpuconv.backends.kernel_backend import (KERNEL_CHOICES, TILES, choose_dgrad, choose_fprop,
-                                             choose_wgrad, conv_args, emulate_backend, wgrad_splits)
+from gpuconv.backends.kernel_backend import (
+    KERNEL_CHOICES,
+    TILES,
+    choose_dgrad,
+    choose_fprop,
+    choose_wgrad,
+    conv_args,
+    emulate_backend,
+    wgrad_splits,
+)
 from gpuconv.problem import Conv2dProblem, transpose_problem
-from problems import (EDGE, conv_cases, conv_inputs, conv_kwargs, normal, problem, rel_err, run_op,
-                      small_ints, transpose_cases)
+
+from problems import (
+    EDGE,
+    conv_cases,
+    conv_inputs,
+    conv_kwargs,
+    normal,
+    problem,
+    rel_err,
+    run_op,
+    small_ints,
+    transpose_cases,
+)
 
 ACTIVATIONS = [None, "relu", "sigmoid"]
 F64_RTOL = 1e-10

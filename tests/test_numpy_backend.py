@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from gpuconv import reference
 from gpuconv.backends.numpy_backend import BACKEND
 from gpuconv.problem import conv_problem, transpose_problem
-from problems import (EDGE, RESNET, conv_inputs, float32_tolerance, normal, problem, run_op,
-                      small_ints)
+
+from problems import EDGE, RESNET, conv_inputs, float32_tolerance, normal, problem, run_op, small_ints
 
 OPS = ("fprop", "dgrad", "wgrad")
 

@@ -208,8 +208,8 @@ def launch_config(total: int, op: str | None = None, tile: Tile | None = None, p
     """(grid, block) of a launch.
 
     Direct and elementwise kernels (``total`` outputs): one thread per output, grid-stride beyond
-    MAX_BLOCKS; bias_grad: one block per output channel. The implicit-GEMM kernel of ``op`` (with ``tile`` and the problem ``p``):
-    ``tile.threads`` threads a block, and the grid
+    MAX_BLOCKS; bias_grad: one block per output channel. The implicit-GEMM kernel of ``op`` (with
+    ``tile`` and the problem ``p``): ``tile.threads`` threads a block, and the grid
       fprop: x over tiles of BM output pixels, y over (group, tile of BN output channels);
       dgrad: x over tiles of BM pixels of the largest stride phase, y over (group, tile of BN input
              channels), z over the stride_h·stride_w phases;
@@ -396,7 +396,8 @@ def emulate_backend(fprop_kernel: str = "auto", dgrad_kernel: str = "auto",
                     wgrad_kernel: str = "auto", **emulate_options) -> KernelBackend:
     """The kernels run on the CPU by ``gpuconv.emulate`` on NumPy arrays; outputs are NaN-poisoned.
 
-    The ``*_kernel`` arguments are KernelBackend's. ``emulate_options`` (e.g. ``mode='asan'``, ``schedule='reverse'``) go to ``emulate.Module``.
+    The ``*_kernel`` arguments are KernelBackend's. ``emulate_options`` (e.g. ``mode='asan'``,
+    ``schedule='reverse'``) go to ``emulate.Module``.
     """
     function = functools.partial(_emulate_function, **emulate_options)
     return KernelBackend("emulate", np, function, _no_device, True, fprop_kernel, dgrad_kernel,

@@ -60,16 +60,16 @@ group from many (Cg < 16 ≤ Kg: the stem on RGB, where the other forms are GEMM
 col2im instead: per image one GEMM to its Cg·R·S columns, then R·S shifted adds into the padded
 dx — the form that dy or w holding NaN or inf take too (``_scattered_dgrad``).
 
-The chunked im2col works in NCHW. The input is zero-padded once; then, one block of nb images (or
-a band of rows of one image) at a time, one copy from a read-only strided view that holds all R·S
+The chunked im2col works in NCHW. The input is zero-padded once; then, one block of nb images (or a
+band of rows of one image) at a time, one copy from a read-only strided view that holds all R·S
 windows (one NumPy call, not R·S: on the seeds' tiny layers the calls were most of the time) fills
-``cols[g, (c, r, s), (n, p, q)]``, and one GEMM per group with reduction Cg·R·S writes the block straight into the NCHW result (fprop,
-dgrad: y[g, k, pq] = w[g, k, crs] @ cols) or accumulates into w's layout (wgrad: images side by side
-in the reduction). No padded grid, no row adds, no layout change of the result. Blocks hold at
-most the result's size (fprop: plus the filter's, which it does not copy; never under 64 Ki
-numbers), so memory stays within input + 2 × output, never R·S times the input. At 2 BLAS threads
-its single-threaded R·S·C-per-pixel copy costs more than the shifted GEMM's adds on large maps,
-hence the choice.
+``cols[g, (c, r, s), (n, p, q)]``, and one GEMM per group with reduction Cg·R·S writes the block
+straight into the NCHW result (fprop, dgrad: y[g, k, pq] = w[g, k, crs] @ cols) or accumulates into
+w's layout (wgrad: images side by side in the reduction). No padded grid, no row adds, no layout
+change of the result. Blocks hold at most the result's size (fprop: plus the filter's, which it does
+not copy; never under 64 Ki numbers), so memory stays within input + 2 × output, never R·S times the
+input. At 2 BLAS threads its single-threaded R·S·C-per-pixel copy costs more than the shifted GEMM's
+adds on large maps, hence the choice.
 
 Deterministic: a fixed sequence of BLAS calls and NumPy reductions, no threads of our own.
 """

@@ -68,6 +68,7 @@ import numpy as np
 
 from . import _build, _launch
 from ._errors import (
+    STATUS_ERRORS,
     CompileError,
     DeadlockError,
     DivergenceError,
@@ -75,7 +76,6 @@ from ._errors import (
     LaunchError,
     RaceError,
     SanitizerError,
-    STATUS_ERRORS,
     WarpError,
 )
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._paths import kernels_dir
-
 from ._errors import CompileError
 
 MODES = ("plain", "asan", "race", "coverage")
