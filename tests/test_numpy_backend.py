@@ -40,6 +40,17 @@ def check_float32(p, op, a):
     assert err <= tol, f"{op} {p.describe()}: abs error {err:.2e} > {tol:.2e}"
 
 
+def check_path(case, op, seed):
+    """``op`` on ``case`` three ways against the reference: small integers in float32 exactly,
+    normals in float32 within the tolerance, normals in float64 within 1e-10."""
+    p = problem(case, "float32")
+    a = conv_inputs(p, seed, small_ints)
+    np.testing.assert_array_equal(run_op(BACKEND, op, p, a), run_op(reference, op, p, a))
+    check_float32(p, op, conv_inputs(p, seed + 1, normal))
+    p64 = problem(case, "float64")
+    check_float64(p64, op, conv_inputs(p64, seed + 2, normal))
+
+
 # -- the named edge problems ------------------------------------------------------------------
 
 
@@ -227,10 +238,7 @@ def test_chunked_im2col(name, op, monkeypatch):
                                         p.N * p.K * p.P * p.Q + p.K * p.C * p.R * p.S))
     assert len(chunks) > 1
     assert max(nb for _, nb, _, _ in chunks) == (1 if name == "stem_bands" else 2)
-    a = conv_inputs(p, 9, small_ints)
-    np.testing.assert_array_equal(run_op(BACKEND, op, p, a), run_op(reference, op, p, a))
-    p64 = problem(CHUNKED[name], "float64")
-    check_float64(p64, op, conv_inputs(p64, 10, normal))
+    check_path(CHUNKED[name], op, 9)
 
 
 # Winograd F(2×2, 3×3) (3×3, stride 1, ≥ 128 channels each way for all three ops): odd and even
@@ -251,14 +259,8 @@ def test_winograd(name, op, min_block, monkeypatch):
     from gpuconv.backends import numpy_backend
 
     monkeypatch.setattr(numpy_backend, "_MIN_BLOCK", min_block)
-    p = problem(WINOGRAD[name], "float32")
-    assert numpy_backend._uses_winograd(p, op)
-    # F(2, 3)'s transforms hold halves at most: small integers stay exact
-    a = conv_inputs(p, 11, small_ints)
-    np.testing.assert_array_equal(run_op(BACKEND, op, p, a), run_op(reference, op, p, a))
-    check_float32(p, op, conv_inputs(p, 12, normal))
-    p64 = problem(WINOGRAD[name], "float64")
-    check_float64(p64, op, conv_inputs(p64, 13, normal))
+    assert numpy_backend._uses_winograd(problem(WINOGRAD[name], "float32"), op)
+    check_path(WINOGRAD[name], op, 11)  # F(2, 3)'s transforms hold halves: integers stay exact
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -308,11 +310,7 @@ POINTWISE = {
 @pytest.mark.parametrize("name", POINTWISE)
 @pytest.mark.parametrize("op", OPS)
 def test_pointwise(name, op):
-    p = problem(POINTWISE[name], "float32")
-    a = conv_inputs(p, 15, small_ints)
-    np.testing.assert_array_equal(run_op(BACKEND, op, p, a), run_op(reference, op, p, a))
-    p64 = problem(POINTWISE[name], "float64")
-    check_float64(p64, op, conv_inputs(p64, 16, normal))
+    check_path(POINTWISE[name], op, 15)
 
 
 # Depthwise with one channel per group at stride 1 (fprop, dgrad's phases, wgrad): taps as offsets
@@ -334,12 +332,7 @@ def test_depthwise(name, op, block, monkeypatch):
     from gpuconv.backends import numpy_backend
 
     monkeypatch.setattr(numpy_backend, "_DEPTHWISE_BLOCK", block)
-    p = problem(DEPTHWISE[name], "float32")
-    a = conv_inputs(p, 17, small_ints)
-    np.testing.assert_array_equal(run_op(BACKEND, op, p, a), run_op(reference, op, p, a))
-    check_float32(p, op, conv_inputs(p, 18, normal))
-    p64 = problem(DEPTHWISE[name], "float64")
-    check_float64(p64, op, conv_inputs(p64, 19, normal))
+    check_path(DEPTHWISE[name], op, 17)
 
 
 @pytest.mark.parametrize("op", OPS)
