@@ -3,8 +3,8 @@
 Two compilers, each where present (neither needs a GPU):
 
 - NVRTC (the ``nvidia-cuda-nvrtc`` wheel through ``cuda-bindings``), with exactly the options the
-  ``cuda`` backend gives ``cupy.RawModule`` (``kernel_backend.compile_options()``) plus ``-arch=sm_XX`` and
-  ``-Xptxas=-v`` for the report;
+  ``cuda`` backend's NVRTC receives (``kernel_backend.nvrtc_options(arch)``: ours and those CuPy
+  appends) plus ``-Xptxas=-v`` for the report;
 - ``nvcc -cubin -Xptxas -v`` with the same options, instantiating the same name expressions.
 
 For every (compiler, architecture, kernel instance) it records registers, static shared memory,
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import _paths
-from .backends.kernel_backend import KERNELS, OPTIONS, compile_options, source
+from .backends.kernel_backend import KERNELS, OPTIONS, compile_options, nvrtc_options, source
 
 ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 
@@ -105,7 +105,9 @@ def nvrtc_version() -> str:
     return "%d.%d" % tuple(_nvrtc_check(nvrtc.nvrtcVersion()))
 
 
-def compile_nvrtc(filename: str, arch: str) -> list[Resources]:
+def nvrtc_compile(filename: str, arch: str, extra_options=()) -> tuple[bytes, str, dict[str, str]]:
+    """(cubin, log, lowered name → name expression) of one kernels/ source for ``arch``, compiled
+    with ``nvrtc_options(arch)`` and ``extra_options``."""
     from cuda.bindings import nvrtc
 
     prog = _nvrtc_check(nvrtc.nvrtcCreateProgram(source(filename).encode(), filename.encode(),
@@ -113,7 +115,7 @@ def compile_nvrtc(filename: str, arch: str) -> list[Resources]:
     try:
         for expr in KERNELS[filename]:
             _nvrtc_check(nvrtc.nvrtcAddNameExpression(prog, expr.encode()))
-        options = [o.encode() for o in (*compile_options(), f"-arch={arch}", "-Xptxas=-v")]
+        options = [o.encode() for o in (*nvrtc_options(arch), *extra_options)]
         status = nvrtc.nvrtcCompileProgram(prog, len(options), options)[0]
         size = _nvrtc_check(nvrtc.nvrtcGetProgramLogSize(prog))
         log = b" " * size
@@ -125,9 +127,16 @@ def compile_nvrtc(filename: str, arch: str) -> list[Resources]:
         for expr in KERNELS[filename]:
             lowered = _nvrtc_check(nvrtc.nvrtcGetLoweredName(prog, expr.encode()))
             names[lowered.decode()] = expr
-        return parse_ptxas(log, "nvrtc", names)
+        cubin = b" " * _nvrtc_check(nvrtc.nvrtcGetCUBINSize(prog))
+        _nvrtc_check(nvrtc.nvrtcGetCUBIN(prog, cubin))
+        return cubin, log, names
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
+
+
+def compile_nvrtc(filename: str, arch: str) -> list[Resources]:
+    _, log, names = nvrtc_compile(filename, arch, ("-Xptxas=-v",))
+    return parse_ptxas(log, "nvrtc", names)
 
 
 # -- nvcc ----------------------------------------------------------------------------------------
@@ -152,7 +161,7 @@ def compile_nvcc(filename: str, arch: str) -> list[Resources]:
     with tempfile.TemporaryDirectory() as tmp:
         cu = Path(tmp) / f"instances_{filename}"
         cu.write_text(wrapper)
-        cmd = [nvcc_path(), *compile_options(), f"-arch={arch}", "-cubin", "-Xptxas", "-v",
+        cmd = [nvcc_path(), *compile_options(), "-ftz=true", f"-arch={arch}", "-cubin", "-Xptxas", "-v",
                "-o", str(Path(tmp) / "out.cubin"), str(cu)]
         run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
@@ -208,7 +217,8 @@ def markdown(rows: list[Resources], versions: dict[str, str]) -> str:
         "",
         "Written by `python -m gpuconv.compile_check` (all numbers also in `ptxas.json`). Compilers: "
         + ", ".join(f"{c} {v}" for c, v in versions.items())
-        + f"; options `{' '.join(OPTIONS)} -I kernels -arch=sm_XX -Xptxas -v`.",
+        + f"; options `{' '.join(OPTIONS)} -I kernels -ftz=true -arch=sm_XX -Xptxas -v` (and "
+        "`--device-as-default-execution-space` for NVRTC: what CuPy's RawModule passes).",
         f"Each cell: registers per thread, {' / '.join(present)}. The last three columns: the "
         "maximum over architectures and compilers (spills: the sum).",
         "",

@@ -41,6 +41,14 @@ def compile_options() -> tuple[str, ...]:
     return (*OPTIONS, f"-I{_paths.kernels_dir()}", f"-DGPUCONV_COMMON_CUH_SHA={digest}")
 
 
+def nvrtc_options(arch: str) -> tuple[str, ...]:
+    """Every option NVRTC receives when the cuda backend compiles a module for ``arch`` ('sm_80'):
+    ``compile_options()`` and what CuPy 14's RawModule appends on its own (cupy/cuda/compiler.py:
+    ``-ftz=true``, the cubin architecture, ``--device-as-default-execution-space``). The compile
+    check and the SASS analyzer compile with exactly these, so what they report is what runs."""
+    return (*compile_options(), "-ftz=true", f"-arch={arch}", "--device-as-default-execution-space")
+
+
 CTYPES = {"float32": "float", "float64": "double"}
 # The activation template argument of fprop_direct: ACTIVATION_* in kernels/common.cuh.
 ACTIVATION_IDS = {None: 0, "relu": 1, "sigmoid": 2}
