@@ -1,4 +1,4 @@
-"""The ``gpuconv`` command (also ``python -m gpuconv``): demo, info, bench, selftest."""
+"""The ``gpuconv`` command (also ``python -m gpuconv``): demo, info, bench, selftest, profile."""
 from __future__ import annotations
 
 import argparse
@@ -52,14 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="timings against other implementations (table, JSON, chart)",
                    add_help=False)
     _add_selftest(sub)
+    sub.add_parser("profile", help="one op in the emulator's profile mode: memory traffic per "
+                                   "source line beside the ideal", add_help=False)
     return parser
 
 
-def _bench(argv: list[str]) -> int:
-    from . import bench
+def _delegate(command: str, argv: list[str]) -> int:
+    """``bench`` and ``profile`` parse their own options."""
+    import importlib
 
     try:
-        return bench.main(argv)
+        return importlib.import_module(f"gpuconv.{command}").main(argv)
     except SystemExit as e:  # its argparse: --help or bad arguments
         return _exit_code(e)
 
@@ -70,8 +73,8 @@ def _exit_code(e: SystemExit) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # its options are the benchmark module's own
-        return _bench(argv[1:])
+    if argv[:1] in (["bench"], ["profile"]):  # their options are their modules' own
+        return _delegate(argv[0], argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version (0) or bad arguments (2, usage printed)

@@ -30,10 +30,12 @@
 #define __launch_bounds__(...)
 // alignas() is rejected where CUDA puts __align__ (between storage class and type).
 #define __align__(n) __attribute__((aligned(n)))
-// Static storage in one named section, so the runtime can refill it at every block start (and the
-// race detector knows its range). `used` keeps GCC from assuming that an opaque call (a barrier, a
-// fiber switch) cannot modify it. `extern __shared__` is rewritten by the Python side before
-// compiling (see gpuconv.emulate), because `extern` cannot be combined with `static`.
+// Static storage, found after linking in the symbol table (function-local statics, and whatever
+// lands in the named section: GCC ignores the section of a template function's static locals), so
+// the runtime can refill it at every block start and the race detector and profile know it. `used`
+// keeps GCC from assuming that an opaque call (a barrier, a fiber switch) cannot modify it.
+// `extern __shared__` is rewritten by the Python side before compiling (see gpuconv.emulate),
+// because `extern` cannot be combined with `static`.
 #define __shared__ static __attribute__((section("gpuconv_shared"), used))
 
 using gpuconv_emu::dim3;
@@ -212,9 +214,6 @@ inline int __mul24(int a, int b) { return int((long long)(a << 8 >> 8) * (b << 8
 inline int __umulhi(unsigned a, unsigned b) { return int((unsigned long long)a * b >> 32); }
 
 // ---- the glue between a kernel and Python ------------------------------------------------------
-// The section bounds are defined by the linker when at least one __shared__ variable exists.
-extern "C" char __start_gpuconv_shared[] __attribute__((weak, visibility("hidden")));
-extern "C" char __stop_gpuconv_shared[] __attribute__((weak, visibility("hidden")));
 
 namespace gpuconv_emu {
 
@@ -259,8 +258,7 @@ int launch(const LaunchConfig* config, void (*kernel)(P...), void** args, char* 
         size_t i = 0;
         ((std::memcpy(&argument, args[i++], sizeof(argument))), ...);
     }, call.arguments);
-    return run_grid(config, SharedRange{__start_gpuconv_shared, __stop_gpuconv_shared},
-                    &KernelCall<P...>::run_thread, &call, error, error_size);
+    return run_grid(config, &KernelCall<P...>::run_thread, &call, error, error_size);
 }
 
 }  // namespace gpuconv_emu

@@ -28,7 +28,8 @@ KERNELS = Path(__file__).parent / "emu_kernels"
 CORRECT = ["transpose<16>", "block_sum<float, 256>", "block_sum<double, 64>", "warp_sum",
            "histogram<32>", "gemm64", "barriers"]
 BUGS = ["sum_missing_barrier", "read_past_end", "tile_off_by_one", "divergent_barrier",
-        "read_uninitialised", "shuffle_wrong_mask", "spin_on_other_block", "barrier_versus_shuffle"]
+        "read_uninitialised", "shuffle_wrong_mask", "spin_on_other_block", "barrier_versus_shuffle",
+        "sum_missing_barrier_in_template<64>", "read_uninitialised_in_template<float>"]
 MODES = ["plain", "race", "coverage", "asan"]
 SCHEDULES = ["forward", "reverse", "random"]
 
@@ -101,11 +102,12 @@ def bug(name: str, mode: str = "plain", **settings):
     return module("bugs.cu", mode, "random", **settings).get_function(name)
 
 
-def test_missing_barrier_is_a_race():
+@pytest.mark.parametrize("kernel", ["sum_missing_barrier", "sum_missing_barrier_in_template<64>"])
+def test_missing_barrier_is_a_race(kernel):
     x = np.ones(64, np.float32)
     with pytest.raises(RaceError,
                        match=r"race \(.*hazard\).*thread \(\d+,0,0\).*::partial.*thread \(\d+,0,0\)"):
-        bug("sum_missing_barrier", "race")(1, 64, (x, np.zeros(1, np.float32)))
+        bug(kernel, "race")(1, 64, (x, np.zeros(1, np.float32)))
 
 
 def test_out_of_bounds_global_read_under_asan():
@@ -124,14 +126,15 @@ def test_divergent_barrier():
         bug("divergent_barrier")(1, 32, (np.zeros(32, np.float32),))
 
 
-def test_uninitialised_shared_memory_reaches_the_result():
+@pytest.mark.parametrize("kernel", ["read_uninitialised", "read_uninitialised_in_template<float>"])
+def test_uninitialised_shared_memory_reaches_the_result(kernel):
     x = np.arange(64, dtype=np.float32)
     out = np.zeros(64, np.float32)
-    bug("read_uninitialised")(1, 64, (x, out))
+    bug(kernel)(1, 64, (x, out))
     assert np.array_equal(out[:32], x[:32])
     assert np.isnan(out[32:]).all()
     huge = np.zeros(64, np.float32)
-    bug("read_uninitialised", fill="huge")(1, 64, (x, huge))
+    bug(kernel, fill="huge")(1, 64, (x, huge))
     assert (huge[32:] > 1e38).all()
 
 

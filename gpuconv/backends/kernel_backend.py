@@ -294,18 +294,19 @@ class KernelBackend:
 
     def __init__(self, name: str, xp, get_function, on_device, poison_outputs: bool = False,
                  fprop_kernel: str = "auto", dgrad_kernel: str = "auto",
-                 wgrad_kernel: str = "auto"):
+                 wgrad_kernel: str = "auto", allocate=None):
         self._kernels = dict(fprop=fprop_kernel, dgrad=dgrad_kernel, wgrad=wgrad_kernel)
         for op, kernel in self._kernels.items():
             if kernel not in KERNEL_CHOICES[op]:
                 raise ValueError(f"{op}_kernel must be one of {KERNEL_CHOICES[op]}, got {kernel!r}")
         self.name, self.xp = name, xp
+        self._allocate = allocate or xp.empty  # outputs and workspaces
         self._get_function, self._on_device = get_function, on_device
         self._poison = poison_outputs
 
     # -- plumbing ----------------------------------------------------------------------------
     def _empty(self, shape, dtype):
-        out = self.xp.empty(shape, dtype)
+        out = self._allocate(shape, dtype)
         if self._poison:
             out.fill(np.nan)
         return out
@@ -407,9 +408,11 @@ def emulate_backend(fprop_kernel: str = "auto", dgrad_kernel: str = "auto",
     The ``*_kernel`` arguments are KernelBackend's. ``emulate_options`` (e.g. ``mode='asan'``,
     ``schedule='reverse'``) go to ``emulate.Module``.
     """
+    from ..emulate import device_empty
+
     function = functools.partial(_emulate_function, **emulate_options)
     return KernelBackend("emulate", np, function, _no_device, True, fprop_kernel, dgrad_kernel,
-                         wgrad_kernel)
+                         wgrad_kernel, device_empty)
 
 
 def _no_device(array):

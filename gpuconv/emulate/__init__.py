@@ -28,7 +28,9 @@ Keywords beyond CuPy's, each with an environment default:
 ``mode``        ``GPUCONV_EMULATE_MODE``     ``plain``; ``asan`` (AddressSanitizer and bounds
                                              checks; launches run in a worker subprocess that
                                              receives the arrays and sends them back);
-                                             ``race`` (shared-memory hazards); ``coverage`` (gcov)
+                                             ``race`` (shared-memory hazards); ``coverage`` (gcov);
+                                             ``profile`` (memory traffic per source line:
+                                             ``Module.counters()``)
 ``schedule``    ``..._SCHEDULE``             order of threads between barriers: ``forward``,
                                              ``reverse`` or ``random`` (seeded by ``seed``)
 ``seed``        ``..._SEED``                 0
@@ -48,6 +50,19 @@ Findings raise ``EmulationError`` subclasses carrying the report: ``RaceError``,
 (``__syncthreads`` from two call sites in one phase; exited threads count as arrived, as on sm_70+),
 ``WarpError`` (mask rule, width, reading an inactive lane), ``DeadlockError`` (nothing runnable, or no
 progress for ``watchdog`` seconds), ``SanitizerError`` (asan), ``LaunchError``, ``CompileError``.
+
+Profile: kernels of a ``Module(..., mode="profile")`` run as in ``plain`` mode (the same results,
+bitwise) while every global and shared memory access is recorded. A *warp-level request* is the
+k-th execution of one static access by the lanes of one warp (lanes that skip it are inactive in
+it). ``Module.counters()`` returns, per (file, line, space, kind), the requests and what a GPU's
+memory system does with them: global requests touch 32-byte *sectors* (distinct aligned sectors
+over the active lanes); shared requests take *wavefronts* (the active lanes in phases of 128 bytes
+— 32 lanes of 4-byte accesses, 16 of 8-byte, 8 of 16-byte — each phase costing the largest number of
+distinct 4-byte words its lanes touch in one of the 32 banks). ``ideal`` is the same figure for
+the bytes the request really needs (conflict-free, perfectly coalesced). Accesses outside the
+launch's arrays and shared memory (the stack, the parameters: registers on a GPU) are not counted.
+Source-level accesses are counted: where nvcc merges neighbouring scalar accesses into one vector
+instruction the GPU makes fewer requests (``python -m gpuconv.sass`` shows what nvcc did).
 
 Coverage: launch kernels from ``Module(..., mode="coverage")``, then ``coverage_report(paths)`` returns
 ``{file: FileCoverage(covered, executable, uncovered)}`` over every coverage module loaded by this
@@ -82,7 +97,7 @@ from ._errors import (
 __all__ = [
     "CompileError", "DeadlockError", "DivergenceError", "EmulationError", "FileCoverage",
     "Function", "LaunchError", "Module", "RaceError", "SanitizerError", "WarpError",
-    "coverage_report",
+    "coverage_report", "device_empty",
 ]
 
 _SHARED_LIMIT = 48 * 1024            # static + dynamic without the opt-in attribute
@@ -129,7 +144,6 @@ class Module:
         self._build: _build.Build | None = None
         self._library: ctypes.CDLL | None = None
         self._signatures = None
-        self._static_shared = 0
         self._functions: dict[str, Function] = {}
 
     def compile(self) -> None:
@@ -155,13 +169,12 @@ class Module:
             reply = asan_request(("signatures", library, count))
             if isinstance(reply, Exception):
                 raise reply
-            self._signatures, self._static_shared = reply
+            self._signatures = reply
             return
         if self.mode == "coverage" and self._build.directory not in _coverage_libraries:
             (self._build.directory / "kernel.gcda").unlink(missing_ok=True)
         self._library = ctypes.CDLL(library)
         self._signatures = _launch.signatures(self._library, count)
-        self._static_shared = _launch.static_shared_bytes(self._library)
         if self.mode == "coverage":
             _coverage_libraries[self._build.directory] = self._library
 
@@ -175,6 +188,38 @@ class Module:
             self._functions[name] = Function(self, name, index, self._signatures[index])
         return self._functions[name]
 
+    def counters(self) -> list[dict]:
+        """Profile mode: the memory traffic of this module's launches since it was made or since
+        ``reset_counters()``, one dict per (file, line, space, kind) with keys ``file``, ``line``,
+        ``space`` ('global' or 'shared'), ``kind`` ('load', 'store' or 'atomic'), ``bytes`` (per
+        lane per access), ``requests`` (warp-level), ``lanes`` (lane accesses), ``sectors``
+        (global; 0 for shared), ``wavefronts`` (shared; 0 for global) and ``ideal`` (the sectors
+        or wavefronts of perfectly coalesced, conflict-free requests for the same bytes)."""
+        library = self._profile_library()
+        rows = _launch.profile_rows(library)
+        lines = _source_lines(self._build.library, tuple(int(r.pc) for r in rows))
+        merged: dict[tuple, dict] = {}
+        for row, (file, line) in zip(rows, lines):
+            space, kind = ("global", "shared")[row.space], ("load", "store", "atomic")[row.kind]
+            entry = merged.setdefault((file, line, space, kind), dict(
+                file=file, line=line, space=space, kind=kind, bytes=0, requests=0, lanes=0,
+                sectors=0, wavefronts=0, ideal=0))
+            entry["bytes"] = max(entry["bytes"], int(row.bytes))
+            for key in ("requests", "lanes", "sectors", "wavefronts", "ideal"):
+                entry[key] += int(getattr(row, key))
+        return sorted(merged.values(), key=lambda e: (e["file"], e["line"], e["space"], e["kind"]))
+
+    def reset_counters(self) -> None:
+        """Profile mode: start the counters of ``counters()`` again from zero."""
+        self._profile_library().gpuconv_profile_reset()
+
+    def _profile_library(self) -> ctypes.CDLL:
+        if self.mode != "profile":
+            raise EmulationError(f"counters are kept in profile mode only; this module's mode is "
+                                 f"{self.mode!r} (Module(..., mode='profile'))")
+        self.compile()
+        return self._library
+
     def switch_count(self) -> int:
         """Fiber switches made by this module's launches so far (in-process modes)."""
         self.compile()
@@ -182,6 +227,15 @@ class Module:
             raise EmulationError("switch_count() is not available in asan mode (worker process)")
         self._library.gpuconv_switch_count.restype = ctypes.c_ulonglong
         return int(self._library.gpuconv_switch_count())
+
+
+def device_empty(shape, dtype, alignment: int = 256) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a 256-byte boundary, as every
+    cudaMalloc allocation does: the profile's sector counts depend on it."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + size].view(dtype).reshape(shape)
 
 
 def _dims(value, what: str) -> tuple[int, int, int]:
@@ -199,8 +253,10 @@ class Function:
         self.kernel_name = name
         self.signature = signature  # ((kind, size), ...): p pointer, i/u integer, f float, b, s
         self._index = index
+        self._shared = _kernel_shared_variables(module._build.shared, name, module.name_expressions)
+        self.static_shared_bytes = sum(size for _, size, _ in self._shared)
         # CuPy's attribute: the dynamic shared memory allowed without an error (opt-in above 48 KiB).
-        self.max_dynamic_shared_size_bytes = _SHARED_LIMIT - module._static_shared
+        self.max_dynamic_shared_size_bytes = _SHARED_LIMIT - self.static_shared_bytes
 
     def __call__(self, grid, block, args, *, shared_mem: int = 0, stream=None,
                  enable_cooperative_groups: bool = False):
@@ -210,7 +266,8 @@ class Function:
         arguments = _launch.check_arguments(self.kernel_name, self.signature, args)
         module = self.module
         launch = _launch.Launch(self._index, self.kernel_name, grid, block, int(shared_mem),
-                                module.schedule, module.fill, module.seed, module.watchdog)
+                                module.schedule, module.fill, module.seed, module.watchdog,
+                                tuple((offset, size) for offset, size, _ in self._shared))
         if module.mode == "asan":
             status, report = self._call_in_worker(launch, arguments)
         else:
@@ -229,7 +286,7 @@ class Function:
         if cooperative:
             raise LaunchError(f"kernel {name!r}: cooperative launches are not emulated (blocks "
                               "run one after another, so a grid-wide sync would deadlock)")
-        static = self.module._static_shared
+        static = self.static_shared_bytes
         if shared_mem < 0 or shared_mem > self.max_dynamic_shared_size_bytes or \
                 static + shared_mem > _SHARED_OPT_IN_LIMIT:
             raise LaunchError(
@@ -258,7 +315,7 @@ class Function:
         """Names the shared variable behind an offset and the source line behind a pc."""
         library = self.module._build.library
         if "static shared memory offset" in report:
-            variables = _shared_variables(library)
+            variables = _laid_end_to_end(self._shared)
             report = re.sub(r"static shared memory offset (\d+)",
                             lambda m: _name_offset(variables, int(m.group(1))), report)
         if "dynamic shared memory offset" in report and self.module._build.extern_shared:
@@ -268,23 +325,25 @@ class Function:
         return re.sub(r" \[pc:(0x[0-9a-f]+)\]", lambda m: _source_line(library, m.group(1)), report)
 
 
-def _shared_variables(library: Path):
-    """[(offset, size, name)] of the static __shared__ variables, from the symbol table."""
-    nm = shutil.which("nm")
-    if not nm:
-        return []
-    listing = subprocess.run([nm, "-C", "-S", "--defined-only", str(library)], capture_output=True,
-                             text=True).stdout
-    symbols, start = [], None
-    for line in listing.splitlines():
-        parts = line.split(maxsplit=3)
-        if len(parts) == 3 and parts[2] == "__start_gpuconv_shared":
-            start = int(parts[0], 16)
-        elif len(parts) == 4:
-            symbols.append((int(parts[0], 16), int(parts[1], 16), parts[3]))
-    if start is None:
-        return []
-    return [(address - start, size, name) for address, size, name in symbols if address >= start]
+def _kernel_shared_variables(shared, kernel: str, kernels) -> tuple:
+    """The static __shared__ variables of one kernel: those declared in it (the demangled variable
+    name is ``[void ]kernel(parameters)::name``) and those of functions that are not kernels (device
+    functions it may call). The GPU's static shared memory is per kernel, not per module."""
+    def function(name: str) -> str:
+        return name.removeprefix("void ").split("(")[0].replace(" ", "")
+
+    others = {function(k) for k in kernels} - {function(kernel)}
+    return tuple(v for v in shared if function(v[2]) not in others)
+
+
+def _laid_end_to_end(variables) -> list[tuple[int, int, str]]:
+    """[(offset, size, name)] with the variables' bytes numbered end to end in address order, as the
+    runtime numbers them in its reports."""
+    out, offset = [], 0
+    for _, size, name in variables:
+        out.append((offset, size, name))
+        offset += size
+    return out
 
 
 def _name_offset(variables, offset: int) -> str:
@@ -292,6 +351,24 @@ def _name_offset(variables, offset: int) -> str:
         if begin <= offset < begin + size:
             return f"__shared__ {name} (byte {offset - begin} of {size})"
     return f"static shared memory offset {offset}"
+
+
+def _source_lines(library: Path, pcs: tuple[int, ...]) -> list[tuple[str, int]]:
+    """(file, line) of each return address ``pc`` (a module offset) of an instrumented access."""
+    addr2line = shutil.which("addr2line")
+    if not pcs:
+        return []
+    if not addr2line:
+        raise RuntimeError("profile mode names source lines with addr2line, which comes with "
+                           "binutils (apt-get install binutils)")
+    # One byte back from the return address is inside the access's own line.
+    out = subprocess.run([addr2line, "-e", str(library), *(hex(pc - 1) for pc in pcs)],
+                         capture_output=True, text=True).stdout.splitlines()
+    located = []
+    for text in out:
+        file, _, line = text.split(" (discriminator")[0].rpartition(":")
+        located.append((file, int(line) if line.isdigit() else 0))
+    return located
 
 
 def _source_line(library: Path, pc: str) -> str:

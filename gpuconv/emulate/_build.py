@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 from .._paths import kernels_dir
 from ._errors import CompileError
 
-MODES = ("plain", "asan", "race", "coverage")
+MODES = ("plain", "asan", "race", "coverage", "profile")
 HERE = Path(__file__).resolve().parent
 RUNTIME_SOURCES = (HERE / "runtime.cpp", HERE / "emu_runtime.h")
 DEFAULT_CUDA_ARCH = 800  # __CUDA_ARCH__ when no -arch option is given (sm_80)
@@ -34,6 +35,10 @@ _MODE_FLAGS = {
     # The kernel calls __tsan_* hooks that runtime.cpp implements: no libtsan at link time.
     "race": (["-O1", "-g", "-fsanitize=thread"], ["-O2", "-DGPUCONV_EMULATE_RACE"], []),
     "coverage": (["-O0", "--coverage", "-DGPUCONV_EMULATE_COVERAGE"], ["-O2"], ["--coverage"]),
+    # Every access calls a __tsan_* hook that records it for the memory-traffic profile; -g lets
+    # Python name each access's source line; without SRA a float4 copy stays one 16-byte access.
+    "profile": (["-O1", "-g", "-fsanitize=thread", "-fno-tree-sra"], ["-O2", "-DGPUCONV_EMULATE_PROFILE"],
+                []),
 }
 
 # NVRTC options with no meaning for a CPU build: accepted and ignored (they tune code generation).
@@ -99,12 +104,7 @@ def rewrite_extern_shared(code: str) -> tuple[str, tuple[str, ...]]:
 
 def entry_points(name_expressions, mode: str) -> str:
     """The C entry points of the module: one launcher and one signature per name expression."""
-    lines = [
-        '#define GPUCONV_EMU_ENTRY extern "C" __attribute__((visibility("default")))',
-        "GPUCONV_EMU_ENTRY unsigned long gpuconv_static_shared_bytes() {",
-        "    return (unsigned long)(__stop_gpuconv_shared - __start_gpuconv_shared);",
-        "}",
-    ]
+    lines = ['#define GPUCONV_EMU_ENTRY extern "C" __attribute__((visibility("default")))']
     for i, expression in enumerate(name_expressions):
         lines += [
             f"GPUCONV_EMU_ENTRY int gpuconv_launch_{i}(const ::gpuconv_emu::LaunchConfig* c, "
@@ -200,6 +200,43 @@ class Build:
     directory: Path
     extern_shared: tuple[str, ...]
 
+    @functools.cached_property
+    def shared(self) -> tuple[tuple[int, int, str], ...]:
+        """The static __shared__ variables: (offset in the library, size, demangled name), in
+        address order."""
+        return tuple(tuple(v) for v in json.loads((self.directory / "shared.json").read_text()))
+
+
+# `objdump -t` symbol lines: address, flags, section, size, name.
+_SYMBOL = re.compile(r"^([0-9a-f]+)\s.{7}\s(\S+)\s+([0-9a-f]+)\s+(?:\.hidden\s+)?(\S+)$")
+
+
+def shared_variables(library: Path) -> list[tuple[int, int, str]]:
+    """The library's static __shared__ variables, from its symbol table: the function-local statics
+    of the kernels (mangled ``_ZZ...``; CUDA allows no other statics in device code, and a template
+    function's ones sit in COMDAT sections whatever their section attribute says) and whatever lies
+    in the ``gpuconv_shared`` section (namespace-scope ``__shared__``), minus the emulator's own."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        raise CompileError("the emulator finds __shared__ variables with objdump, which comes with "
+                           "binutils (apt-get install binutils)")
+    listing = subprocess.run([objdump, "-t", str(library)], capture_output=True, text=True,
+                             check=True).stdout
+    found = {}
+    for line in listing.splitlines():
+        m = _SYMBOL.match(line)
+        if not m or int(m.group(3), 16) == 0:
+            continue
+        address, section, size, name = int(m.group(1), 16), m.group(2), int(m.group(3), 16), m.group(4)
+        local_static = name.startswith("_ZZ") and not name.startswith("_ZZN11gpuconv_emu")
+        if section == "gpuconv_shared" or (local_static and section.startswith((".bss", ".data"))):
+            found[address] = (address, size, name)
+    variables = sorted(found.values())
+    demangled = subprocess.run([shutil.which("c++filt") or "c++filt"],
+                               input="\n".join(v[2] for v in variables), capture_output=True,
+                               text=True, check=True).stdout.splitlines()
+    return [(address, size, name) for (address, size, _), name in zip(variables, demangled)]
+
 
 def build(code: str, options: Options, name_expressions, mode: str, source_path: Path | None,
           rebuild: bool = False) -> Build:
@@ -211,7 +248,7 @@ def build(code: str, options: Options, name_expressions, mode: str, source_path:
     header = kernels_dir() / "cuda_emu.h"
     kernel_flags = [*_COMMON_FLAGS, *options.flags, *_MODE_FLAGS[mode][0]]
     key = _hash(
-        "gpuconv-emulate-1", code, kernel_flags, list(name_expressions), mode, source_path, version,
+        "gpuconv-emulate-3", code, kernel_flags, list(name_expressions), mode, source_path, version,
         header.read_bytes(), *(p.read_bytes() for p in RUNTIME_SOURCES),
         _headers_digest(options.include_dirs),
     )
@@ -235,8 +272,13 @@ def build(code: str, options: Options, name_expressions, mode: str, source_path:
         _run([cxx, "-x", "c++", "-include", str(header), *kernel_flags, "-c", str(unit),
               "-o", str(kernel_object)], "compiling the kernels")
         link = [*_MODE_FLAGS[mode][2], "-shared", "-Wl,--no-undefined", "-pthread"]
-        _publish(lambda out: _run([cxx, *link, "-o", str(out), str(runtime_object(mode)),
-                                   str(kernel_object), "-ldl"], "linking the kernels"), library)
+
+        def link_and_list_shared(out: Path) -> None:
+            _run([cxx, *link, "-o", str(out), str(runtime_object(mode)), str(kernel_object), "-ldl"],
+                 "linking the kernels")
+            (directory / "shared.json").write_text(json.dumps(shared_variables(out)))
+
+        _publish(link_and_list_shared, library)
     return result
 
 

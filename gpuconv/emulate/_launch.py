@@ -26,7 +26,18 @@ class LaunchConfig(ctypes.Structure):
         ("seed", ctypes.c_uint64),
         ("watchdog_seconds", ctypes.c_double),
         ("kernel_name", ctypes.c_char_p),
+        ("global_ranges", ctypes.POINTER(ctypes.c_uint64)),
+        ("global_range_count", ctypes.c_uint64),
+        ("shared_variables", ctypes.POINTER(ctypes.c_uint64)),
+        ("shared_variable_count", ctypes.c_uint64),
     ]
+
+
+class ProfileRow(ctypes.Structure):
+    """Mirror of GpuconvProfileRow in runtime.cpp: one static access's counters."""
+
+    _fields_ = [(name, ctypes.c_uint64) for name in
+                ("pc", "bytes", "space", "kind", "requests", "lanes", "sectors", "wavefronts", "ideal")]
 
 
 @dataclass(frozen=True)
@@ -42,11 +53,16 @@ class Launch:
     fill: str | int
     seed: int
     watchdog: float
+    shared: tuple[tuple[int, int], ...]  # the module's static __shared__ variables: (offset, size)
 
     def config(self) -> LaunchConfig:
         fill = FILLS[self.fill] if isinstance(self.fill, str) else int(self.fill)
-        return LaunchConfig(self.grid, self.block, self.shared_mem, SCHEDULES[self.schedule],
-                            fill, self.seed, self.watchdog, self.kernel_name.encode())
+        config = LaunchConfig(self.grid, self.block, self.shared_mem, SCHEDULES[self.schedule],
+                              fill, self.seed, self.watchdog, self.kernel_name.encode())
+        pairs = [v for variable in self.shared for v in variable]
+        config._shared = (ctypes.c_uint64 * max(1, len(pairs)))(*pairs)  # kept alive with config
+        config.shared_variables, config.shared_variable_count = config._shared, len(self.shared)
+        return config
 
 
 def parse_signature(text: bytes) -> tuple[tuple[str, int], ...]:
@@ -113,8 +129,22 @@ def call(library: ctypes.CDLL, launch: Launch, arguments) -> tuple[int, str]:
     entry = getattr(library, f"gpuconv_launch_{launch.index}")
     entry.restype = ctypes.c_int
     config = launch.config()
+    # The arrays' byte ranges: what profile mode counts as global memory.
+    arrays = [a for a in arguments if isinstance(a, np.ndarray)]
+    ranges = (ctypes.c_uint64 * max(1, 2 * len(arrays)))(
+        *(v for a in arrays for v in (a.ctypes.data, a.ctypes.data + a.nbytes)))
+    config.global_ranges, config.global_range_count = ranges, len(arrays)
     status = entry(ctypes.byref(config), pointers, error, ctypes.c_ulong(_ERROR_BYTES))
     return status, error.value.decode(errors="replace")
+
+
+def profile_rows(library: ctypes.CDLL) -> list[ProfileRow]:
+    """The profile counters accumulated by a profile-mode library, one row per static access."""
+    read = library.gpuconv_profile_rows
+    read.restype = ctypes.c_ulong
+    count = read(None, 0)
+    rows = (ProfileRow * max(1, count))()
+    return list(rows[:read(rows, count)])
 
 
 def signatures(library: ctypes.CDLL, count: int):
@@ -125,7 +155,3 @@ def signatures(library: ctypes.CDLL, count: int):
         result.append(parse_signature(entry()))
     return result
 
-
-def static_shared_bytes(library: ctypes.CDLL) -> int:
-    library.gpuconv_static_shared_bytes.restype = ctypes.c_ulong
-    return int(library.gpuconv_static_shared_bytes())

@@ -111,7 +111,7 @@ def serve():
                 continue
         library = libraries[path]
         if op == "signatures":
-            reply = (_launch.signatures(library, message[2]), _launch.static_shared_bytes(library))
+            reply = _launch.signatures(library, message[2])
         else:
             # Fresh malloc'd copies: an unpickled array may view the pickle's bytes object, whose
             # neighbours are Python objects rather than ASan redzones.

@@ -40,6 +40,16 @@ struct LaunchConfig {
     uint64_t seed;             // for kRandom
     double watchdog_seconds;   // no progress for this long -> error instead of a hang
     const char* kernel_name;   // for messages
+    // Profile mode: the [begin, end) byte ranges of the launch's array arguments. An access inside
+    // one is a global-memory access; one outside them and outside shared memory (a fiber's stack,
+    // the kernel's parameters) is a register or parameter access on the GPU and is not counted.
+    const uint64_t* global_ranges;
+    uint64_t global_range_count;
+    // The module's static __shared__ variables: (offset from the module's load address, size)
+    // pairs in address order, found in its symbol table by gpuconv.emulate (GCC places a template
+    // function's static locals in their own COMDAT sections, whatever section attribute they carry).
+    const uint64_t* shared_variables;
+    uint64_t shared_variable_count;
 };
 
 // Error codes returned by run_grid; Python maps each to an exception class.
@@ -55,16 +65,11 @@ enum Status : int32_t {
 enum ShuffleMode : int32_t { kShflIdx = 0, kShflUp = 1, kShflDown = 2, kShflXor = 3 };
 enum BarrierReduce : int32_t { kReduceNone = 0, kReduceCount = 1, kReduceAnd = 2, kReduceOr = 3 };
 
-struct SharedRange {
-    char* begin;
-    char* end;
-};
-
 using ThreadBody = void (*)(void* closure);
 
 // Runs every block of the grid; returns a Status and writes a report into error on failure.
-int run_grid(const LaunchConfig* config, SharedRange static_shared, ThreadBody body, void* closure,
-             char* error, size_t error_size);
+int run_grid(const LaunchConfig* config, ThreadBody body, void* closure, char* error,
+             size_t error_size);
 
 const ThreadIndex* current_thread() __attribute__((pure));
 void* dynamic_shared();

@@ -17,9 +17,10 @@
 //    another thread or block) fires a signal that abandons the block: both are errors, not hangs.
 // Errors never abort the process: fail() records a report and switches back to run_grid's stack.
 //
-// Built once per mode: -DGPUCONV_EMULATE_RACE adds the shared-memory race detector (the kernel is then
-// compiled with -fsanitize=thread, whose __tsan_* hooks are implemented at the end of this file, with
-// no libtsan); under -fsanitize=address the fiber switches are annotated for AddressSanitizer.
+// Built once per mode: -DGPUCONV_EMULATE_RACE adds the shared-memory race detector and
+// -DGPUCONV_EMULATE_PROFILE the memory-traffic profile (in both the kernel is compiled with
+// -fsanitize=thread, whose __tsan_* hooks are implemented at the end of this file, with no libtsan);
+// under -fsanitize=address the fiber switches are annotated for AddressSanitizer.
 #include "emu_runtime.h"
 
 #include <dlfcn.h>
@@ -36,10 +37,13 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #ifdef __SANITIZE_ADDRESS__
@@ -194,6 +198,35 @@ struct ByteShadow {
 };
 #endif
 
+#ifdef GPUCONV_EMULATE_PROFILE
+// ---- profile: what a GPU's memory system would do with each warp-level access ------------------
+enum Space : uint8_t { kGlobal = 0, kShared = 1 };
+enum Kind : uint8_t { kLoad = 0, kStore = 1, kAtomic = 2 };
+
+// One lane's access, in the order the lane made it.
+struct LaneAccess {
+    uintptr_t pc;  // the instrumented instruction (a return address inside the kernel's code)
+    uintptr_t address;
+    uint32_t size;
+    Space space;
+    Kind kind;
+};
+
+// Counters of one static access (pc, space, kind, bytes per lane), summed over warp-level requests.
+struct ProfileKey {
+    uintptr_t pc;  // offset in the module
+    uint32_t bytes;
+    uint8_t space, kind;
+    bool operator<(const ProfileKey& o) const {
+        return std::tie(pc, bytes, space, kind) < std::tie(o.pc, o.bytes, o.space, o.kind);
+    }
+};
+struct ProfileCounts {
+    uint64_t requests = 0, lanes = 0, sectors = 0, wavefronts = 0, ideal = 0;
+};
+std::map<ProfileKey, ProfileCounts> g_profile;  // guarded by g_launch_mutex, like every launch
+#endif
+
 struct Launch;
 thread_local Launch* t_launch;
 std::atomic<uint64_t> g_switches{0};  // for the benchmark: fiber switches since the module loaded
@@ -207,9 +240,15 @@ const char* op_name(const WarpOp& op) {
     return shuffles[op.mode];
 }
 
+struct SharedRange {
+    char* begin;
+    char* end;
+};
+
 struct Launch {
     const LaunchConfig& config;
-    SharedRange static_shared;
+    std::vector<SharedRange> statics;  // the static __shared__ variables, in address order
+    size_t static_size = 0;            // their bytes in all
     char* dynamic_begin;
     ThreadBody body;
     void* closure;
@@ -244,9 +283,36 @@ struct Launch {
 #ifdef GPUCONV_EMULATE_RACE
     std::vector<ByteShadow> shadow;
 #endif
+#ifdef GPUCONV_EMULATE_PROFILE
+    std::vector<std::vector<LaneAccess>> lane_accesses;  // per thread of the running block
+#endif
 
-    Launch(const LaunchConfig& c, SharedRange s, ThreadBody b, void* cl, char* dyn)
-        : config(c), static_shared(s), dynamic_begin(dyn), body(b), closure(cl), rng(c.seed) {}
+    Launch(const LaunchConfig& c, ThreadBody b, void* cl, char* dyn)
+        : config(c), dynamic_begin(dyn), body(b), closure(cl), rng(c.seed) {
+        Dl_info info{};
+        dladdr(reinterpret_cast<void*>(&module_base_marker), &info);
+        auto* base = static_cast<char*>(info.dli_fbase);
+        for (uint64_t i = 0; i < c.shared_variable_count; ++i) {
+            char* begin = base + c.shared_variables[2 * i];
+            statics.push_back(SharedRange{begin, begin + c.shared_variables[2 * i + 1]});
+            static_size += c.shared_variables[2 * i + 1];
+        }
+    }
+    static void module_base_marker() {}
+
+    // Offset of a shared-memory byte: the static variables laid end to end in address order, then
+    // the dynamic shared memory; SIZE_MAX for any other address.
+    size_t shared_offset(const char* p) const {
+        size_t offset = 0;
+        for (const SharedRange& r : statics) {
+            if (p >= r.begin && p < r.end) return offset + size_t(p - r.begin);
+            offset += size_t(r.end - r.begin);
+        }
+        if (p >= dynamic_begin && p < dynamic_begin + config.dynamic_shared_bytes) {
+            return static_size + size_t(p - dynamic_begin);
+        }
+        return SIZE_MAX;
+    }
 
     ~Launch() {
         for (Fiber* f : fibers) {
@@ -554,7 +620,7 @@ struct Launch {
 
     // ---- blocks --------------------------------------------------------------------------------
     void fill_shared() {
-        fill_bytes(static_shared.begin, static_shared.end, config.fill_byte);
+        for (const SharedRange& r : statics) fill_bytes(r.begin, r.end, config.fill_byte);
         fill_bytes(dynamic_begin, dynamic_begin + config.dynamic_shared_bytes, config.fill_byte);
     }
 
@@ -595,6 +661,9 @@ struct Launch {
         if (next != &main) transfer(next);
         // Back on run_grid's stack: done, failed, or nothing runnable while threads wait.
         if (status == kOk && exited < thread_count) report_deadlock();
+#ifdef GPUCONV_EMULATE_PROFILE
+        if (status == kOk) profile_block();
+#endif
         progress.fetch_add(1, std::memory_order_relaxed);
     }
 
@@ -643,16 +712,8 @@ struct Launch {
     }
 
     void shared_access(const void* address, size_t size, bool write, uintptr_t pc) {
-        auto* p = static_cast<const char*>(address);
-        size_t static_size = size_t(static_shared.end - static_shared.begin);
-        size_t offset;
-        if (p >= static_shared.begin && p < static_shared.end) {
-            offset = size_t(p - static_shared.begin);
-        } else if (p >= dynamic_begin && p < dynamic_begin + config.dynamic_shared_bytes) {
-            offset = static_size + size_t(p - dynamic_begin);
-        } else {
-            return;
-        }
+        const size_t offset = shared_offset(static_cast<const char*>(address));
+        if (offset == SIZE_MAX) return;
         const Thread& t = *current();
         const Access now{t.linear, barrier_epoch, warps[size_t(t.linear >> 5)].epoch, pc};
         for (size_t i = 0; i < size && offset + i < shadow.size(); ++i) {
@@ -674,7 +735,6 @@ struct Launch {
     // file:line with addr2line, and "static shared memory offset N" into the variable's name.
     [[noreturn]] void report_race(const char* hazard, const Access& now, const Access& previous,
                                   bool write, size_t offset, size_t size) {
-        size_t static_size = size_t(static_shared.end - static_shared.begin);
         char location[96];
         if (offset < static_size) {
             std::snprintf(location, sizeof location, "static shared memory offset %zu", offset);
@@ -697,6 +757,103 @@ struct Launch {
         dladdr(reinterpret_cast<void*>(&module_offset), &info);
         return static_cast<unsigned long>(pc - reinterpret_cast<uintptr_t>(info.dli_fbase));
     }
+#endif
+#ifdef GPUCONV_EMULATE_PROFILE
+    // ---- profile -----------------------------------------------------------------------------
+    void profile_access(const void* address, size_t size, Kind kind, uintptr_t pc) {
+        auto a = reinterpret_cast<uintptr_t>(address);
+        Space space;
+        if (shared_offset(static_cast<const char*>(address)) != SIZE_MAX) {
+            space = kShared;
+        } else {
+            bool global = false;
+            for (uint64_t i = 0; i < config.global_range_count && !global; ++i) {
+                global = a >= config.global_ranges[2 * i] && a < config.global_ranges[2 * i + 1];
+            }
+            if (!global) return;  // the stack or the parameters: registers on a GPU
+            space = kGlobal;
+        }
+        lane_accesses[size_t(current()->linear)].push_back(
+            LaneAccess{pc, a, uint32_t(size), space, kind});
+    }
+
+    // A warp-level request is the k-th execution of one static access by the lanes of one warp
+    // (lanes that skip it, or exited, are inactive in it). Counted at the end of each block.
+    void profile_block() {
+        Dl_info info{};
+        dladdr(reinterpret_cast<void*>(&module_base_marker), &info);
+        const auto base = reinterpret_cast<uintptr_t>(info.dli_fbase);
+        struct Request {
+            const LaneAccess* first;
+            std::vector<std::pair<int, const LaneAccess*>> lanes;  // (lane, its access)
+        };
+        for (int w0 = 0; w0 < thread_count; w0 += 32) {
+            std::vector<Request> requests;
+            std::map<std::pair<uintptr_t, uint32_t>, size_t> index;  // (pc, k) -> request
+            for (int lane = 0; lane < 32 && w0 + lane < thread_count; ++lane) {
+                std::unordered_map<uintptr_t, uint32_t> executions;
+                for (const LaneAccess& access : lane_accesses[size_t(w0 + lane)]) {
+                    auto key = std::make_pair(access.pc, executions[access.pc]++);
+                    auto found = index.emplace(key, requests.size());
+                    if (found.second) requests.push_back(Request{&access, {}});
+                    requests[found.first->second].lanes.emplace_back(lane, &access);
+                }
+            }
+            for (const Request& r : requests) {
+                ProfileCounts& c = g_profile[ProfileKey{r.first->pc - base, r.first->size,
+                                                        r.first->space, r.first->kind}];
+                c.requests += 1;
+                c.lanes += r.lanes.size();
+                if (r.first->space == kShared) {
+                    c.wavefronts += wavefronts(r.lanes);
+                    c.ideal += (distinct_bytes(r.lanes, 4) + 127) / 128;
+                } else {
+                    c.sectors += distinct_bytes(r.lanes, 32) / 32;
+                    c.ideal += (distinct_bytes(r.lanes, 1) + 31) / 32;
+                }
+            }
+        }
+        for (auto& accesses : lane_accesses) accesses.clear();
+    }
+
+    // Bytes covered by the lanes' accesses, counted in aligned units of `unit` bytes: unit 32 gives
+    // 32 × the sectors touched, unit 4 four times the distinct words, unit 1 the distinct bytes.
+    static size_t distinct_bytes(const std::vector<std::pair<int, const LaneAccess*>>& lanes,
+                                 uintptr_t unit) {
+        std::vector<uintptr_t> units;
+        for (const auto& lane : lanes) {
+            uintptr_t a = lane.second->address, end = a + lane.second->size;
+            for (uintptr_t u = a / unit; u <= (end - 1) / unit; ++u) units.push_back(u);
+        }
+        std::sort(units.begin(), units.end());
+        return size_t(std::unique(units.begin(), units.end()) - units.begin()) * unit;
+    }
+
+    // Shared memory serves a request in phases of 128 bytes of lanes (32 lanes of 4-byte accesses,
+    // 16 of 8-byte, 8 of 16-byte, by lane index); a phase takes as many wavefronts as the most
+    // distinct 4-byte words its lanes touch in any one of the 32 banks (a word read by several lanes
+    // is read once).
+    static uint64_t wavefronts(const std::vector<std::pair<int, const LaneAccess*>>& lanes) {
+        const uint32_t size = lanes.front().second->size;
+        const int lanes_per_phase = size <= 4 ? 32 : int(128 / size);
+        uint64_t total = 0;
+        for (int phase = 0; phase * lanes_per_phase < 32; ++phase) {
+            std::vector<uintptr_t> words[32];
+            for (const auto& lane : lanes) {
+                if (lane.first / lanes_per_phase != phase) continue;
+                uintptr_t a = lane.second->address, end = a + lane.second->size;
+                for (uintptr_t word = a / 4; word <= (end - 1) / 4; ++word) words[word % 32].push_back(word);
+            }
+            size_t worst = 0;
+            for (auto& bank : words) {
+                std::sort(bank.begin(), bank.end());
+                worst = std::max(worst, size_t(std::unique(bank.begin(), bank.end()) - bank.begin()));
+            }
+            total += worst;
+        }
+        return total;
+    }
+
 #endif
 };
 
@@ -809,8 +966,8 @@ unsigned active_mask() {
     return ~launch->warps[size_t(launch->current()->linear >> 5)].exited;
 }
 
-int run_grid(const LaunchConfig* config, SharedRange static_shared, ThreadBody body, void* closure,
-             char* error, size_t error_size) {
+int run_grid(const LaunchConfig* config, ThreadBody body, void* closure, char* error,
+             size_t error_size) {
     std::lock_guard<std::mutex> lock(g_launch_mutex);
     const LaunchConfig& c = *config;
     long threads = long(c.block[0]) * c.block[1] * c.block[2];
@@ -829,14 +986,17 @@ int run_grid(const LaunchConfig* config, SharedRange static_shared, ThreadBody b
     ASAN_POISON_MEMORY_REGION(g_dynamic_shared + c.dynamic_shared_bytes,
                               sizeof g_dynamic_shared - c.dynamic_shared_bytes);
 #endif
-    Launch launch(c, static_shared, body, closure, g_dynamic_shared);
+    Launch launch(c, body, closure, g_dynamic_shared);
     launch.thread_count = int(threads);
     launch.threads.resize(size_t(threads));
     launch.warps.resize(size_t((threads + 31) / 32));
     launch.order.resize(size_t(threads));
     main_stack_bounds(&launch.main_stack_bottom, &launch.main_stack_size);
 #ifdef GPUCONV_EMULATE_RACE
-    launch.shadow.resize(size_t(static_shared.end - static_shared.begin) + c.dynamic_shared_bytes);
+    launch.shadow.resize(launch.static_size + c.dynamic_shared_bytes);
+#endif
+#ifdef GPUCONV_EMULATE_PROFILE
+    launch.lane_accesses.resize(size_t(threads));
 #endif
     Launch* outer = t_launch;
     t_launch = &launch;
@@ -858,14 +1018,19 @@ int run_grid(const LaunchConfig* config, SharedRange static_shared, ThreadBody b
 
 GPUCONV_EXPORT unsigned long long gpuconv_switch_count() { return gpuconv_emu::g_switches.load(); }
 
-#ifdef GPUCONV_EMULATE_RACE
+#if defined(GPUCONV_EMULATE_RACE) || defined(GPUCONV_EMULATE_PROFILE)
 // ===== the hooks of -fsanitize=thread, without libtsan ============================================
-// Every memory access of the kernel calls one of these; only shared memory is tracked. The pc is
-// the instruction after the access, inside the kernel's code.
+// Every memory access of the kernel calls one of these (race mode tracks shared memory, profile
+// mode shared and global memory). The pc is the instruction after the access, inside the kernel.
 namespace {
 void track(const void* address, size_t size, bool write, void* pc) {
     if (gpuconv_emu::t_launch && gpuconv_emu::t_index) {
+#ifdef GPUCONV_EMULATE_RACE
         gpuconv_emu::t_launch->shared_access(address, size, write, reinterpret_cast<uintptr_t>(pc));
+#else
+        gpuconv_emu::t_launch->profile_access(address, size, write ? gpuconv_emu::kStore : gpuconv_emu::kLoad,
+                                              reinterpret_cast<uintptr_t>(pc));
+#endif
     }
 }
 }  // namespace
@@ -888,4 +1053,29 @@ extern "C" void __tsan_func_entry(void*) {}
 extern "C" void __tsan_func_exit() {}
 extern "C" void __tsan_vptr_update(void*, void*) {}
 extern "C" void __tsan_vptr_read(void*) {}
+#endif
+
+#ifdef GPUCONV_EMULATE_PROFILE
+// ===== the profile's counters, read by gpuconv.emulate.Module.counters() =========================
+struct GpuconvProfileRow {  // mirrored by gpuconv/emulate/_launch.py (ctypes)
+    uint64_t pc, bytes, space, kind, requests, lanes, sectors, wavefronts, ideal;
+};
+GPUCONV_EXPORT unsigned long gpuconv_profile_rows(GpuconvProfileRow* rows, unsigned long capacity) {
+    std::lock_guard<std::mutex> lock(gpuconv_emu::g_launch_mutex);
+    unsigned long n = 0;
+    for (const auto& entry : gpuconv_emu::g_profile) {
+        if (n < capacity) {
+            const auto& k = entry.first;
+            const auto& c = entry.second;
+            rows[n] = GpuconvProfileRow{k.pc, k.bytes, k.space, k.kind, c.requests, c.lanes,
+                                        c.sectors, c.wavefronts, c.ideal};
+        }
+        ++n;
+    }
+    return n;
+}
+GPUCONV_EXPORT void gpuconv_profile_reset() {
+    std::lock_guard<std::mutex> lock(gpuconv_emu::g_launch_mutex);
+    gpuconv_emu::g_profile.clear();
+}
 #endif

@@ -72,3 +72,27 @@ __global__ void barrier_versus_shuffle(float* out) {
     else v = __shfl_sync(0xffffffffu, v, 0);
     out[threadIdx.x] = v;
 }
+
+// The two bugs above inside templates: GCC places a template's static locals in COMDAT sections
+// whatever section attribute they carry, so the emulator must find them in the symbol table to
+// fill them at block start and watch them for races.
+template <int THREADS>
+__global__ void sum_missing_barrier_in_template(const float* x, float* out) {
+    __shared__ float partial[THREADS];
+    int t = threadIdx.x;
+    partial[t] = x[t];
+    __syncthreads();
+    for (int stride = THREADS / 2; stride > 0; stride >>= 1) {
+        if (t < stride) partial[t] += partial[t + stride];
+    }
+    if (t == 0) out[0] = partial[0];
+}
+
+template <class T>
+__global__ void read_uninitialised_in_template(const T* x, T* out) {
+    __shared__ T staged[64];
+    int t = threadIdx.x;
+    if (t < 32) staged[t] = x[t];
+    __syncthreads();
+    out[t] = staged[t];
+}
