@@ -387,8 +387,36 @@ def parse_args(argv):
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the implementations this many times in turn and keep each case's "
                          "fastest median (evens out a busy machine)")
+    ap.add_argument("--model", metavar="GPU", choices=sorted(_model_gpus()),
+                    help="instead of timing: the performance model's table for GPU (one of "
+                         f"{', '.join(sorted(_model_gpus()))}; MODELLED, not measured), written to "
+                         "--out as model-GPU.md/.json")
+    ap.add_argument("--results", default="bench/results",
+                    help="--model: folder with the SASS analyzer's sass-<arch>.json and any GPU report "
+                         "(default: bench/results)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
+
+
+def _model_gpus():
+    from .model import GPUS
+
+    return GPUS
+
+
+def model_report(gpu: str, shapes: list[str], results: Path, out: Path) -> int:
+    """``--model``: the modelled table for ``shapes`` at the GPU batch, printed and written."""
+    from . import model
+
+    text, rows = model.table(gpu, shapes, results,
+                             progress=lambda label: print(f"  modelling {label}", file=sys.stderr))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"model-{gpu}.md").write_text(text)
+    (out / f"model-{gpu}.json").write_text(json.dumps(
+        {"schema": "gpuconv-model/1", "gpu": gpu, "modelled": True, "rows": rows}, indent=1) + "\n")
+    print(text)
+    print(f"wrote {out / f'model-{gpu}.md'}, {out / f'model-{gpu}.json'}", file=sys.stderr)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -399,6 +427,8 @@ def main(argv=None) -> int:
     default_shapes = table.QUICK if args.quick else tuple(table.SHAPES)
     shapes = _csv(args.shapes, table.SHAPES, "shapes") or list(default_shapes)
     ops = _csv(args.ops, OPS, "ops") or list(OPS)
+    if args.model:
+        return model_report(args.model, shapes, Path(args.results), Path(args.out))
     if args.worker:
         return worker(args.worker, args.device, shapes, ops, args.repeats)
     impls = _csv(args.impls, CPU_IMPLS + GPU_IMPLS, "implementations") or list(

@@ -25,8 +25,10 @@ and the largest names the limiter.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -156,3 +158,201 @@ def predict(gpu: Gpu, loop: Loop, geometry: Geometry, flops: float, compulsory_b
     seconds = effective[limiter]
     tflops = flops / seconds / 1e12
     return Prediction(seconds, limiter, terms, tflops, tflops / gpu.peak_tflops(math_kind))
+
+
+# -- the model of gpuconv's kernels and CUTLASS's on a problem ---------------------------------------
+
+# CUTLASS's anchor figures (media/docs/profiler.md), N=8 224² C=K=128 3×3 pad 1, one sm_80 GPU:
+# the SIMT fprop (128×128×8 tile) and the tensor-op f16 fprop (s16816, 128×128×64, 4 stages).
+ANCHOR_SHAPE = ((8, 128, 224, 224), (128, 128, 3, 3))
+ANCHOR_TFLOPS = {"simt": 14.5693, "tensorop": 125.369}
+CUTLASS_TILES = {"simt": (128, 128, 8), "tensorop": (128, 128, 64)}
+
+
+def phase_taps_mean(p) -> float:
+    """Taps per output pixel averaged over dgrad's stride phases: the reduction of one phase's GEMM
+    is K/groups × its taps (tap r serves the rows h with (h + pad - r·dil) ≡ 0 mod stride)."""
+    def mean(stride, pad, dil, R):
+        return sum(sum((ph + pad - r * dil) % stride == 0 for r in range(R))
+                   for ph in range(stride)) / stride
+
+    (sh, sw), (dh, dw) = p.stride, p.dilation
+    return mean(sh, p.padding[0], dh, p.R) * mean(sw, p.padding[2], dw, p.S)
+
+
+def geometry(op: str, p, BM: int, BN: int, BK: int) -> Geometry:
+    """The launch of ``op`` on ``p`` with a BM×BN×BK tile, as gpuconv's launch_config lays it out
+    (dgrad: a z-slice per stride phase; wgrad: split-K by wgrad_splits)."""
+    from .backends.kernel_backend import Tile, launch_config, wgrad_splits
+
+    tile = Tile(BM, BN, BK, 1, 1)
+    grid, _ = launch_config(1, op, tile, p)
+    if op == "fprop":
+        reduction = p.C_per_group * p.R * p.S
+    elif op == "dgrad":
+        reduction = math.ceil(p.K_per_group * phase_taps_mean(p))
+    else:
+        reduction = wgrad_splits(p, tile)[1]
+    return Geometry(math.prod(grid), BM, BN, BK, reduction)
+
+
+def predict_problem(gpu: Gpu, op: str, p, report, tile: tuple[int, int, int], conflict: float = 1.0,
+                    sector_efficiency: float = 1.0, itemsize: int | None = None) -> Prediction:
+    """``predict`` for ``op`` on problem ``p`` with a kernel's SASS ``report`` and its tile;
+    ``itemsize`` overrides the problem's (an f16 kernel modelled on a float32 problem object)."""
+    itemsize = itemsize or p.itemsize
+    return predict(gpu, Loop.of(report), geometry(op, p, *tile), p.flops(op),
+                   p.bytes_moved(op) * itemsize / p.itemsize, itemsize, conflict, sector_efficiency)
+
+
+def calibration(simt_report, tensorop_report=None) -> dict:
+    """The anchor problem modelled on the A100 with CUTLASS's own loops: the EFFICIENCY that makes
+    the SIMT fprop land on its published TFLOP/s, and the error of the tensor-op one (the check)."""
+    from .problem import conv_problem
+
+    a100 = GPUS["a100"]
+    p = conv_problem(*ANCHOR_SHAPE, padding=1)
+    out = {"simt_published_tflops": ANCHOR_TFLOPS["simt"]}
+    simt = predict_problem(a100, "fprop", p, simt_report, CUTLASS_TILES["simt"])
+    out["simt_modelled_tflops"] = simt.tflops
+    # With the SM terms the limiter, modelled time scales as 1/EFFICIENCY.
+    out["efficiency_fit"] = EFFICIENCY * simt.tflops / ANCHOR_TFLOPS["simt"] \
+        if simt.limiter in ("issue", "math", "shared") else None
+    if tensorop_report is not None:
+        tc = predict_problem(a100, "fprop", p, tensorop_report, CUTLASS_TILES["tensorop"], itemsize=2)
+        out["tensorop_published_tflops"] = ANCHOR_TFLOPS["tensorop"]
+        out["tensorop_modelled_tflops"] = tc.tflops
+        out["tensorop_error"] = tc.tflops / ANCHOR_TFLOPS["tensorop"] - 1
+    return out
+
+
+def traffic_factors(op: str, kernel: str) -> tuple[float, float]:
+    """(conflict, sector efficiency) of a tiled kernel, counted by the emulator's profile on
+    ``gpuconv.profile.DEFAULT_SHAPE``: shared wavefronts ÷ their conflict-free ideal, and the ideal
+    global sectors ÷ those touched."""
+    from . import profile
+    from .problem import conv_problem
+
+    d = profile.DEFAULT_SHAPE
+    p = conv_problem((d["N"], d["C"], d["H"], d["W"]), (d["K"], d["C"], d["R"], d["S"]), padding=1)
+    rows = profile.run(op, p, kernel).rows
+    shared = [r for r in rows if r["space"] == "shared"]
+    glob = [r for r in rows if r["space"] == "global"]
+    conflict = sum(r["wavefronts"] for r in shared) / max(1, sum(r["ideal"] for r in shared))
+    efficiency = sum(r["ideal"] for r in glob) / max(1, sum(r["sectors"] for r in glob))
+    return conflict, efficiency
+
+
+def sass_reports(arch: str, results: Path) -> dict[str, dict]:
+    """The SASS analyzer's reports for ``arch``, by kernel: from ``results/sass-<arch>.json`` (made by
+    ``python -m gpuconv.sass --out``), else computed now for gpuconv's kernels (CUTLASS's then
+    absent: compiling it takes minutes)."""
+    path = results / f"sass-{arch}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        rows = data["kernels"] if isinstance(data, dict) else data
+    else:
+        from . import sass
+
+        rows = [r.to_dict() for r in sass.analyze([arch])]
+    return {r["kernel"]: r for r in rows}
+
+
+def cutlass_report(reports: dict, kind: str):
+    """CUTLASS's SIMT ('simt') or tensor-op ('tensorop') fprop report among ``reports``, or None."""
+    for r in reports.values():
+        if r.get("source") == "cutlass" and (r["hmma"] > 0) == (kind == "tensorop"):
+            return r
+    return None
+
+
+def measured_ms(results: Path) -> dict[tuple[str, str], float]:
+    """(layer, op) → the cuda backend's median ms in a committed GPU report (``gpu-*.json`` of
+    ``gpuconv bench``, schema gpuconv-bench/1), if there is one."""
+    found = {}
+    for path in sorted(results.glob("gpu-*.json")) + sorted(results.glob("gpu-*/*.json")):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and data.get("schema") == "gpuconv-bench/1":
+            for r in data["results"]:
+                if r["impl"] == "cuda":
+                    found[r["shape"], r["op"]] = r["ms"]
+    return found
+
+
+def table(gpu_key: str, shapes, results: Path, progress=None) -> tuple[str, list[dict]]:
+    """The model's table for the benchmark layers at the GPU batch (32): gpuconv's chosen kernel and,
+    beside it, CUTLASS's SIMT fprop loop (128×128×8) on the same GEMM. Markdown and rows."""
+    from .backends import kernel_backend as kb
+    from .shapes import layer_problem
+
+    gpu = GPUS[gpu_key]
+    reports = sass_reports(gpu.arch, results)
+    simt = cutlass_report(reports, "simt")
+    measured = measured_ms(results)
+    factors: dict = {}
+    choose = {"fprop": kb.choose_fprop, "dgrad": kb.choose_dgrad, "wgrad": kb.choose_wgrad}
+    rows = []
+    for i, name in enumerate(shapes):
+        p = layer_problem(name, "gpu")
+        for op in ("fprop", "dgrad", "wgrad"):
+            if progress:
+                progress(f"{name} {op}")
+            kernel = choose[op](p)
+            row = dict(layer=name, op=op, kernel=kernel, problem=p.describe())
+            expression = kb.kernel_name(op, p.dtype, kernel)
+            if kernel != "direct" and expression in reports:
+                if (op, kernel) not in factors:
+                    factors[op, kernel] = traffic_factors(op, kernel)
+                t = kb.TILES[op][kernel]
+                ours = predict_problem(gpu, op, p, reports[expression], (t.BM, t.BN, t.BK),
+                                       *factors[op, kernel])
+                row.update(ms=ours.seconds * 1e3, tflops=ours.tflops, peak=ours.fraction_of_peak,
+                           limiter=ours.limiter, conflict=factors[op, kernel][0],
+                           sector_efficiency=factors[op, kernel][1])
+                if (name, op) in measured:
+                    row["measured_over_modelled"] = measured[name, op] / row["ms"]
+            if simt is not None:
+                theirs = predict_problem(gpu, op, p, simt, CUTLASS_TILES["simt"])
+                row.update(cutlass_ms=theirs.seconds * 1e3, cutlass_tflops=theirs.tflops,
+                           cutlass_peak=theirs.fraction_of_peak, cutlass_limiter=theirs.limiter)
+            rows.append(row)
+
+    def cell(row, key, fmt):
+        return fmt.format(row[key]) if key in row else "–"
+
+    lines = [
+        f"# Performance model: {gpu.name} ({gpu.arch}), float32 — MODELLED, not measured",
+        "",
+        f"Made by `gpuconv bench --model {gpu_key}` from the SASS analyzer's main loops "
+        f"(`sass-{gpu.arch}.json`), the emulator's profile (shared-memory conflicts and global "
+        "sector efficiency per tile) and each layer's GEMM at N=32. Peak FP32 "
+        f"{gpu.peak_tflops():.1f} TFLOP/s. `gpuconv.model`'s docstring gives the terms; "
+        f"EFFICIENCY = {EFFICIENCY} is calibrated on CUTLASS's published SIMT fprop figure. "
+        "CUTLASS: its SIMT fprop main loop (128×128×8, compiled from the nvidia-cutlass headers) "
+        "modelled on the same GEMM, with our split-K for wgrad. No GPU has measured any of this"
+        + ("; measured ÷ modelled from the committed GPU report." if measured else "."),
+        "",
+        "| layer | op | kernel | ms | TFLOP/s | % peak | limiter | CUTLASS ms | TFLOP/s | % peak | "
+        "limiter |" + (" measured ÷ modelled |" if measured else ""),
+        "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"
+        + (" ---: |" if measured else ""),
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['layer']} | {r['op']} | {r['kernel']} | {cell(r, 'ms', '{:.3f}')} | "
+            f"{cell(r, 'tflops', '{:.1f}')} | {cell(r, 'peak', '{:.0%}')} | {r.get('limiter', '–')} | "
+            f"{cell(r, 'cutlass_ms', '{:.3f}')} | {cell(r, 'cutlass_tflops', '{:.1f}')} | "
+            f"{cell(r, 'cutlass_peak', '{:.0%}')} | {r.get('cutlass_limiter', '–')} |"
+            + (f" {cell(r, 'measured_over_modelled', '{:.2f}')} |" if measured else ""))
+    if factors:
+        lines += ["", "Traffic factors from the emulator's profile (tile: shared wavefronts ÷ ideal, "
+                  "ideal global sectors ÷ touched): "
+                  + "; ".join(f"{op} {k}: {c:.2f}, {e:.2f}" for (op, k), (c, e) in factors.items())]
+    if simt is not None:
+        cal = calibration(simt, cutlass_report(reports, "tensorop"))
+        lines += ["", "Calibration (A100, N=8 224² C=K=128 3×3): CUTLASS SIMT fprop published "
+                  f"{cal['simt_published_tflops']:.2f} TFLOP/s, modelled {cal['simt_modelled_tflops']:.2f}"
+                  + (f"; tensor-op f16 fprop published {cal['tensorop_published_tflops']:.1f}, modelled "
+                     f"{cal['tensorop_modelled_tflops']:.1f} ({cal['tensorop_error']:+.0%})"
+                     if "tensorop_error" in cal else "") + "."]
+    return "\n".join(lines) + "\n", rows
