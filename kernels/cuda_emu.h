@@ -92,25 +92,36 @@ template <class T>
 inline T __ldg(const T* p) { return *p; }
 
 // Not instrumented in race mode: atomics are never hazards (as in compute-sanitizer's racecheck).
+// Profile mode counts each atomic as one access of its caller's line: out of line, so that the
+// return address is in the caller.
+#ifdef GPUCONV_EMULATE_PROFILE
+#define GPUCONV_EMU_ATOMIC __attribute__((no_sanitize_thread, noinline))
+#define GPUCONV_EMU_PROFILE_ATOMIC(p) ::gpuconv_emu::profile_atomic((p), sizeof(*(p)), __builtin_return_address(0))
+#else
 #define GPUCONV_EMU_ATOMIC __attribute__((no_sanitize_thread)) inline
+#define GPUCONV_EMU_PROFILE_ATOMIC(p) ((void)0)
+#endif
 
 #define GPUCONV_EMU_INT_ATOMICS(T)                                                                      \
-    GPUCONV_EMU_ATOMIC T atomicAdd(T* p, T v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }  \
-    GPUCONV_EMU_ATOMIC T atomicSub(T* p, T v) { return __atomic_fetch_sub(p, v, __ATOMIC_RELAXED); }  \
-    GPUCONV_EMU_ATOMIC T atomicAnd(T* p, T v) { return __atomic_fetch_and(p, v, __ATOMIC_RELAXED); }  \
-    GPUCONV_EMU_ATOMIC T atomicOr(T* p, T v) { return __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }    \
-    GPUCONV_EMU_ATOMIC T atomicXor(T* p, T v) { return __atomic_fetch_xor(p, v, __ATOMIC_RELAXED); }  \
-    GPUCONV_EMU_ATOMIC T atomicExch(T* p, T v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); } \
+    GPUCONV_EMU_ATOMIC T atomicAdd(T* p, T v) { GPUCONV_EMU_PROFILE_ATOMIC(p); return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }  \
+    GPUCONV_EMU_ATOMIC T atomicSub(T* p, T v) { GPUCONV_EMU_PROFILE_ATOMIC(p); return __atomic_fetch_sub(p, v, __ATOMIC_RELAXED); }  \
+    GPUCONV_EMU_ATOMIC T atomicAnd(T* p, T v) { GPUCONV_EMU_PROFILE_ATOMIC(p); return __atomic_fetch_and(p, v, __ATOMIC_RELAXED); }  \
+    GPUCONV_EMU_ATOMIC T atomicOr(T* p, T v) { GPUCONV_EMU_PROFILE_ATOMIC(p); return __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }    \
+    GPUCONV_EMU_ATOMIC T atomicXor(T* p, T v) { GPUCONV_EMU_PROFILE_ATOMIC(p); return __atomic_fetch_xor(p, v, __ATOMIC_RELAXED); }  \
+    GPUCONV_EMU_ATOMIC T atomicExch(T* p, T v) { GPUCONV_EMU_PROFILE_ATOMIC(p); return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); } \
     GPUCONV_EMU_ATOMIC T atomicCAS(T* p, T expected, T desired) {                                     \
+        GPUCONV_EMU_PROFILE_ATOMIC(p);                                                                 \
         __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED); \
         return expected;                                                                               \
     }                                                                                                  \
     GPUCONV_EMU_ATOMIC T atomicMax(T* p, T v) {                                                       \
+        GPUCONV_EMU_PROFILE_ATOMIC(p);                                                                 \
         T old = __atomic_load_n(p, __ATOMIC_RELAXED);                                                  \
         while (old < v && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {} \
         return old;                                                                                    \
     }                                                                                                  \
     GPUCONV_EMU_ATOMIC T atomicMin(T* p, T v) {                                                       \
+        GPUCONV_EMU_PROFILE_ATOMIC(p);                                                                 \
         T old = __atomic_load_n(p, __ATOMIC_RELAXED);                                                  \
         while (v < old && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {} \
         return old;                                                                                    \
@@ -122,7 +133,7 @@ GPUCONV_EMU_INT_ATOMICS(unsigned long long)
 
 // Floating-point add as a compare-and-swap loop on the bit pattern, like sm_5x's double atomicAdd.
 template <class F, class Bits>
-GPUCONV_EMU_ATOMIC F gpuconv_emu_atomic_add_float(F* p, F v) {
+__attribute__((no_sanitize_thread)) inline F gpuconv_emu_atomic_add_float(F* p, F v) {
     Bits* bits = reinterpret_cast<Bits*>(p);
     Bits old = __atomic_load_n(bits, __ATOMIC_RELAXED), sum;
     F old_value;
@@ -133,9 +144,16 @@ GPUCONV_EMU_ATOMIC F gpuconv_emu_atomic_add_float(F* p, F v) {
     } while (!__atomic_compare_exchange_n(bits, &old, sum, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
     return old_value;
 }
-GPUCONV_EMU_ATOMIC float atomicAdd(float* p, float v) { return gpuconv_emu_atomic_add_float<float, uint32_t>(p, v); }
-GPUCONV_EMU_ATOMIC double atomicAdd(double* p, double v) { return gpuconv_emu_atomic_add_float<double, uint64_t>(p, v); }
+GPUCONV_EMU_ATOMIC float atomicAdd(float* p, float v) {
+    GPUCONV_EMU_PROFILE_ATOMIC(p);
+    return gpuconv_emu_atomic_add_float<float, uint32_t>(p, v);
+}
+GPUCONV_EMU_ATOMIC double atomicAdd(double* p, double v) {
+    GPUCONV_EMU_PROFILE_ATOMIC(p);
+    return gpuconv_emu_atomic_add_float<double, uint64_t>(p, v);
+}
 GPUCONV_EMU_ATOMIC float atomicExch(float* p, float v) {
+    GPUCONV_EMU_PROFILE_ATOMIC(p);
     float old;
     __atomic_exchange(p, &v, &old, __ATOMIC_RELAXED);
     return old;

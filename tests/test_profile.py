@@ -147,3 +147,20 @@ def test_profile_command_rejects_bad_arguments(capsys):
     assert cli.main(["profile", "fprop", "--shape", "1", "3", "2", "2", "4", "3", "3",
                      "--padding", "0"]) == 2
     assert "gpuconv profile:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("values, wavefronts", [(np.arange(32), 1), (np.full(32, 5), 32)])
+def test_atomics_are_counted_and_same_word_atomics_serialise(values, wavefronts):
+    """correct.cu's histogram: one shared atomicAdd per lane on bin x[i], then one global atomicAdd
+    per bin. Distinct bins in distinct banks take one wavefront; one bin for all 32 lanes takes 32."""
+    module = Module(path=SOURCE.parent / "correct.cu", name_expressions=["histogram<32>"],
+                    mode="profile")
+    x, counts = device_empty(32, np.int32), device_empty(32, np.uint32)
+    x[...], counts[...] = values, 0
+    module.get_function("histogram<32>")(1, 32, (x, counts, np.int32(32)))
+    assert np.array_equal(counts, np.bincount(values, minlength=32))
+    atomics = {r["space"]: r for r in module.counters() if r["kind"] == "atomic"}
+    assert (atomics["shared"]["requests"], atomics["shared"]["lanes"], atomics["shared"]["wavefronts"]) \
+        == (1, 32, wavefronts)
+    assert (atomics["global"]["requests"], atomics["global"]["lanes"], atomics["global"]["sectors"]) \
+        == (1, 32, 4)

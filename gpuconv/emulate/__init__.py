@@ -175,6 +175,8 @@ class Module:
             (self._build.directory / "kernel.gcda").unlink(missing_ok=True)
         self._library = ctypes.CDLL(library)
         self._signatures = _launch.signatures(self._library, count)
+        if self.mode == "profile":  # the library may be loaded already, with another Module's counts
+            self._library.gpuconv_profile_reset()
         if self.mode == "coverage":
             _coverage_libraries[self._build.directory] = self._library
 
@@ -189,8 +191,9 @@ class Module:
         return self._functions[name]
 
     def counters(self) -> list[dict]:
-        """Profile mode: the memory traffic of this module's launches since it was made or since
-        ``reset_counters()``, one dict per (file, line, space, kind) with keys ``file``, ``line``,
+        """Profile mode: the memory traffic of this module's launches since it was compiled or since
+        ``reset_counters()`` (Modules of the same text and options share one library and its
+        counters), one dict per (file, line, space, kind) with keys ``file``, ``line``,
         ``space`` ('global' or 'shared'), ``kind`` ('load', 'store' or 'atomic'), ``bytes`` (per
         lane per access), ``requests`` (warp-level), ``lanes`` (lane accesses), ``sectors``
         (global; 0 for shared), ``wavefronts`` (shared; 0 for global) and ``ideal`` (the sectors

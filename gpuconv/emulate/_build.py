@@ -37,8 +37,8 @@ _MODE_FLAGS = {
     "coverage": (["-O0", "--coverage", "-DGPUCONV_EMULATE_COVERAGE"], ["-O2"], ["--coverage"]),
     # Every access calls a __tsan_* hook that records it for the memory-traffic profile; -g lets
     # Python name each access's source line; without SRA a float4 copy stays one 16-byte access.
-    "profile": (["-O1", "-g", "-fsanitize=thread", "-fno-tree-sra"], ["-O2", "-DGPUCONV_EMULATE_PROFILE"],
-                []),
+    "profile": (["-O1", "-g", "-fsanitize=thread", "-fno-tree-sra", "-DGPUCONV_EMULATE_PROFILE"],
+                ["-O2", "-DGPUCONV_EMULATE_PROFILE"], []),
 }
 
 # NVRTC options with no meaning for a CPU build: accepted and ignored (they tune code generation).

@@ -81,4 +81,7 @@ uint64_t warp_shuffle(unsigned mask, uint64_t value, ShuffleMode mode, int lane_
 unsigned warp_ballot(unsigned mask, int predicate, const char* file, int line);
 unsigned active_mask();
 
+// Profile mode: an atomic access by the running thread (pc: the return address into its caller).
+void profile_atomic(const void* address, size_t size, void* pc);
+
 }  // namespace gpuconv_emu

@@ -832,9 +832,10 @@ struct Launch {
     // Shared memory serves a request in phases of 128 bytes of lanes (32 lanes of 4-byte accesses,
     // 16 of 8-byte, 8 of 16-byte, by lane index); a phase takes as many wavefronts as the most
     // distinct 4-byte words its lanes touch in any one of the 32 banks (a word read by several lanes
-    // is read once).
+    // is read once; atomics on one word serialise, so for them every lane counts).
     static uint64_t wavefronts(const std::vector<std::pair<int, const LaneAccess*>>& lanes) {
         const uint32_t size = lanes.front().second->size;
+        const bool atomic = lanes.front().second->kind == kAtomic;
         const int lanes_per_phase = size <= 4 ? 32 : int(128 / size);
         uint64_t total = 0;
         for (int phase = 0; phase * lanes_per_phase < 32; ++phase) {
@@ -847,7 +848,8 @@ struct Launch {
             size_t worst = 0;
             for (auto& bank : words) {
                 std::sort(bank.begin(), bank.end());
-                worst = std::max(worst, size_t(std::unique(bank.begin(), bank.end()) - bank.begin()));
+                const auto distinct = atomic ? bank.end() : std::unique(bank.begin(), bank.end());
+                worst = std::max(worst, size_t(distinct - bank.begin()));
             }
             total += worst;
         }
@@ -959,6 +961,14 @@ uint64_t warp_shuffle(unsigned mask, uint64_t value, ShuffleMode mode, int lane_
 unsigned warp_ballot(unsigned mask, int predicate, const char* file, int line) {
     return unsigned(t_launch->warp_op(
         WarpOp{WarpOpKind::kBallot, kShflIdx, mask, 0, 0, uint64_t(predicate != 0), 0}, file, line));
+}
+
+void profile_atomic(const void* address, size_t size, void* pc) {
+#ifdef GPUCONV_EMULATE_PROFILE
+    if (t_launch && t_index) t_launch->profile_access(address, size, kAtomic, reinterpret_cast<uintptr_t>(pc));
+#else
+    (void)address, (void)size, (void)pc;
+#endif
 }
 
 unsigned active_mask() {
