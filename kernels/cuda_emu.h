@@ -52,7 +52,8 @@ constexpr int warpSize = 32;
 #define __syncthreads_count(p) ::gpuconv_emu::syncthreads(::gpuconv_emu::kReduceCount, (p), __FILE__, __LINE__)
 #define __syncthreads_and(p) ::gpuconv_emu::syncthreads(::gpuconv_emu::kReduceAnd, (p), __FILE__, __LINE__)
 #define __syncthreads_or(p) ::gpuconv_emu::syncthreads(::gpuconv_emu::kReduceOr, (p), __FILE__, __LINE__)
-#define __syncwarp(...) ::gpuconv_emu::syncwarp_at(__FILE__, __LINE__, ##__VA_ARGS__)
+// __VA_OPT__, not ##__VA_ARGS__: under -std=c++17 (not gnu++17) the comma of an empty list stays.
+#define __syncwarp(...) ::gpuconv_emu::syncwarp_at(__FILE__, __LINE__ __VA_OPT__(,) __VA_ARGS__)
 #define __shfl_sync(...) ::gpuconv_emu::shuffle_at(__FILE__, __LINE__, ::gpuconv_emu::kShflIdx, __VA_ARGS__)
 #define __shfl_up_sync(...) ::gpuconv_emu::shuffle_at(__FILE__, __LINE__, ::gpuconv_emu::kShflUp, __VA_ARGS__)
 #define __shfl_down_sync(...) ::gpuconv_emu::shuffle_at(__FILE__, __LINE__, ::gpuconv_emu::kShflDown, __VA_ARGS__)

@@ -81,6 +81,27 @@ uint64_t warp_shuffle(unsigned mask, uint64_t value, ShuffleMode mode, int lane_
 unsigned warp_ballot(unsigned mask, int predicate, const char* file, int line);
 unsigned active_mask();
 
+// Tensor-core warp collectives (kernels/mma.cuh): all 32 lanes of the warp take part, each with its
+// own fragment registers laid out as the PTX ISA says (see runtime.cpp).
+enum MmaKind : int32_t {
+    kMmaF16 = 0,   // mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32
+    kMmaBf16 = 1,  // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
+    kMmaTf32 = 2,  // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32
+};
+void warp_mma(MmaKind kind, const uint32_t a[4], const uint32_t b[2], const float c[4], float d[4],
+              const char* file, int line);
+// ldmatrix.sync.aligned.m8n8.x{matrices}[.trans].shared.b16: lanes 8i..8i+7 give the row addresses
+// of matrix i; each lane gets one 32-bit register per matrix.
+void warp_ldmatrix(int matrices, bool trans, const void* row, uint32_t out[4], const char* file,
+                   int line);
+
+// The conversions behind mma.cuh's cvt helpers, rounding as the hardware does (runtime.cpp).
+uint16_t float_to_half(float v);
+uint16_t float_to_bfloat16(float v);
+uint32_t float_to_tf32(float v);
+float half_to_float(uint16_t h);
+float bits_to_float(uint32_t bits);
+
 // Profile mode: an atomic access by the running thread (pc: the return address into its caller).
 void profile_atomic(const void* address, size_t size, void* pc);
 

@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdarg>
 #include <cstdio>
@@ -159,14 +160,24 @@ struct Fiber {
 
 enum class State : uint8_t { kUnstarted, kRunnable, kRunning, kAtBarrier, kAtWarp, kExited };
 
-enum class WarpOpKind : uint8_t { kSync, kShuffle, kBallot };
+enum class WarpOpKind : uint8_t { kSync, kShuffle, kBallot, kMma, kLdmatrix };
 
 struct WarpOp {
     WarpOpKind kind;
     ShuffleMode mode;
     unsigned mask;
-    int b, c;  // shfl.sync operands: lane/delta and the clamp/segment word
+    int b, c;  // shfl.sync operands: lane/delta and the clamp/segment word; mma: the MmaKind;
+               // ldmatrix: the matrix count and whether transposed
     uint64_t value, result;
+    const void* in = nullptr;  // mma: the lane's a, b, c registers; ldmatrix: its row address
+    void* out = nullptr;       // mma: its d registers; ldmatrix: its destination registers
+    uintptr_t pc = 0;          // ldmatrix: the return address into the kernel (profile mode)
+};
+
+// The registers one lane hands to mma.sync.
+struct MmaOperands {
+    uint32_t a[4], b[2];
+    float c[4];
 };
 
 struct Thread {
@@ -234,6 +245,8 @@ thread_local const ThreadIndex* t_index;
 
 const char* op_name(const WarpOp& op) {
     if (op.kind == WarpOpKind::kSync) return "__syncwarp";
+    if (op.kind == WarpOpKind::kMma) return "mma.sync";
+    if (op.kind == WarpOpKind::kLdmatrix) return "ldmatrix.sync";
     if (op.kind == WarpOpKind::kBallot) return "__ballot_sync/__any_sync/__all_sync";
     static const char* const shuffles[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
                                            "__shfl_xor_sync"};
@@ -544,7 +557,8 @@ struct Launch {
             const Thread& other = threads[size_t(w * 32 + other_lane)];
             bool related = ((op.mask >> other_lane) & 1) || ((other.op.mask >> lane) & 1);
             if (related && (other.op.mask != op.mask || other.op.kind != op.kind ||
-                            other.op.mode != op.mode)) {
+                            other.op.mode != op.mode ||
+                            (op.kind >= WarpOpKind::kMma && (other.op.b != op.b || other.op.c != op.c)))) {
                 fail(kWarpError,
                      "%s: %s calls %s at %s:%d with mask 0x%08x while %s waits in %s at %s:%d with "
                      "mask 0x%08x (lanes named in a mask must execute the same intrinsic with the "
@@ -577,6 +591,16 @@ struct Launch {
                 ballot |= unsigned(lanes[lane].op.value != 0) << lane;
             }
             for (unsigned m = members; m; m &= m - 1) lanes[__builtin_ctz(m)].op.result = ballot;
+        } else if (op.kind == WarpOpKind::kMma || op.kind == WarpOpKind::kLdmatrix) {
+            if (members != 0xffffffffu) {
+                fail(kWarpError,
+                     "%s: %s at %s:%d is .aligned: all 32 lanes of warp %d must execute it, but "
+                     "lanes 0x%08x do not (exited, or past the block's last thread)",
+                     where().c_str(), op_name(op), lanes[__builtin_ctz(members)].file,
+                     lanes[__builtin_ctz(members)].line, w, ~members);
+            }
+            if (op.kind == WarpOpKind::kMma) complete_mma(lanes, MmaKind(op.b));
+            else complete_ldmatrix(lanes, op.b, op.c != 0);
         } else if (op.kind == WarpOpKind::kShuffle) {
             for (unsigned m = members; m; m &= m - 1) {
                 int lane = __builtin_ctz(m);
@@ -597,6 +621,106 @@ struct Launch {
         progress.fetch_add(1, std::memory_order_relaxed);
         for (unsigned m = members; m; m &= m - 1) lanes[__builtin_ctz(m)].state = State::kAtWarp;
         make_runnable_in_order(State::kAtWarp, w * 32, std::min(32, thread_count - w * 32));
+    }
+
+    // ---- tensor cores ------------------------------------------------------------------------
+    // Fragment layouts from the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point
+    // type", "... for mma.m16n8k8"), with g = lane / 4 and t = lane % 4:
+    //   m16n8k16 A (16×16, two 16-bit values a register, lower column in the low half):
+    //     a0 row g, cols 2t, 2t+1; a1 row g+8; a2 row g, cols 2t+8, 2t+9; a3 row g+8, cols 2t+8, 2t+9
+    //   m16n8k16 B (16×8): b0 rows 2t, 2t+1, col g; b1 rows 2t+8, 2t+9, col g
+    //   m16n8k8 tf32 A (16×8): a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
+    //   m16n8k8 tf32 B (8×8): b0 (t, g), b1 (t+4, g)
+    //   C and D (16×8 float): c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1)
+    // Products of the input types are exact in float; they are summed in float in k order and
+    // added to c (the hardware's internal order is unspecified: compare with tolerances).
+    static float element(MmaKind kind, uint32_t reg, int half) {
+        if (kind == kMmaTf32) return bits_to_float(reg);
+        const uint32_t bits = half ? reg >> 16 : reg & 0xffffu;
+        return kind == kMmaF16 ? half_to_float(uint16_t(bits)) : bits_to_float(bits << 16);
+    }
+
+    void complete_mma(Thread* lanes, MmaKind kind) {
+        const int K = kind == kMmaTf32 ? 8 : 16;
+        float A[16][16], B[16][8];
+        for (int lane = 0; lane < 32; ++lane) {
+            const auto& o = *static_cast<const MmaOperands*>(lanes[lane].op.in);
+            const int g = lane / 4, t = lane % 4;
+            if (kind == kMmaTf32) {
+                A[g][t] = element(kind, o.a[0], 0), A[g + 8][t] = element(kind, o.a[1], 0);
+                A[g][t + 4] = element(kind, o.a[2], 0), A[g + 8][t + 4] = element(kind, o.a[3], 0);
+                B[t][g] = element(kind, o.b[0], 0), B[t + 4][g] = element(kind, o.b[1], 0);
+                continue;
+            }
+            for (int h = 0; h < 2; ++h) {
+                A[g][2 * t + h] = element(kind, o.a[0], h);
+                A[g + 8][2 * t + h] = element(kind, o.a[1], h);
+                A[g][2 * t + 8 + h] = element(kind, o.a[2], h);
+                A[g + 8][2 * t + 8 + h] = element(kind, o.a[3], h);
+                B[2 * t + h][g] = element(kind, o.b[0], h);
+                B[2 * t + 8 + h][g] = element(kind, o.b[1], h);
+            }
+        }
+        for (int lane = 0; lane < 32; ++lane) {
+            const auto& o = *static_cast<const MmaOperands*>(lanes[lane].op.in);
+            auto* d = static_cast<float*>(lanes[lane].op.out);
+            const int g = lane / 4, t = lane % 4;
+            for (int r = 0; r < 4; ++r) {
+                const int row = g + (r >= 2 ? 8 : 0), col = 2 * t + (r & 1);
+                float sum = 0.0f;
+                for (int k = 0; k < K; ++k) sum += A[row][k] * B[k][col];
+                d[r] = o.c[r] + sum;
+            }
+        }
+    }
+
+    // ldmatrix: matrix i's row r (eight 16-bit values, 16 bytes) is at the address lane 8i + r
+    // gives. Lane l gets in register i: without .trans, row l/4, columns 2(l%4) and 2(l%4)+1;
+    // with .trans, column l/4 of rows 2(l%4) and 2(l%4)+1 (the fragment of the transpose).
+    void complete_ldmatrix(Thread* lanes, int matrices, bool trans) {
+        for (int lane = 0; lane < 8 * matrices; ++lane) {
+            const auto* row = static_cast<const char*>(lanes[lane].op.in);
+            if (shared_offset(row) == SIZE_MAX || shared_offset(row + 15) == SIZE_MAX) {
+                fail(kWarpError, "%s: ldmatrix at %s:%d: lane %d's row address %p is not in shared "
+                     "memory", where().c_str(), lanes[lane].file, lanes[lane].line, lane,
+                     static_cast<const void*>(row));
+            }
+            if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {
+                fail(kWarpError, "%s: ldmatrix at %s:%d: lane %d's row address %p is not 16-byte "
+                     "aligned (each row is 16 bytes; the PTX ISA requires the alignment)",
+                     where().c_str(), lanes[lane].file, lanes[lane].line, lane,
+                     static_cast<const void*>(row));
+            }
+            note_lane_read(lanes[lane], row, 16);
+        }
+        for (int lane = 0; lane < 32; ++lane) {
+            auto* out = static_cast<uint32_t*>(lanes[lane].op.out);
+            for (int i = 0; i < matrices; ++i) {
+                const int base = 8 * i;
+                if (!trans) {
+                    std::memcpy(&out[i], static_cast<const char*>(lanes[base + lane / 4].op.in) + 4 * (lane % 4), 4);
+                } else {
+                    uint16_t lo, hi;
+                    const int col = lane / 4, row = 2 * (lane % 4);
+                    std::memcpy(&lo, static_cast<const char*>(lanes[base + row].op.in) + 2 * col, 2);
+                    std::memcpy(&hi, static_cast<const char*>(lanes[base + row + 1].op.in) + 2 * col, 2);
+                    out[i] = uint32_t(lo) | uint32_t(hi) << 16;
+                }
+            }
+        }
+    }
+
+    // A shared-memory read the runtime makes for a lane (ldmatrix): seen by the race detector and
+    // the profile as that lane's 16-byte load at its call site.
+    void note_lane_read(const Thread& lane, const void* address, size_t size) {
+#ifdef GPUCONV_EMULATE_RACE
+        shared_access_by(lane, address, size, false, 0);
+#elif defined(GPUCONV_EMULATE_PROFILE)
+        lane_accesses[size_t(lane.linear)].push_back(
+            LaneAccess{lane.op.pc, reinterpret_cast<uintptr_t>(address), uint32_t(size), kShared, kLoad});
+#else
+        (void)lane, (void)address, (void)size;
+#endif
     }
 
     // The source lane of shfl.sync, from the PTX ISA pseudocode (c = segment mask << 8 | clamp).
@@ -712,9 +836,12 @@ struct Launch {
     }
 
     void shared_access(const void* address, size_t size, bool write, uintptr_t pc) {
+        shared_access_by(*current(), address, size, write, pc);
+    }
+
+    void shared_access_by(const Thread& t, const void* address, size_t size, bool write, uintptr_t pc) {
         const size_t offset = shared_offset(static_cast<const char*>(address));
         if (offset == SIZE_MAX) return;
-        const Thread& t = *current();
         const Access now{t.linear, barrier_epoch, warps[size_t(t.linear >> 5)].epoch, pc};
         for (size_t i = 0; i < size && offset + i < shadow.size(); ++i) {
             ByteShadow& s = shadow[offset + i];
@@ -969,6 +1096,86 @@ void profile_atomic(const void* address, size_t size, void* pc) {
 #else
     (void)address, (void)size, (void)pc;
 #endif
+}
+
+void warp_mma(MmaKind kind, const uint32_t a[4], const uint32_t b[2], const float c[4], float d[4],
+              const char* file, int line) {
+    MmaOperands operands;
+    std::memcpy(operands.a, a, sizeof operands.a);
+    std::memcpy(operands.b, b, sizeof operands.b);
+    std::memcpy(operands.c, c, sizeof operands.c);
+    float result[4];
+    WarpOp op{WarpOpKind::kMma, kShflIdx, 0xffffffffu, int(kind), 0, 0, 0};
+    op.in = &operands;
+    op.out = result;
+    t_launch->warp_op(op, file, line);
+    std::memcpy(d, result, sizeof result);
+}
+
+void warp_ldmatrix(int matrices, bool trans, const void* row, uint32_t out[4], const char* file,
+                   int line) {
+    uint32_t result[4] = {};
+    WarpOp op{WarpOpKind::kLdmatrix, kShflIdx, 0xffffffffu, matrices, trans, 0, 0};
+    op.in = row;
+    op.out = result;
+    op.pc = reinterpret_cast<uintptr_t>(__builtin_return_address(0));
+    t_launch->warp_op(op, file, line);
+    std::memcpy(out, result, sizeof(uint32_t) * size_t(matrices));
+}
+
+// ---- conversions to the tensor cores' input types (kernels/mma.cuh's emulation path) -----------
+float bits_to_float(uint32_t bits) {
+    float v;
+    std::memcpy(&v, &bits, 4);
+    return v;
+}
+
+static uint32_t float_bits(float v) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    return bits;
+}
+
+// IEEE binary16, round to nearest even (cvt.rn.f16.f32): subnormal halves kept, overflow to inf,
+// NaN stays NaN.
+uint16_t float_to_half(float v) {
+    const uint32_t x = float_bits(v), sign = (x >> 16) & 0x8000u;
+    const uint32_t magnitude = x & 0x7fffffffu;
+    if (magnitude > 0x7f800000u) return uint16_t(sign | 0x7e00u);          // NaN
+    if (magnitude >= 0x477ff000u) return uint16_t(sign | 0x7c00u);         // rounds past 65504: inf
+    if (magnitude < 0x38800000u) {                                          // below 2^-14: subnormal
+        // Scale so the half's unit (2^-24) is 1.0, then round to nearest even as float does.
+        const float scaled = bits_to_float(magnitude) * 16777216.0f;
+        return uint16_t(sign | uint32_t(std::nearbyint(scaled)));
+    }
+    // Normal: drop 13 mantissa bits with round to nearest even, rebias the exponent (127 -> 15).
+    const uint32_t rounded = magnitude + 0xfffu + ((magnitude >> 13) & 1u);
+    return uint16_t(sign | ((rounded - 0x38000000u) >> 13));
+}
+
+float half_to_float(uint16_t h) {
+    const uint32_t sign = uint32_t(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+    if (exponent == 0) {
+        const float v = float(mantissa) * 5.9604644775390625e-8f;  // subnormal: mantissa × 2^-24
+        return sign ? -v : v;
+    }
+    if (exponent == 31) return bits_to_float(sign | 0x7f800000u | (mantissa << 13));
+    return bits_to_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
+}
+
+// bfloat16: the top 16 bits of the float, rounded to nearest even (cvt.rn.bf16.f32); NaN kept quiet.
+uint16_t float_to_bfloat16(float v) {
+    const uint32_t x = float_bits(v);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x40u);
+    return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+// TF32 as cvt.rna.tf32.f32: 10 mantissa bits, round to nearest with ties away from zero; the
+// result is a float whose low 13 bits are zero. Inf and NaN pass.
+uint32_t float_to_tf32(float v) {
+    const uint32_t x = float_bits(v);
+    if ((x & 0x7f800000u) == 0x7f800000u) return x;
+    return (x + 0x1000u) & 0xffffe000u;
 }
 
 unsigned active_mask() {
