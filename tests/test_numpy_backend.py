@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gpuconv import reference
-from gpuconv.backends.numpy_backend import BACKEND
+from gpuconv.backends.numpy_backend import BACKEND, common, depthwise, uses_winograd
 from gpuconv.problem import conv_problem, transpose_problem
 
 from problems import EDGE, RESNET, conv_inputs, float32_tolerance, normal, problem, run_op, small_ints
@@ -80,9 +80,7 @@ def test_edge_small_integers_exact(name, op):
 def test_strided_dgrad_phases(name, monkeypatch):
     """Tiny strided layers' dgrad is a col2im; with the floor on the block size lifted, the edge
     problems take the stride phases instead."""
-    from gpuconv.backends import numpy_backend
-
-    monkeypatch.setattr(numpy_backend, "_MIN_BLOCK", 0)
+    monkeypatch.setattr(common, "MIN_BLOCK", 0)
     p = problem(EDGE[name], "float32")
     a = conv_inputs(p, 3, small_ints)
     np.testing.assert_array_equal(run_op(BACKEND, "dgrad", p, a), run_op(reference, "dgrad", p, a))
@@ -230,12 +228,10 @@ CHUNKED = {
 @pytest.mark.parametrize("name", CHUNKED)
 @pytest.mark.parametrize("op", OPS)
 def test_chunked_im2col(name, op, monkeypatch):
-    from gpuconv.backends import numpy_backend
-
-    monkeypatch.setattr(numpy_backend, "_MIN_BLOCK", 0)
+    monkeypatch.setattr(common, "MIN_BLOCK", 0)
     p = problem(CHUNKED[name], "float32")
-    chunks = list(numpy_backend._chunks(p.N, p.P, p.Q, p.C * p.R * p.S + p.K,
-                                        p.N * p.K * p.P * p.Q + p.K * p.C * p.R * p.S))
+    chunks = list(common.chunks(p.N, p.P, p.Q, p.C * p.R * p.S + p.K,
+                                p.N * p.K * p.P * p.Q + p.K * p.C * p.R * p.S))
     assert len(chunks) > 1
     assert max(nb for _, nb, _, _ in chunks) == (1 if name == "stem_bands" else 2)
     check_path(CHUNKED[name], op, 9)
@@ -256,10 +252,8 @@ WINOGRAD = {
 @pytest.mark.parametrize("name", WINOGRAD)
 @pytest.mark.parametrize("op", OPS)
 def test_winograd(name, op, min_block, monkeypatch):
-    from gpuconv.backends import numpy_backend
-
-    monkeypatch.setattr(numpy_backend, "_MIN_BLOCK", min_block)
-    assert numpy_backend._uses_winograd(problem(WINOGRAD[name], "float32"), op)
+    monkeypatch.setattr(common, "MIN_BLOCK", min_block)
+    assert uses_winograd(problem(WINOGRAD[name], "float32"), op)
     check_path(WINOGRAD[name], op, 11)  # F(2, 3)'s transforms hold halves: integers stay exact
 
 
@@ -329,9 +323,7 @@ DEPTHWISE = {
 @pytest.mark.parametrize("name", DEPTHWISE)
 @pytest.mark.parametrize("op", OPS)
 def test_depthwise(name, op, block, monkeypatch):
-    from gpuconv.backends import numpy_backend
-
-    monkeypatch.setattr(numpy_backend, "_DEPTHWISE_BLOCK", block)
+    monkeypatch.setattr(depthwise, "BLOCK", block)
     check_path(DEPTHWISE[name], op, 17)
 
 
