@@ -78,7 +78,7 @@ def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
     tile = TILES["fprop"][kernel]
     sass = [dict(kernel=expression, source="gpuconv", loop_instructions=100, ffma=64, dfma=0, hmma=0,
                  lds={"128": 8}, sts={"32": 2}, threads=tile.threads, blocks_per_sm=2)]
-    (tmp_path / "sass-sm_90.json").write_text(json.dumps(sass))
+    (tmp_path / "sass-sm_90.json").write_text(json.dumps({"arch": "sm_90", "reports": sass}))
     (tmp_path / "gpu-2027-01-01.json").write_text(json.dumps({"schema": "gpuconv-bench/1", "results": [
         {"impl": "cuda", "shape": "res5_3x3", "op": "fprop", "ms": 1.0}]}))
     text, rows = model.table("h100", ["res5_3x3"], tmp_path)
