@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .backends.kernel_backend import (
@@ -54,7 +54,7 @@ from .backends.kernel_backend import (
     TILES,
     kernel_name,
 )
-from .compile_check import ARCHS, nvcc_path, nvcc_version, nvrtc_compile, parse_ptxas
+from .compile_check import ARCHS, nvcc_path, nvcc_version, nvrtc_compile, nvrtc_version, parse_ptxas
 
 PERF_HINT = "pip install 'gpuconv[perf]'"
 MATH = ("FFMA", "DFMA", "HMMA")
@@ -181,20 +181,20 @@ def access_bits(opcode: str) -> int:
 class LoopCounts:
     """Static counts of one loop body (one iteration); widths are bits per thread."""
 
-    instructions: int = 0
-    ffma: int = 0
-    dfma: int = 0
-    hmma: int = 0
-    lds: dict = field(default_factory=dict)  # LDS and LDSM: bits → count
-    ldsm: int = 0  # how many of lds are LDSM
-    ldg: dict = field(default_factory=dict)
-    ldgsts: dict = field(default_factory=dict)
-    sts: dict = field(default_factory=dict)
-    bar: int = 0
+    instructions: int
+    ffma: int
+    dfma: int
+    hmma: int
+    lds: dict  # LDS and LDSM: bits → count
+    ldsm: int  # how many of lds are LDSM
+    ldg: dict
+    ldgsts: dict
+    sts: dict
+    bar: int
     # callee → count. A CALL.REL.NOINC to a local label (.L_x_N) is no call: ptxas leaves loops
     # that way (a jump that pushes no return address).
-    calls: dict = field(default_factory=dict)
-    rest: dict = field(default_factory=dict)  # every other opcode (without modifiers) → count
+    calls: dict
+    rest: dict  # every other opcode (without modifiers) → count
 
 
 def count(body: list[Instruction]) -> LoopCounts:
@@ -206,8 +206,8 @@ def count(body: list[Instruction]) -> LoopCounts:
         bases[base] += 1
         if base in by_base:
             by_base[base][access_bits(ins.opcode)] += 1
-        elif base == "CALL" and not ins.target.startswith(".L_"):
-            calls[ins.target] += 1
+        elif base == "CALL" and not (ins.target or "").startswith(".L_"):
+            calls[ins.target or "(indirect)"] += 1
         elif base not in (*MATH, "BAR"):
             rest[base] += 1
     return LoopCounts(len(body), bases["FFMA"], bases["DFMA"], bases["HMMA"], dict(sorted(lds.items())),
@@ -415,6 +415,10 @@ def launch_threads() -> dict[str, int]:
 def analyze(archs=ARCHS, kernels=None) -> list[LoopReport]:
     """Reports for every kernel instance of ``kernels/*.cu`` (or only the name expressions in
     ``kernels``) on every architecture of ``archs``, compiled as the cuda backend compiles them."""
+    archs = [archs] if isinstance(archs, str) else list(archs)
+    unknown_archs = [a for a in archs if a not in ARCH_LIMITS]
+    if unknown_archs:
+        raise ValueError(f"archs: unknown architecture {unknown_archs}; known: {sorted(ARCH_LIMITS)}")
     wanted = None if kernels is None else set(kernels)
     if wanted is not None:
         unknown = wanted - {e for es in KERNELS.values() for e in es}
@@ -577,8 +581,6 @@ def load_reports(path) -> list[LoopReport]:
 
 
 def tool_versions(with_cutlass: bool) -> dict[str, str]:
-    from .compile_check import nvrtc_version
-
     versions = {"nvrtc": nvrtc_version(), "nvdisasm": tool_version("nvdisasm"),
                 "cuobjdump": tool_version("cuobjdump")}
     if with_cutlass:
@@ -600,7 +602,7 @@ def _row(r: LoopReport) -> str:
     occupancy = (f"{r.blocks_per_sm} × {r.threads} = {r.occupancy:.0%} ({r.occupancy_limiter})"
                  if r.occupancy is not None else "–")
     lds = _widths(r.lds) + (f" ({r.ldsm} LDSM)" if r.ldsm else "")
-    cells = [name, r.loop_instructions, _math_cell(r), f"{r.share:.0%}", lds, _widths(r.ldg),
+    cells = [name, r.loop_instructions, _math_cell(r), f"{r.share:.1%}", lds, _widths(r.ldg),
              _widths(r.ldgsts), _widths(r.sts), r.bar, r.rest, calls, r.registers,
              "?" if r.spills is None else r.spills, r.shared_bytes, occupancy]
     return "| " + " | ".join(str(c) for c in cells) + " |"
@@ -631,23 +633,26 @@ driver's 1 KB per block on sm_80+), threads and blocks per SM, and what limits i
 
 
 def markdown(reports: list[LoopReport], arch: str, versions: dict[str, str]) -> str:
-    from .backends.kernel_backend import compile_options, nvrtc_options
+    from .backends.kernel_backend import nvrtc_options
 
-    options = " ".join(o if o not in compile_options()[1:2] else "-I kernels" for o in nvrtc_options(arch))
+    # The include path as in a checkout, so that the report does not depend on where it was made.
+    options = " ".join("-I kernels" if o.startswith("-I") else o for o in nvrtc_options(arch))
     mine = [r for r in reports if r.arch == arch]
     tiled = [r for r in mine if r.source == "cutlass" or "_implicit_gemm<" in r.kernel]
     other = [r for r in mine if r not in tiled]
     tools = ", ".join(f"{k} {v}" for k, v in versions.items())
+    cutlass = ("CUTLASS's: its headers from the nvidia-cutlass wheel, instantiated with "
+               "`DefaultConv2dFprop` (Sm80 kernels; names as CUTLASS's profiler gives them), compiled by "
+               f"`nvcc {' '.join(CUTLASS_NVCC_OPTIONS)} -cubin -arch={arch}`; ")
     lines = [
         f"# Main loops in SASS, {arch}",
         "",
         f"Written by `python -m gpuconv.sass --arch {arch} --out bench/results` (all figures also in "
         f"`sass-{arch}.json`). Static counts read from the SASS, not measurements: no GPU was used. Our "
         f"kernels: NVRTC with the options the cuda backend's NVRTC receives (`{options} -Xptxas=-v`); "
-        "CUTLASS's: its headers from the nvidia-cutlass wheel, instantiated with "
-        "`DefaultConv2dFprop` (Sm80 kernels; names as CUTLASS's profiler gives them), compiled by "
-        f"`nvcc {' '.join(CUTLASS_NVCC_OPTIONS)} -cubin -arch={arch}`. Disassembled with nvdisasm, "
-        f"resources from ptxas' report. Tools: {tools}.",
+        + (cutlass if any(r.source == "cutlass" for r in mine) else "no CUTLASS rows (none asked for, "
+           "or an architecture before sm_80, which its Sm80 kernels need); ")
+        + f"disassembled with nvdisasm, resources from ptxas' report. Tools: {tools}.",
         "",
         HOW_TO_READ,
         "## Implicit-GEMM kernels beside CUTLASS",

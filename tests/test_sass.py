@@ -192,6 +192,8 @@ def test_json_and_report(capsys, tmp_path):
     assert report.to_dict() == row
 
 
-def test_unknown_kernel_is_refused():
+def test_unknown_kernel_or_arch_is_refused():
     with pytest.raises(ValueError, match=r"kernels: no such instance \['fprop_direct<int>'\]"):
         sass.analyze(["sm_80"], ["fprop_direct<int>"])
+    with pytest.raises(ValueError, match=r"archs: unknown architecture \['sm_70'\]; known: \['sm_75'"):
+        sass.analyze("sm_70")
