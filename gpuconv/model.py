@@ -79,7 +79,7 @@ EFFICIENCY = 0.77
 
 @dataclass(frozen=True)
 class Loop:
-    """What the model needs of a kernel's main loop: a ``gpuconv.sass.LoopReport`` or its JSON."""
+    """What the model needs of a kernel's main loop (``gpuconv.sass.LoopReport``)."""
 
     loop_instructions: int
     ffma: int
@@ -92,10 +92,9 @@ class Loop:
 
     @classmethod
     def of(cls, report) -> Loop:
-        get = report.get if isinstance(report, dict) else lambda k: getattr(report, k)
-        widths = lambda d: {int(bits): n for bits, n in (d or {}).items()}  # noqa: E731
-        return cls(get("loop_instructions"), get("ffma"), get("dfma"), get("hmma"),
-                   widths(get("lds")), widths(get("sts")), get("threads"), get("blocks_per_sm"))
+        """From a ``gpuconv.sass.LoopReport``."""
+        r = report
+        return cls(r.loop_instructions, r.ffma, r.dfma, r.hmma, r.lds, r.sts, r.threads, r.blocks_per_sm)
 
     def wavefronts(self) -> float:
         """Shared-memory wavefronts of one warp's iteration when conflict-free: a 32-lane request
@@ -247,24 +246,21 @@ def traffic_factors(op: str, kernel: str) -> tuple[float, float]:
     return conflict, efficiency
 
 
-def sass_reports(arch: str, results: Path) -> dict[str, dict]:
-    """The SASS analyzer's reports for ``arch``, by kernel: from ``results/sass-<arch>.json`` (made by
-    ``python -m gpuconv.sass --out``), else computed now for gpuconv's kernels (CUTLASS's then
-    absent: compiling it takes minutes)."""
-    path = results / f"sass-{arch}.json"
-    if path.is_file():
-        rows = json.loads(path.read_text())["reports"]
-    else:
-        from . import sass
+def sass_reports(arch: str, results: Path) -> dict:
+    """The SASS analyzer's reports for ``arch`` by kernel (``gpuconv.sass.LoopReport``): from
+    ``results/sass-<arch>.json`` (``python -m gpuconv.sass --out``), else computed now for gpuconv's
+    kernels (CUTLASS's then absent: compiling it needs nvcc)."""
+    from . import sass
 
-        rows = [r.to_dict() for r in sass.analyze([arch])]
-    return {r["kernel"]: r for r in rows}
+    path = results / f"sass-{arch}.json"
+    reports = sass.load_reports(path) if path.is_file() else sass.analyze([arch])
+    return {r.kernel: r for r in reports}
 
 
 def cutlass_report(reports: dict, kind: str):
     """CUTLASS's SIMT ('simt') or tensor-op ('tensorop') fprop report among ``reports``, or None."""
     for r in reports.values():
-        if r.get("source") == "cutlass" and (r["hmma"] > 0) == (kind == "tensorop"):
+        if r.source == "cutlass" and (r.hmma > 0) == (kind == "tensorop"):
             return r
     return None
 

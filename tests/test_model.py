@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -76,8 +77,12 @@ def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
     kernel = next(iter(TILES["fprop"]))
     expression = kernel_name("fprop", "float32", kernel)
     tile = TILES["fprop"][kernel]
-    sass = [dict(kernel=expression, source="gpuconv", loop_instructions=100, ffma=64, dfma=0, hmma=0,
-                 lds={"128": 8}, sts={"32": 2}, threads=tile.threads, blocks_per_sm=2)]
+    # One report as `python -m gpuconv.sass` writes it: only the fprop tile's.
+    sass = [dict(kernel=expression, arch="sm_90", source="gpuconv", loop_instructions=100, ffma=64,
+                 dfma=0, hmma=0, lds={"128": 8}, ldsm=0, ldg={"32": 2}, ldgsts={}, sts={"32": 2},
+                 bar=2, calls={}, rest=26, rest_opcodes={}, registers=96, spills=0, stack_bytes=0,
+                 shared_bytes=4096, threads=tile.threads, blocks_per_sm=2, warps_per_sm=16,
+                 occupancy=0.25, occupancy_limiter="registers", loop=[0, 1600])]
     (tmp_path / "sass-sm_90.json").write_text(json.dumps({"arch": "sm_90", "reports": sass}))
     (tmp_path / "gpu-2027-01-01.json").write_text(json.dumps({"schema": "gpuconv-bench/1", "results": [
         {"impl": "cuda", "shape": "res5_3x3", "op": "fprop", "ms": 1.0}]}))
@@ -89,3 +94,16 @@ def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
     assert "MODELLED" in text and "measured ÷ modelled" in text
     # Kernels the SASS file does not hold are not modelled, and say so.
     assert all("ms" not in r for r in rows if r["op"] != "fprop")
+
+
+def test_calibration_holds_on_the_committed_sass_figures():
+    """EFFICIENCY is fitted to CUTLASS's published SIMT fprop figure with the committed sm_80 main
+    loop; a change to the model that moves the fit shows here."""
+    from gpuconv import sass
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "results" / "sass-sm_80.json"
+    reports = {r.kernel: r for r in sass.load_reports(path)}
+    cal = model.calibration(model.cutlass_report(reports, "simt"), model.cutlass_report(reports, "tensorop"))
+    assert cal["efficiency_fit"] == pytest.approx(model.EFFICIENCY, rel=0.02)
+    assert cal["simt_modelled_tflops"] == pytest.approx(model.ANCHOR_TFLOPS["simt"], rel=0.02)
+    assert cal["tensorop_error"] > 0  # no latency term: the tensor-op figure is an upper bound
