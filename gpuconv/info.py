@@ -107,17 +107,19 @@ def cuda_facts() -> dict[str, str]:
 
 
 def nvrtc_version() -> str:
-    """NVRTC's version through CuPy, else through cuda-bindings (which needs no GPU)."""
-    try:
-        import cupy
-
-        return "%d.%d" % cupy.cuda.nvrtc.getVersion()
-    except Exception:
-        pass
+    """The NVRTC gpuconv compiles its kernels with (cuda-bindings; needs no GPU), and CuPy's own
+    (which compiles CuPy's kernels) where CuPy is installed."""
     from .compile_check import nvrtc_available
     from .compile_check import nvrtc_version as bindings_version
 
-    return f"{bindings_version()} (cuda-bindings)" if nvrtc_available() else NOT_INSTALLED
+    ours = f"{bindings_version()} (cuda-bindings: gpuconv's kernels)" if nvrtc_available() else (
+        "cuda-bindings not installed (gpuconv's kernels need it on a GPU)")
+    try:
+        import cupy
+
+        return f"{ours}; CuPy's {'%d.%d' % cupy.cuda.nvrtc.getVersion()}"
+    except Exception:  # no CuPy, or no NVRTC for it
+        return ours
 
 
 def host_compiler_path() -> str | None:

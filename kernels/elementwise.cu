@@ -23,15 +23,16 @@ bias_grad(const T* __restrict__ dy, T* __restrict__ db, int N, int K, index_t PQ
         // steps i by the block size, that is by step_n images and step_j < PQ pixels, then carries
         // j into n at most once: a constant number of steps per element whatever P·Q (a division
         // per element would be a subroutine call). Both quotients are of numbers below 257, so
-        // PQ is capped at 257 for them: 32-bit divisions, once per thread and channel.
+        // PQ is capped at 257 for them: 32-bit divisions, once per thread and channel. n is 64-bit:
+        // it passes N (up to 2^31 - 1) by up to a step before the loop ends.
         const int pq_capped = PQ > BIAS_GRAD_THREADS ? BIAS_GRAD_THREADS + 1 : (int)PQ;
         const int step_n = BIAS_GRAD_THREADS / pq_capped;
         const index_t step_j = BIAS_GRAD_THREADS - step_n * PQ;
-        int n = (int)threadIdx.x / pq_capped;
+        index_t n = (int)threadIdx.x / pq_capped;
         index_t j = threadIdx.x - n * PQ;
         T acc = T(0);
         while (n < N) {
-            acc += dy[((index_t)n * K + k) * PQ + j];
+            acc += dy[(n * K + k) * PQ + j];
             n += step_n;
             j += step_j;
             if (j >= PQ) {
