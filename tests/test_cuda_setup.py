@@ -140,6 +140,48 @@ def test_compiled_kernel_is_cached_privately_and_reused(tmp_path, monkeypatch):
         kernel_backend.compiled_kernel("elementwise.cu", expr, "sm_90")
 
 
+class FakeCupyDevice:
+    """cupy.cuda.Device of a machine with an sm_80 GPU (0) and an sm_90 GPU (1)."""
+
+    def __init__(self, id):
+        self.id, self.compute_capability = id, {0: "80", 1: "90"}[id]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@needs_nvrtc
+def test_each_device_loads_the_cubin_of_its_architecture_once(tmp_path, monkeypatch):
+    """The glue without a GPU: a fake CuPy whose RawModule records what it is asked to load."""
+    monkeypatch.setenv("GPUCONV_KERNEL_CACHE", str(tmp_path))
+    loaded = []
+
+    class RawModule:
+        def __init__(self, path):
+            self.path = Path(path)
+
+        def get_function(self, name):
+            loaded.append((self.path, name))
+            return object()
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=FakeCupyDevice), RawModule=RawModule)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    kernel_backend._cuda_function.cache_clear()
+    expr = "relu_backward<double>"
+    try:
+        on_0 = kernel_backend._cuda_function(0, "elementwise.cu", expr)
+        assert kernel_backend._cuda_function(0, "elementwise.cu", expr) is on_0  # memoised
+        kernel_backend._cuda_function(1, "elementwise.cu", expr)
+    finally:
+        kernel_backend._cuda_function.cache_clear()
+    expected = [kernel_backend.compiled_kernel("elementwise.cu", expr, arch) for arch in ("sm_80", "sm_90")]
+    assert loaded == expected
+    assert loaded[0][1].startswith("_Z") and loaded[0][0] != loaded[1][0]
+
+
 @needs_nvrtc
 def test_compute_arch_caches_ptx(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUCONV_KERNEL_CACHE", str(tmp_path))
