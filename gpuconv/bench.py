@@ -44,6 +44,7 @@ from .problem import OPS
 CPU_IMPLS = ("numpy", "torch-cpu", "naive")
 GPU_IMPLS = ("cuda", "cudnn", "im2col-cupy")
 BASELINE = {"cpu": "torch-cpu", "gpu": "cudnn"}
+TORCH_IMPLS = ("torch-cpu", "cudnn")
 SCHEMA = "gpuconv-bench/1"
 # float32 against the float64 reference: sums of up to ~10^4 unit-normal products, each rounding
 # ~6e-8 relative; 1e-3 of the largest result is far above that and far below a wrong tap's error.
@@ -434,6 +435,11 @@ def main(argv=None) -> int:
     impls = _csv(args.impls, CPU_IMPLS + GPU_IMPLS, "implementations") or list(
         CPU_IMPLS if args.device == "cpu" else ("numpy",) + GPU_IMPLS)
     baseline = BASELINE[args.device]
+    with_torch = [i for i in impls if i in TORCH_IMPLS]
+    if with_torch and info.missing_modules(["torch"]):
+        print(f"gpuconv bench: {', '.join(with_torch)} need PyTorch, not installed: pip install "
+              "'gpuconv[torch]' (or choose --impls without them)", file=sys.stderr)
+        return 2
     results, skipped = [], []
     # The naive loops time only the seeds' tiny shapes.
     impl_shapes = {i: [s for s in shapes if i != "naive" or s in table.TINY] for i in impls}

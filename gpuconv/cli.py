@@ -33,6 +33,9 @@ def _add_selftest(sub):
     p.add_argument("--backend", choices=BACKENDS, action="append",
                    help="only this backend (repeatable; default: every backend present)")
     p.add_argument("--out", type=Path, help="folder for selftest.md and selftest.json")
+    p.add_argument("--pytest", action="store_true",
+                   help="first run the GPU tests (tests/test_cuda*.py, test_subnormals.py) from "
+                        "the checkout, output in the --out folder")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,9 +2,9 @@
 
 Two compilers, each where present (neither needs a GPU):
 
-- NVRTC (the ``nvidia-cuda-nvrtc`` wheel through ``cuda-bindings``), with exactly the options the
-  ``cuda`` backend's NVRTC receives (``kernel_backend.nvrtc_options(arch)``: ours and those CuPy
-  appends) plus ``-Xptxas=-v`` for the report;
+- NVRTC (the ``nvidia-cuda-nvrtc`` wheel through ``cuda-bindings``) through ``nvrtc_compile``, the
+  function the ``cuda`` backend compiles its kernels with, with its options
+  (``kernel_backend.nvrtc_options(arch)``) plus ``-Xptxas=-v`` for the report;
 - ``nvcc -cubin -Xptxas -v`` with the same options, instantiating the same name expressions.
 
 For every (compiler, architecture, kernel instance) it records registers, static shared memory,
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import _paths
-from .backends.kernel_backend import KERNELS, OPTIONS, compile_options, nvrtc_options, source
+from .backends.kernel_backend import KERNELS, nvrtc_options, source
 
 ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 
@@ -105,15 +105,26 @@ def nvrtc_version() -> str:
     return "%d.%d" % tuple(_nvrtc_check(nvrtc.nvrtcVersion()))
 
 
-def nvrtc_compile(filename: str, arch: str, extra_options=()) -> tuple[bytes, str, dict[str, str]]:
-    """(cubin, log, lowered name → name expression) of one kernels/ source for ``arch``, compiled
-    with ``nvrtc_options(arch)`` and ``extra_options``."""
+def nvrtc_supported_archs() -> list[int]:
+    """The architectures this NVRTC compiles for, as integers (75, 80, ...)."""
     from cuda.bindings import nvrtc
 
+    return [int(a) for a in _nvrtc_check(nvrtc.nvrtcGetSupportedArchs())]
+
+
+def nvrtc_compile(filename: str, arch: str, extra_options=(),
+                  name_expressions=None) -> tuple[bytes, str, dict[str, str]]:
+    """(image, log, lowered name → name expression) of one kernels/ source for ``arch``, compiled
+    with ``nvrtc_options(arch)`` and ``extra_options``: the cuda backend's compile and the compile
+    check's. The image is a cubin for ``sm_XY``, PTX for ``compute_XY``. ``name_expressions``:
+    the instances to compile (default: all of KERNELS[filename])."""
+    from cuda.bindings import nvrtc
+
+    expressions = KERNELS[filename] if name_expressions is None else name_expressions
     prog = _nvrtc_check(nvrtc.nvrtcCreateProgram(source(filename).encode(), filename.encode(),
                                                  0, [], []))
     try:
-        for expr in KERNELS[filename]:
+        for expr in expressions:
             _nvrtc_check(nvrtc.nvrtcAddNameExpression(prog, expr.encode()))
         options = [o.encode() for o in (*nvrtc_options(arch), *extra_options)]
         status = nvrtc.nvrtcCompileProgram(prog, len(options), options)[0]
@@ -124,12 +135,16 @@ def nvrtc_compile(filename: str, arch: str, extra_options=()) -> tuple[bytes, st
         if int(status) != 0:
             raise CompileError(f"NVRTC failed on {filename} for {arch}:\n{log}")
         names = {}
-        for expr in KERNELS[filename]:
+        for expr in expressions:
             lowered = _nvrtc_check(nvrtc.nvrtcGetLoweredName(prog, expr.encode()))
             names[lowered.decode()] = expr
-        cubin = b" " * _nvrtc_check(nvrtc.nvrtcGetCUBINSize(prog))
-        _nvrtc_check(nvrtc.nvrtcGetCUBIN(prog, cubin))
-        return cubin, log, names
+        if arch.startswith("compute_"):
+            image = b" " * _nvrtc_check(nvrtc.nvrtcGetPTXSize(prog))
+            _nvrtc_check(nvrtc.nvrtcGetPTX(prog, image))
+        else:
+            image = b" " * _nvrtc_check(nvrtc.nvrtcGetCUBINSize(prog))
+            _nvrtc_check(nvrtc.nvrtcGetCUBIN(prog, image))
+        return image, log, names
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
@@ -161,7 +176,7 @@ def compile_nvcc(filename: str, arch: str) -> list[Resources]:
     with tempfile.TemporaryDirectory() as tmp:
         cu = Path(tmp) / f"instances_{filename}"
         cu.write_text(wrapper)
-        cmd = [nvcc_path(), *compile_options(), "-ftz=true", f"-arch={arch}", "-cubin", "-Xptxas", "-v",
+        cmd = [nvcc_path(), *nvrtc_options(arch), "-cubin", "-Xptxas", "-v",
                "-o", str(Path(tmp) / "out.cubin"), str(cu)]
         run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
@@ -207,6 +222,11 @@ def check(archs=ARCHS, which=None, progress=None) -> list[Resources]:
     return rows
 
 
+def _shown_options() -> list[str]:
+    """nvrtc_options for a placeholder architecture, with the checkout's path left out."""
+    return ["-I kernels" if o.startswith("-I") else o for o in nvrtc_options("sm_XX")]
+
+
 def markdown(rows: list[Resources], versions: dict[str, str]) -> str:
     """One row per kernel instance; per architecture "registers nvrtc / nvcc"; spills summed."""
     present = [c for c in ("nvrtc", "nvcc") if c in versions]
@@ -217,8 +237,8 @@ def markdown(rows: list[Resources], versions: dict[str, str]) -> str:
         "",
         "Written by `python -m gpuconv.compile_check` (all numbers also in `ptxas.json`). Compilers: "
         + ", ".join(f"{c} {v}" for c, v in versions.items())
-        + f"; options `{' '.join(OPTIONS)} -I kernels -ftz=true -arch=sm_XX -Xptxas -v` (and "
-        "`--device-as-default-execution-space` for NVRTC: what CuPy's RawModule passes).",
+        + f"; options `{' '.join(_shown_options())} -Xptxas -v`: what the cuda backend's NVRTC "
+        "receives (`kernel_backend.nvrtc_options`).",
         f"Each cell: registers per thread, {' / '.join(present)}. The last three columns: the "
         "maximum over architectures and compilers (spills: the sum).",
         "",
@@ -246,7 +266,7 @@ def write_report(rows: list[Resources], versions: dict[str, str], out: Path) -> 
     out.mkdir(parents=True, exist_ok=True)
     (out / "ptxas.md").write_text(text)
     (out / "ptxas.json").write_text(
-        json.dumps({"compilers": versions, "options": list(OPTIONS),
+        json.dumps({"compilers": versions, "options": _shown_options(),
                     "kernels": [asdict(r) for r in rows]}, indent=1) + "\n")
     return text
 

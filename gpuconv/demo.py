@@ -412,6 +412,10 @@ def write_summaries(ctx: Context, results: list[Result], seconds: float) -> None
 
 
 def main(args) -> int:
+    if missing := info.missing_modules(("matplotlib", "tqdm")):
+        print(f"gpuconv demo needs {' and '.join(missing)}, not installed: pip install 'gpuconv[demo]'",
+              file=sys.stderr)
+        return 2
     backend = args.backend or info.best_backend()
     status = info.backend_status(backend)
     if status != "ok":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import sys
@@ -15,12 +16,46 @@ import sys
 import numpy as np
 
 NOT_INSTALLED = "not installed"
+# The extras of pyproject.toml, each with the distributions it installs that gpuconv uses (a test
+# keeps this in step with pyproject.toml).
+EXTRAS = {
+    "cuda12": ("cupy-cuda12x", "cuda-bindings"),
+    "cuda13": ("cupy-cuda13x", "cuda-bindings"),
+    "demo": ("matplotlib", "tqdm"),
+    "torch": ("torch",),
+    "nvrtc": ("cuda-bindings", "nvidia-cuda-nvrtc"),
+    "bench": ("pytest-benchmark", "matplotlib", "tqdm"),
+    "test": ("pytest", "hypothesis", "pytest-benchmark", "matplotlib", "tqdm", "cuda-bindings",
+             "nvidia-cuda-nvrtc", "ruff"),
+}
 
 
 def error_line(error: BaseException) -> str:
     """An exception as one line: its type and the first line of its message."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def missing_modules(names) -> list[str]:
+    """The modules of ``names`` that cannot be imported (looked up, not imported)."""
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def extras_status() -> str:
+    """Which extras are installed, and what each missing one lacks."""
+    lacking = {extra: [d for d in dists if not _installed(d)] for extra, dists in EXTRAS.items()}
+    present = [extra for extra, missing in lacking.items() if not missing]
+    absent = [f"{extra} (no {', '.join(missing)})" for extra, missing in lacking.items() if missing]
+    return "; ".join(filter(None, [", ".join(present) and f"present: {', '.join(present)}",
+                                   absent and f"missing: {', '.join(absent)}"]))
 
 
 def cupy_version() -> str:
@@ -72,17 +107,19 @@ def cuda_facts() -> dict[str, str]:
 
 
 def nvrtc_version() -> str:
-    """NVRTC's version through CuPy, else through cuda-bindings (which needs no GPU)."""
-    try:
-        import cupy
-
-        return "%d.%d" % cupy.cuda.nvrtc.getVersion()
-    except Exception:
-        pass
+    """The NVRTC gpuconv compiles its kernels with (cuda-bindings; needs no GPU), and CuPy's own
+    (which compiles CuPy's kernels) where CuPy is installed."""
     from .compile_check import nvrtc_available
     from .compile_check import nvrtc_version as bindings_version
 
-    return f"{bindings_version()} (cuda-bindings)" if nvrtc_available() else NOT_INSTALLED
+    ours = f"{bindings_version()} (cuda-bindings: gpuconv's kernels)" if nvrtc_available() else (
+        "cuda-bindings not installed (gpuconv's kernels need it on a GPU)")
+    try:
+        import cupy
+
+        return f"{ours}; CuPy's {'%d.%d' % cupy.cuda.nvrtc.getVersion()}"
+    except Exception:  # no CuPy, or no NVRTC for it
+        return ours
 
 
 def host_compiler_path() -> str | None:
@@ -195,6 +232,7 @@ def collect(check_backends: bool = True) -> dict[str, str]:
         "NVRTC": nvrtc_version(),
         "PyTorch": torch_version(),
         "C++ compiler (emulate)": host_compiler(),
+        "extras": extras_status(),
     }
     if check_backends:
         for name in ("numpy", "emulate", "cuda"):

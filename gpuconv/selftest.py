@@ -6,14 +6,18 @@ small problem matrix (stride, padding, dilation, groups, unbatched input) in flo
 the error is max |result - reference| / max(1, max |reference|), the reference computed in float64
 on the inputs as the op got them (rounded to its dtype), so it is the op's own error. On a GPU
 the cuda results are also compared with PyTorch (cuDNN, TF32 off) when it is importable, and the
-quick benchmark runs.
+quick benchmark runs (gpuconv's kernels, cuDNN and im2col + cuBLAS). With ``--pytest`` the GPU tests
+run first (GPU_TESTS, pytest in a subprocess, its output in the report folder); the report gives
+each part's seconds, so the whole check is known to fit the minutes a lent GPU is lent for.
 Needs nothing but NumPy (and CuPy / PyTorch where present): it runs from a checkout with
 ``PYTHONPATH=.``.
 """
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -252,9 +256,29 @@ def table(rows: list[Row], markdown: bool = False) -> str:
                      for cells in [head, *body])
 
 
+# The tests that need a GPU (each skips without one), run by ``selftest --pytest``.
+GPU_TESTS = ("tests/test_cuda.py", "tests/test_cuda_setup.py", "tests/test_subnormals.py")
+
+
+def _pytest(out: Path | None) -> str:
+    """GPU_TESTS in a subprocess (from the checkout: tests/ is beside the package); its outcome."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / GPU_TESTS[0]).is_file():
+        return f"not run: no {GPU_TESTS[0]} beside the package (run from a checkout)"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=15",
+           *GPU_TESTS]
+    run = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pytest.txt").write_text(run.stdout + run.stderr)
+    summary = (run.stdout.strip().splitlines() or ["no output"])[-1]
+    return f"{'passed' if run.returncode == 0 else 'FAILED'}: {summary}"
+
+
 def _bench(out: Path | None) -> str:
-    """The quick benchmark (GPU only); its outcome in words."""
-    argv = ["--quick", "--device", "gpu"] + (["--out", str(out / "bench")] if out else [])
+    """The quick benchmark of the GPU implementations (GPU only); its outcome in words."""
+    argv = ["--quick", "--device", "gpu", "--impls", ",".join(bench.GPU_IMPLS)] + (
+        ["--out", str(out / "bench")] if out else [])
     try:
         code = bench.main(argv)
     except Exception as e:
@@ -262,7 +286,8 @@ def _bench(out: Path | None) -> str:
     return f"gpuconv bench {' '.join(argv)}: exit {code}"
 
 
-def write_report(out: Path, rows: list[Row], facts: dict, bench_outcome: str | None) -> None:
+def write_report(out: Path, rows: list[Row], facts: dict, bench_outcome: str | None,
+                 pytest_outcome: str | None = None, seconds: dict | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     ok = all(r.ok for r in rows)
     env = "\n".join(f"- {k}: {v}" for k, v in facts.items())
@@ -273,9 +298,13 @@ def write_report(out: Path, rows: list[Row], facts: dict, bench_outcome: str | N
             f"{table(rows, markdown=True)}\n")
     if bench_outcome:
         text += f"\nBenchmark: {bench_outcome}\n"
+    if pytest_outcome:
+        text += f"\nGPU tests ({', '.join(GPU_TESTS)}; output in pytest.txt): {pytest_outcome}\n"
+    if seconds:
+        text += "\nSeconds per part: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + "\n"
     (out / "selftest.md").write_text(text)
     report = dict(ok=ok, environment=facts, tolerance=TOLERANCE, torch_tolerance=TORCH_TOLERANCE,
-                  benchmark=bench_outcome,
+                  benchmark=bench_outcome, gpu_tests=pytest_outcome, seconds=seconds,
                   rows=[dict(asdict(r), ok=r.ok) for r in rows])
     (out / "selftest.json").write_text(json.dumps(report, indent=2) + "\n")
 
@@ -285,20 +314,34 @@ def main(args) -> int:
     facts = info.collect(check_backends=False)
     for key in ("Python", "NumPy", "CuPy", "CUDA runtime", "CUDA driver", "device", "PyTorch"):
         print(f"{key}: {facts[key]}")
+    seconds, start = {}, time.perf_counter()
+    pytest_outcome = None
+    if args.pytest:  # first: it compiles every kernel instance into the disk cache the rest reuse
+        print(f"running {' '.join(GPU_TESTS)} ...", file=sys.stderr, flush=True)
+        pytest_outcome = _pytest(args.out)
+        seconds["GPU tests"] = time.perf_counter() - start
+        print(f"GPU tests: {pytest_outcome}")
     torch = _cuda_torch() if "cuda" in backends else None
     rows = []
     for backend in backends:
         print(f"checking {backend} ...", file=sys.stderr, flush=True)
+        begin = time.perf_counter()
         rows += [check(backend, op, torch if backend == "cuda" else None) for op in OPS]
+        seconds[f"selftest {backend}"] = time.perf_counter() - begin
     print(table(rows))
     print(f"({ERROR_DEFINITION})")
-    bench_outcome = _bench(args.out) if "cuda" in backends else None
-    if bench_outcome:
+    bench_outcome = None
+    if "cuda" in backends:
+        begin = time.perf_counter()
+        bench_outcome = _bench(args.out)
+        seconds["benchmark"] = time.perf_counter() - begin
         print(f"benchmark: {bench_outcome}")
+    seconds["total"] = time.perf_counter() - start
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     if args.out:
-        write_report(args.out, rows, facts, bench_outcome)
+        write_report(args.out, rows, facts, bench_outcome, pytest_outcome, seconds)
         print(f"report: {args.out / 'selftest.md'}, {args.out / 'selftest.json'}")
     failed = [r for r in rows if not r.ok]
     print(f"{len(rows) - len(failed)} passed, {len(failed)} failed "
           f"({', '.join(backends)})")
-    return 1 if failed else 0
+    return 1 if failed or (pytest_outcome and not pytest_outcome.startswith("passed")) else 0

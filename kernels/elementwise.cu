@@ -19,17 +19,26 @@ __global__ void __launch_bounds__(BIAS_GRAD_THREADS)
 bias_grad(const T* __restrict__ dy, T* __restrict__ db, int N, int K, index_t PQ) {
     __shared__ T partial[BIAS_GRAD_THREADS];
     for (index_t k = blockIdx.x; k < K; k += gridDim.x) {
-        // Element i of channel k is pixel j of image n, i = n·PQ + j. Stepping i by the block size
-        // carries j over into n by subtraction: a 64-bit division per element would be a
-        // subroutine call (and spill).
+        // Element i of channel k is pixel j of image n, i = n·PQ + j. Thread t starts at i = t and
+        // steps i by the block size, that is by step_n images and step_j < PQ pixels, then carries
+        // j into n at most once: a constant number of steps per element whatever P·Q (a division
+        // per element would be a subroutine call). Both quotients are of numbers below 257, so
+        // PQ is capped at 257 for them: 32-bit divisions, once per thread and channel. n is 64-bit:
+        // it passes N (up to 2^31 - 1) by up to a step before the loop ends.
+        const int pq_capped = PQ > BIAS_GRAD_THREADS ? BIAS_GRAD_THREADS + 1 : (int)PQ;
+        const int step_n = BIAS_GRAD_THREADS / pq_capped;
+        const index_t step_j = BIAS_GRAD_THREADS - step_n * PQ;
+        index_t n = (int)threadIdx.x / pq_capped;
+        index_t j = threadIdx.x - n * PQ;
         T acc = T(0);
-        index_t j = threadIdx.x;
-        int n = 0;
-        while (j >= PQ) { j -= PQ; n++; }
         while (n < N) {
-            acc += dy[((index_t)n * K + k) * PQ + j];
-            j += BIAS_GRAD_THREADS;
-            while (j >= PQ) { j -= PQ; n++; }
+            acc += dy[(n * K + k) * PQ + j];
+            n += step_n;
+            j += step_j;
+            if (j >= PQ) {
+                j -= PQ;
+                n++;
+            }
         }
         partial[threadIdx.x] = acc;
         __syncthreads();

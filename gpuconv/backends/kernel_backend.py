@@ -1,12 +1,12 @@
 """The ``cuda`` and ``emulate`` backends: one dispatch path over the kernels of ``kernels/*.cu``.
 
-Both run the very same kernel source. They differ only in the module class that compiles it
-(``cupy.RawModule`` through NVRTC, or ``gpuconv.emulate.Module`` through the host C++ compiler) and
-in the array module (CuPy or NumPy). Everything else is shared: which template instances each
-source holds (``KERNELS``), the compile options (``compile_options()``, also used by
-``gpuconv.compile_check``), the grid (``launch_config``) and the argument lists, whose scalars are
-explicitly typed NumPy scalars matching the kernel signatures (``int`` → ``np.int32``,
-``index_t`` → ``np.int64``); a missing bias is the null pointer ``NULL``.
+Both run the very same kernel source. They differ only in how it is compiled (NVRTC
+through ``gpuconv.compile_check.nvrtc_compile``, loaded by ``cupy.RawModule``; or the host C++
+compiler through ``gpuconv.emulate.Module``) and in the array module (CuPy or NumPy). Everything
+else is shared: which template instances each source holds (``KERNELS``), the compile options
+(``compile_options()``; ``nvrtc_options(arch)`` adds NVRTC's own), the grid (``launch_config``) and
+the argument lists, whose scalars are explicitly typed NumPy scalars matching the kernel signatures
+(``int`` → ``np.int32``, ``index_t`` → ``np.int64``); a missing bias is the null pointer ``NULL``.
 
 Sizes go to the kernels as 32-bit ints and every linear index and offset is 64-bit inside them, so
 tensors beyond 2**31 elements work; a single size (or padded extent) beyond 2**31 - 1 raises a
@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
+import inspect
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -27,26 +29,25 @@ from .. import _paths
 from . import CUDA_INSTALL_HINT
 
 # Compile options of every kernel module: the cuda backend's, the emulator's, and the compile
-# check's for every architecture (it adds only -arch and -Xptxas -v).
+# check's for every architecture.
 OPTIONS = ("--std=c++17",)
 
 
-@functools.lru_cache(maxsize=None)
 def compile_options() -> tuple[str, ...]:
-    """OPTIONS, the include path of the kernels folder (the kernels include "common.cuh") and a
-    hash of common.cuh as a define: CuPy's kernel cache keys on the source text and the options,
-    not on included headers, so without it an edited common.cuh would load a stale cubin."""
-    header = (_paths.kernels_dir() / "common.cuh").read_bytes()
-    digest = hashlib.sha256(header).hexdigest()[:16]
-    return (*OPTIONS, f"-I{_paths.kernels_dir()}", f"-DGPUCONV_COMMON_CUH_SHA={digest}")
+    """OPTIONS and the include path of the kernels folder (the kernels include "common.cuh")."""
+    return (*OPTIONS, f"-I{_paths.kernels_dir()}")
 
 
 def nvrtc_options(arch: str) -> tuple[str, ...]:
-    """Every option NVRTC receives when the cuda backend compiles a module for ``arch`` ('sm_80'):
-    ``compile_options()`` and what CuPy 14's RawModule appends on its own (cupy/cuda/compiler.py:
-    ``-ftz=true``, the cubin architecture, ``--device-as-default-execution-space``). The compile
-    check and the SASS analyzer compile with exactly these, so what they report is what runs."""
-    return (*compile_options(), "-ftz=true", f"-arch={arch}", "--device-as-default-execution-space")
+    """Every option NVRTC receives when the cuda backend compiles for ``arch`` ('sm_80', or
+    'compute_XY' for PTX): ``compile_options()``, ``-ftz=false`` and the architecture. The compile
+    check and the SASS analyzer compile with exactly these, so what they report is what runs.
+
+    gpuconv never flushes subnormals (README, "Subnormal numbers"), as NumPy and the emulator do
+    not: the cuda backend compiles with NVRTC itself rather than through ``cupy.RawModule(code=)``,
+    which appends ``-ftz=true`` to every compile. NVRTC's default is already -ftz=false; saying so
+    keeps it so whatever default a later NVRTC picks."""
+    return (*compile_options(), "-ftz=false", f"-arch={arch}")
 
 
 CTYPES = {"float32": "float", "float64": "double"}
@@ -266,13 +267,29 @@ def conv_args(p) -> tuple:
     return tuple(_int32(name, v) for name, v in sizes.items())
 
 
+def _device_label(array) -> str:
+    """'device 1' for a CuPy array (its ``.device`` has an ``id``), else its ``.device`` as text."""
+    device = getattr(array, "device", None)
+    return f"device {device.id}" if hasattr(device, "id") else str(device)
+
+
 def _on_input_device(op):
     """Run a backend op with its first array's device current: its outputs are allocated, and its
-    kernels launched, on that device (not on whichever device happens to be current)."""
+    kernels launched, on that device (not on whichever device happens to be current).
+
+    Arrays on different devices raise a ValueError naming each array and its device, before any
+    launch: CuPy checks devices for its own kernels, not for raw ones, which would read another
+    GPU's memory through a pointer."""
+    parameters = list(inspect.signature(op).parameters)[1:]  # after self
 
     @functools.wraps(op)
     def run(self, *args, **kwargs):
-        first = next(a for a in args if isinstance(a, self.xp.ndarray))
+        named = {**dict(zip(parameters, args)), **kwargs}
+        devices = {name: _device_label(a) for name, a in named.items() if isinstance(a, self.xp.ndarray)}
+        if len(set(devices.values())) > 1:
+            raise ValueError("arrays must all be on one device, got "
+                             + ", ".join(f"{name} on {device}" for name, device in devices.items()))
+        first = next(a for a in named.values() if isinstance(a, self.xp.ndarray))
         with self._on_device(first):
             return op(self, *args, **kwargs)
 
@@ -364,22 +381,25 @@ class KernelBackend:
         self._launch("elementwise.cu", f"bias_grad<{CTYPES[dy.dtype.name]}>", K, args, "bias_grad")
         return db
 
-    @_on_input_device
     def _map(self, kernel: str, *inputs):
         out = self._empty(inputs[0].shape, inputs[0].dtype)
         name = f"{kernel}<{CTYPES[out.dtype.name]}>"
         self._launch("elementwise.cu", name, out.size, (*inputs, out, np.int64(out.size)))
         return out
 
+    @_on_input_device
     def relu(self, x):
         return self._map("relu_forward", x)
 
+    @_on_input_device
     def relu_backward(self, dy, x):
         return self._map("relu_backward", dy, x)
 
+    @_on_input_device
     def sigmoid(self, x):
         return self._map("sigmoid_forward", x)
 
+    @_on_input_device
     def sigmoid_backward(self, dy, y):
         return self._map("sigmoid_backward", dy, y)
 
@@ -419,18 +439,63 @@ def _no_device(array):
     return contextlib.nullcontext()
 
 
-@functools.lru_cache(maxsize=None)
-def _cuda_module(device_id: int, filename: str):
-    import cupy
+# -- the cuda backend's kernels: compiled by NVRTC, cached on disk, loaded once per device ----------
 
-    with cupy.cuda.Device(device_id):
-        return cupy.RawModule(code=source(filename), options=compile_options(),
-                              name_expressions=KERNELS[filename])
+
+def kernel_cache_dir() -> Path:
+    """Where the cuda backend keeps compiled kernels: ``GPUCONV_KERNEL_CACHE``, else
+    ``~/.cache/gpuconv/kernels``."""
+    return Path(os.environ.get("GPUCONV_KERNEL_CACHE") or Path.home() / ".cache" / "gpuconv" / "kernels")
+
+
+def device_arch(compute_capability: int, supported) -> str:
+    """NVRTC's -arch for a device of ``compute_capability`` (e.g. 90) given the architectures this
+    NVRTC ``supported``: the device's own cubin (sm_90) when NVRTC knows it, else PTX of the newest
+    older architecture it knows, which the driver compiles for a GPU newer than this NVRTC."""
+    if compute_capability in supported:
+        return f"sm_{compute_capability}"
+    older = [a for a in supported if a < compute_capability]
+    if not older:
+        raise RuntimeError(f"this NVRTC compiles for compute capabilities {sorted(supported)}, none "
+                           f"of them at most the device's {compute_capability}")
+    return f"compute_{max(older)}"
+
+
+def compiled_kernel(filename: str, name_expression: str, arch: str) -> tuple[Path, str]:
+    """(image file, lowered name) of one kernel instance for ``arch``: from the disk cache, else
+    compiled by ``compile_check.nvrtc_compile`` and published by atomic renames (the name first,
+    the image last, so a reader that finds the image finds its name).
+
+    Each instance is compiled alone, when first launched: NVRTC takes 0.1-2.4 s an instance but
+    7 s for all 18 of fprop.cu, of which a program launches a few. The key covers the source,
+    every file of kernels/ (the headers), the options, the NVRTC version and the architecture."""
+    from ..compile_check import nvrtc_compile, nvrtc_version
+    from ..emulate._build import _hash, _headers_digest, _publish
+
+    key = _hash("gpuconv-nvrtc-1", source(filename), _headers_digest([_paths.kernels_dir()]),
+                nvrtc_options(arch), nvrtc_version(), arch, name_expression)
+    cache = kernel_cache_dir()
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: others must not plant cubins
+    image = cache / f"{key}.{'ptx' if arch.startswith('compute_') else 'cubin'}"
+    lowered = cache / f"{key}.name"
+    if not (image.is_file() and lowered.is_file()):
+        code, _, names = nvrtc_compile(filename, arch, name_expressions=[name_expression])
+        _publish(lambda path: path.write_text(next(iter(names))), lowered)
+        _publish(lambda path: path.write_bytes(code), image)
+    return image, lowered.read_text()
 
 
 @functools.lru_cache(maxsize=None)
 def _cuda_function(device_id: int, filename: str, name_expression: str):
-    return _cuda_module(device_id, filename).get_function(name_expression)
+    import cupy
+
+    from ..compile_check import nvrtc_supported_archs
+
+    device = cupy.cuda.Device(device_id)
+    with device:
+        arch = device_arch(int(device.compute_capability), nvrtc_supported_archs())
+        image, lowered = compiled_kernel(filename, name_expression, arch)
+        return cupy.RawModule(path=str(image)).get_function(lowered)
 
 
 def _current_device_function(filename: str, name_expression: str):
@@ -459,8 +524,25 @@ def cuda_backend(poison_outputs: bool = False, fprop_kernel: str = "auto",
         raise RuntimeError(f"the cuda backend found no usable CUDA GPU: {e}") from e
     if count == 0:
         raise RuntimeError("the cuda backend found no CUDA GPU (cudaGetDeviceCount() = 0)")
+    check_nvrtc(cupy.cuda.runtime.driverGetVersion())
     return KernelBackend("cuda", cupy, _current_device_function, _array_device, poison_outputs,
                          fprop_kernel, dgrad_kernel, wgrad_kernel)
+
+
+def check_nvrtc(driver_version: int) -> None:
+    """Raise RuntimeError, with the install hint, without the NVRTC the kernels compile with
+    (cuda-bindings) or when it is of a newer CUDA major version than the driver
+    (``driver_version``, as cudaDriverGetVersion: 12080 for 12.8), which cannot load its code."""
+    from ..compile_check import nvrtc_available, nvrtc_version
+
+    if not nvrtc_available():
+        raise RuntimeError("the cuda backend compiles its kernels with NVRTC through cuda-bindings, "
+                           f"which is not installed: {CUDA_INSTALL_HINT}")
+    nvrtc = nvrtc_version()
+    if int(nvrtc.split(".")[0]) > driver_version // 1000:
+        raise RuntimeError(f"NVRTC {nvrtc} (cuda-bindings) is newer than the driver's CUDA "
+                           f"{driver_version // 1000}.{driver_version % 1000 // 10}, which cannot "
+                           f"load what it compiles: {CUDA_INSTALL_HINT} (the one of your driver)")
 
 
 def _array_device(array):
