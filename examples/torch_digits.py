@@ -4,12 +4,13 @@ same network, from the same initial weights, on torch's own convolution.
 
     python examples/torch_digits.py --out digits-out --threads 1    # also --steps, --dtype, --backend
 
-Prints both networks' test accuracy and training time and writes the two loss curves to
+Prints both networks' test accuracy and training time (after a warm-up) and writes the two loss curves to
 ``OUT/loss.png``. Needs torch, scikit-learn, tqdm and matplotlib.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
@@ -73,6 +74,12 @@ def train(net, x, y, steps=STEPS, seed=0, progress=None) -> list[float]:
     return losses
 
 
+def warm_up(net, x, y):
+    """Three steps on a copy of ``net``, outside the timer: PyTorch's first call of a custom op
+    imports torch._dynamo (seconds), and each network's first steps allocate what later ones reuse."""
+    train(copy.deepcopy(net), x, y, steps=3)
+
+
 def accuracy(net, x, y) -> float:
     with torch.no_grad():
         return (net(x).argmax(1) == y).double().mean().item()
@@ -112,6 +119,7 @@ def main(argv=None):
     networks["torch"].load_state_dict(networks["gpuconv"].state_dict())
     curves = {}
     for name, net in networks.items():
+        warm_up(net, x_train, y_train)
         with tqdm(total=args.steps, desc=f"{name} conv", unit="step") as progress:
             start = time.perf_counter()
             curves[name] = train(net, x_train, y_train, args.steps, args.seed, progress)

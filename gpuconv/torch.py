@@ -199,16 +199,6 @@ def _(x, w, bias, stride, padding, dilation, groups, backend):
     return F.conv2d(F.pad(x, (left, right, top, bottom)), w, None, stride, 0, dilation, groups)
 
 
-@_conv2d_input.register_fake
-def _(x_shape, w, dy, stride, padding, dilation, groups, backend):
-    return dy.new_empty(x_shape)
-
-
-@_conv2d_weight.register_fake
-def _(x, w_shape, dy, stride, padding, dilation, groups, backend):
-    return x.new_empty(w_shape)
-
-
 @_conv2d_bias.register_fake
 def _(dy, backend):
     return dy.new_empty(dy.shape[-3])
@@ -219,14 +209,18 @@ def _(x, w, bias, stride, padding, output_padding, groups, dilation, backend):
     return F.conv_transpose2d(x, w, None, stride, padding, output_padding, groups, dilation)
 
 
-@_conv_transpose2d_input.register_fake
-def _(x_shape, w, dy, stride, padding, dilation, groups, backend):
+def _fake_input_gradient(x_shape, w, dy, *convolution):
     return dy.new_empty(x_shape)
 
 
-@_conv_transpose2d_weight.register_fake
-def _(x, w_shape, dy, stride, padding, dilation, groups, backend):
+def _fake_weight_gradient(x, w_shape, dy, *convolution):
     return x.new_empty(w_shape)
+
+
+for _op in (_conv2d_input, _conv_transpose2d_input):
+    _op.register_fake(_fake_input_gradient)
+for _op in (_conv2d_weight, _conv_transpose2d_weight):
+    _op.register_fake(_fake_weight_gradient)
 
 
 # Autograd. With the convolution's arguments a = (stride, padding, dilation, groups, backend):

@@ -432,7 +432,7 @@ def test_import_gpuconv_does_not_import_torch_and_gpuconv_torch_uses_pytorch():
     code = ("import sys, gpuconv; assert 'torch' not in sys.modules, 'import gpuconv imported torch'; "
             "import gpuconv.torch as gt, torch; assert gt.torch is torch; print(torch.__file__)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env={"PYTHONPATH": str(ROOT), "PATH": ""})
+                            cwd=ROOT)
     assert "gpuconv" not in result.stdout  # PyTorch itself, not shadowed by gpuconv/torch.py
 
 
