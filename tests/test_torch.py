@@ -436,6 +436,12 @@ def test_import_gpuconv_does_not_import_torch_and_gpuconv_torch_uses_pytorch():
     assert "gpuconv" not in result.stdout  # PyTorch itself, not shadowed by gpuconv/torch.py
 
 
+def test_module_docstring_example_runs():
+    import doctest
+
+    assert doctest.testmod(gt).failed == 0
+
+
 def test_readme_drop_in_runs():
     readme = (ROOT / "README.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "gpuconv.torch" in b)
