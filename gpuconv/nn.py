@@ -165,23 +165,44 @@ class ConvTranspose2d(Layer):
 
     def backward(self, dy):
         w, x = self.weight.data, self.x
-        # The convolution of dy gives Hin + output_padding // stride rows: those past the input's
-        # size saw only the output padding, so x is extended by zeros there and dx cropped.
-        # (Unbatched (C, H, W) arrays are one image: the problem is stated with N = 1.)
-        dy_shape = dy.shape if dy.ndim == 4 else (1, *dy.shape)
-        p = conv_problem(dy_shape, w.shape, dtype=dy.dtype.name, **self.conv_args)
-        H, W = x.shape[-2:]
-        x_ext = x
-        if (p.P, p.Q) != (H, W):
-            xp = array_module(x)
-            x_ext = xp.zeros(x.shape[:-2] + (p.P, p.Q), x.dtype)
-            x_ext[..., :H, :W] = x
-        self.weight.grad = api.conv2d_weight(dy, w.shape, x_ext, backend=self.backend,
-                                             **self.conv_args)
+        self.weight.grad = conv_transpose2d_weight(x, w.shape, dy, backend=self.backend,
+                                                   **self.conv_args)
         if self.bias is not None:
             self.bias.grad = api.conv2d_bias(dy, backend=self.backend)
-        dx = api.conv2d(dy, w, backend=self.backend, **self.conv_args)
-        return array_module(dx).ascontiguousarray(dx[..., :H, :W])
+        return conv_transpose2d_input(x.shape, w, dy, backend=self.backend, **self.conv_args)
+
+
+def conv_transpose2d_input(x_shape, w, dy, stride=1, padding=0, dilation=1, groups=1, *,
+                           backend=None):
+    """dx, the gradient of ``conv_transpose2d(x, w, ...)`` with respect to x of shape ``x_shape``:
+    the convolution of dy with the same w, cropped to x's (H, W).
+
+    The convolution gives Hin + output_padding // stride rows: those past the input's size saw
+    only the output padding, so they are dropped.
+    """
+    dx = api.conv2d(dy, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                    backend=backend)
+    H, W = x_shape[-2:]
+    return array_module(dx).ascontiguousarray(dx[..., :H, :W])
+
+
+def conv_transpose2d_weight(x, w_shape, dy, stride=1, padding=0, dilation=1, groups=1, *,
+                            backend=None):
+    """dw, the gradient of ``conv_transpose2d(x, w, ...)`` with respect to w of shape ``w_shape``:
+    the convolution's weight gradient with the roles swapped (dy is its input, x its output).
+
+    x is extended by zeros to the convolution's output size (see ``conv_transpose2d_input``).
+    (Unbatched (C, H, W) arrays are one image: the problem is stated with N = 1.)
+    """
+    dy_shape = dy.shape if dy.ndim == 4 else (1, *dy.shape)
+    p = conv_problem(dy_shape, w_shape, stride, padding, dilation, groups, dy.dtype.name)
+    H, W = x.shape[-2:]
+    x_ext = x
+    if (p.P, p.Q) != (H, W):
+        x_ext = array_module(x).zeros(x.shape[:-2] + (p.P, p.Q), x.dtype)
+        x_ext[..., :H, :W] = x
+    return api.conv2d_weight(dy, w_shape, x_ext, stride, padding, dilation, groups,
+                             backend=backend)
 
 
 class ReLU(Layer):
