@@ -24,9 +24,11 @@ EXTRAS = {
     "demo": ("matplotlib", "tqdm"),
     "torch": ("torch",),
     "nvrtc": ("cuda-bindings", "nvidia-cuda-nvrtc"),
-    "bench": ("pytest-benchmark", "matplotlib", "tqdm"),
+    "perf": ("nvidia-cuda-nvdisasm", "nvidia-cuda-cuobjdump", "cuda-bindings", "nvidia-cuda-nvrtc"),
+    "bench": ("pytest-benchmark", "matplotlib", "tqdm", "nvidia-cutlass"),
     "test": ("pytest", "hypothesis", "pytest-benchmark", "matplotlib", "tqdm", "cuda-bindings",
-             "nvidia-cuda-nvrtc", "ruff"),
+             "nvidia-cuda-nvrtc", "nvidia-cuda-nvdisasm", "nvidia-cuda-cuobjdump", "ruff",
+             "scikit-learn"),
 }
 
 
