@@ -2,13 +2,28 @@
 arrays (``gpuconv.backends``), hands it C-contiguous arrays and the checked problem, and returns
 what it computed. Semantics and shapes are PyTorch's (``torch.nn.functional.conv2d``,
 ``conv_transpose2d``, ``torch.nn.grad.conv2d_input`` / ``conv2d_weight``), NCHW.
+
+float16 and bfloat16 (``ml_dtypes.bfloat16``) arrays are computed in float32 — products summed in
+float32, bias and activation applied in float32 — and rounded once to the input's dtype.
+``precision="tf32"`` rounds a float32 convolution's inputs x, w and dy to TF32 (10 mantissa bits,
+nearest with ties away from zero, as ``cvt.rna.tf32.f32``) and sums in float32; ``"tf32x3"``
+promises float32 accuracy and is computed in float32.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from . import backends
-from .problem import SUPPORTED_DTYPES, check_activation, conv_problem, transpose_problem
+from .problem import (
+    HALF_DTYPES,
+    SUPPORTED_DTYPES,
+    check_activation,
+    check_precision,
+    conv_problem,
+    transpose_problem,
+)
 
 
 def _checked_arrays(backend, **arrays):
@@ -20,7 +35,8 @@ def _checked_arrays(backend, **arrays):
         if not (isinstance(a, np.ndarray) or backends.is_cupy_array(a)):
             raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(a).__name__}")
         if a.dtype.name not in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype.name}")
+            raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got dtype "
+                            f"{a.dtype.name}")
         if dtype is None:
             dtype = a.dtype.name
         elif a.dtype.name != dtype:
@@ -69,13 +85,40 @@ def _unbatch(y, unbatched: bool):
     return y[0] if unbatched else y
 
 
-def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None, *,
-           backend=None):
+def round_to_tf32(xp, a):
+    """float32 ``a`` rounded as cvt.rna.tf32.f32: the low 13 mantissa bits cleared after adding half
+    of their range (ties away from zero); inf and NaN unchanged."""
+    bits = a.view(xp.uint32)
+    finite = (bits & 0x7F800000) != 0x7F800000
+    return xp.where(finite, (bits + 0x1000) & 0xFFFFE000, bits).astype(xp.uint32).view(xp.float32)
+
+
+def _computed(be, p, precision: str, **arrays):
+    """The problem and arrays the backend computes: half types as float32, TF32-rounded inputs
+    (not the bias) for precision='tf32'. Returns (problem, arrays, dtype of the result)."""
+    dtype = p.dtype
+    if dtype in HALF_DTYPES:
+        p = dataclasses.replace(p, dtype="float32")
+        arrays = {k: None if a is None else a.astype(np.float32) for k, a in arrays.items()}
+    if check_precision(precision, dtype) == "tf32":
+        arrays = {k: a if a is None or k == "bias" else round_to_tf32(be.xp, a)
+                  for k, a in arrays.items()}
+    return p, arrays, dtype
+
+
+def _rounded(y, dtype: str):
+    """The float32 result of a half-type op rounded once to ``dtype`` (otherwise ``y`` itself)."""
+    return y if y.dtype.name == dtype else y.astype(dtype)
+
+
+def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
+           precision="highest", *, backend=None):
     """y = activation(conv2d(x, w) + bias), as ``torch.nn.functional.conv2d``.
 
     x: (N, C, H, W) or (C, H, W); w: (K, C/groups, R, S); bias: (K,) or None.
     padding: int, (ph, pw), (top, bottom, left, right), 'valid' or 'same'.
     activation: None, 'relu' or 'sigmoid' (after the bias; fused on the GPU).
+    precision: 'highest', 'tf32' or 'tf32x3' (float32 only; see the module docstring).
     """
     be, dtype = _checked_arrays(backend, x=x, w=w, bias=bias)
     x4, unbatched = _batched("x", x)
@@ -83,30 +126,34 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, activatio
     if bias is not None:
         _require("bias", bias, (p.K,), "one value per output channel K")
     check_activation(activation)
+    p, a, dtype = _computed(be, p, precision, x=x4, w=w, bias=bias)
     if p.N == 0:
         return _unbatch(be.xp.zeros(p.y_shape, dtype), unbatched)
-    y = be.fprop(p, _contiguous(be, x4), _contiguous(be, w), _contiguous(be, bias), activation)
-    return _unbatch(y, unbatched)
+    y = be.fprop(p, *(_contiguous(be, a[k]) for k in ("x", "w", "bias")), activation)
+    return _unbatch(_rounded(y, dtype), unbatched)
 
 
-def conv2d_input(x_shape, w, dy, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+def conv2d_input(x_shape, w, dy, stride=1, padding=0, dilation=1, groups=1, precision="highest", *,
+                 backend=None):
     """dx, the gradient of conv2d with respect to its input, as ``torch.nn.grad.conv2d_input``."""
     be, dtype = _checked_arrays(backend, w=w, dy=dy)
     shape4, unbatched = _shape_batched("x_shape", x_shape)
     p = conv_problem(shape4, _weight(w).shape, stride, padding, dilation, groups, dtype)
     _require("dy", dy, p.y_shape[unbatched:], "the conv2d output shape (N, K, P, Q)")
-    return _unbatch(_dgrad(be, p, dy.reshape(p.y_shape), w, None), unbatched)
+    return _unbatch(_dgrad(be, p, precision, dy.reshape(p.y_shape), w, None), unbatched)
 
 
-def conv2d_weight(x, w_shape, dy, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+def conv2d_weight(x, w_shape, dy, stride=1, padding=0, dilation=1, groups=1, precision="highest", *,
+                  backend=None):
     """dw, the gradient of conv2d with respect to its weight, as ``torch.nn.grad.conv2d_weight``."""
     be, dtype = _checked_arrays(backend, x=x, dy=dy)
     x4, unbatched = _batched("x", x)
     p = conv_problem(x4.shape, w_shape, stride, padding, dilation, groups, dtype)
     _require("dy", dy, p.y_shape[unbatched:], "the conv2d output shape (N, K, P, Q)")
+    p, a, dtype = _computed(be, p, precision, x=x4, dy=dy.reshape(p.y_shape))
     if p.N == 0:
         return be.xp.zeros(p.w_shape, dtype)
-    return be.wgrad(p, _contiguous(be, x4), _contiguous(be, dy.reshape(p.y_shape)))
+    return _rounded(be.wgrad(p, _contiguous(be, a["x"]), _contiguous(be, a["dy"])), dtype)
 
 
 def conv2d_bias(dy, *, backend=None):
@@ -115,11 +162,12 @@ def conv2d_bias(dy, *, backend=None):
     dy4, _ = _batched("dy", dy)
     if dy4.size == 0:
         return be.xp.zeros(dy4.shape[1], dtype)
-    return be.bias_grad(_contiguous(be, dy4))
+    sums = be.bias_grad(_contiguous(be, dy4.astype(np.float32) if dtype in HALF_DTYPES else dy4))
+    return _rounded(sums, dtype)
 
 
 def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, backend=None):
+                     dilation=1, precision="highest", *, backend=None):
     """The transposed convolution, as ``torch.nn.functional.conv_transpose2d``.
 
     x: (N, Cin, H, W) or (Cin, H, W); w: (Cin, Cout/groups, R, S); bias: (Cout,) or None.
@@ -131,22 +179,25 @@ def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, gro
                           dilation, dtype)
     if bias is not None:
         _require("bias", bias, (p.C,), "one value per output channel")
-    return _unbatch(_dgrad(be, p, x4, w, bias), unbatched)
+    return _unbatch(_dgrad(be, p, precision, x4, w, bias), unbatched)
 
 
-def _dgrad(be, p, dy, w, bias):
+def _dgrad(be, p, precision, dy, w, bias):
+    p, a, dtype = _computed(be, p, precision, dy=dy, w=w, bias=bias)
     if p.N == 0:
-        return be.xp.zeros(p.x_shape, p.dtype)
-    return be.dgrad(p, _contiguous(be, dy), _contiguous(be, w), _contiguous(be, bias))
+        return be.xp.zeros(p.x_shape, dtype)
+    return _rounded(be.dgrad(p, *(_contiguous(be, a[k]) for k in ("dy", "w", "bias"))), dtype)
 
 
 def _elementwise(op: str, backend, **arrays):
-    be, _ = _checked_arrays(backend, **arrays)
+    be, dtype = _checked_arrays(backend, **arrays)
     shapes = {name: a.shape for name, a in arrays.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"{' and '.join(shapes)} must have the same shape, got {shapes}")
+    if dtype in HALF_DTYPES:  # computed in float32, rounded once
+        arrays = {k: a.astype(np.float32) for k, a in arrays.items()}
     result = getattr(be, op)(*(_contiguous(be, a) for a in arrays.values()))
-    return result.reshape(next(iter(shapes.values())))  # 0-d stays 0-d
+    return _rounded(result, dtype).reshape(next(iter(shapes.values())))  # 0-d stays 0-d
 
 
 def relu(x, *, backend=None):

@@ -28,7 +28,7 @@ EXTRAS = {
     "bench": ("pytest-benchmark", "matplotlib", "tqdm", "nvidia-cutlass"),
     "test": ("pytest", "hypothesis", "pytest-benchmark", "matplotlib", "tqdm", "cuda-bindings",
              "nvidia-cuda-nvrtc", "nvidia-cuda-nvdisasm", "nvidia-cuda-cuobjdump", "ruff",
-             "scikit-learn"),
+             "scikit-learn", "ml_dtypes"),
 }
 
 

@@ -94,13 +94,16 @@ class Conv2d(Layer):
 
     weight: (out_channels, in_channels/groups, R, S) and bias (out_channels,), both Kaiming-uniform
     as in PyTorch (bound 1/sqrt(fan_in)) from ``np.random.default_rng(rng)``. ``activation`` is None,
-    'relu' or 'sigmoid', fused into the convolution.
+    'relu' or 'sigmoid', fused into the convolution. ``precision`` ('highest', 'tf32', 'tf32x3')
+    applies to the forward and both gradients.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, activation=None, *, dtype="float32", rng=None, backend=None):
+                 groups=1, bias=True, activation=None, *, dtype="float32", rng=None, backend=None,
+                 precision="highest"):
         R, S = _pair("kernel_size", kernel_size)
-        self.conv_args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        self.conv_args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                              precision=precision)
         self.activation = activation
         self.backend = backend
         self.weight, self.bias = _kaiming_parameters(
@@ -146,9 +149,10 @@ class ConvTranspose2d(Layer):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, *, dtype="float32", rng=None,
-                 backend=None):
+                 backend=None, precision="highest"):
         R, S = _pair("kernel_size", kernel_size)
-        self.conv_args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        self.conv_args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                              precision=precision)
         self.output_padding = output_padding
         self.backend = backend
         self.weight, self.bias = _kaiming_parameters(
@@ -172,8 +176,8 @@ class ConvTranspose2d(Layer):
         return conv_transpose2d_input(x.shape, w, dy, backend=self.backend, **self.conv_args)
 
 
-def conv_transpose2d_input(x_shape, w, dy, stride=1, padding=0, dilation=1, groups=1, *,
-                           backend=None):
+def conv_transpose2d_input(x_shape, w, dy, stride=1, padding=0, dilation=1, groups=1,
+                           precision="highest", *, backend=None):
     """dx, the gradient of ``conv_transpose2d(x, w, ...)`` with respect to x of shape ``x_shape``:
     the convolution of dy with the same w, cropped to x's (H, W).
 
@@ -181,13 +185,13 @@ def conv_transpose2d_input(x_shape, w, dy, stride=1, padding=0, dilation=1, grou
     only the output padding, so they are dropped.
     """
     dx = api.conv2d(dy, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                    backend=backend)
+                    precision=precision, backend=backend)
     H, W = x_shape[-2:]
     return array_module(dx).ascontiguousarray(dx[..., :H, :W])
 
 
-def conv_transpose2d_weight(x, w_shape, dy, stride=1, padding=0, dilation=1, groups=1, *,
-                            backend=None):
+def conv_transpose2d_weight(x, w_shape, dy, stride=1, padding=0, dilation=1, groups=1,
+                            precision="highest", *, backend=None):
     """dw, the gradient of ``conv_transpose2d(x, w, ...)`` with respect to w of shape ``w_shape``:
     the convolution's weight gradient with the roles swapped (dy is its input, x its output).
 
@@ -201,7 +205,7 @@ def conv_transpose2d_weight(x, w_shape, dy, stride=1, padding=0, dilation=1, gro
     if (p.P, p.Q) != (H, W):
         x_ext = array_module(x).zeros(x.shape[:-2] + (p.P, p.Q), x.dtype)
         x_ext[..., :H, :W] = x
-    return api.conv2d_weight(dy, w_shape, x_ext, stride, padding, dilation, groups,
+    return api.conv2d_weight(dy, w_shape, x_ext, stride, padding, dilation, groups, precision,
                              backend=backend)
 
 

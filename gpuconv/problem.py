@@ -21,7 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SUPPORTED_DTYPES = ("float32", "float64")
+SUPPORTED_DTYPES = ("float32", "float64", "float16", "bfloat16")
+# Products accumulated in float32, bias and activation in float32, one rounding to the input's dtype.
+HALF_DTYPES = ("float16", "bfloat16")
+# float32 only: "highest" (FFMA), "tf32" (inputs rounded as cvt.rna.tf32.f32, float32 sums) and
+# "tf32x3" (each input as a TF32 high part plus a TF32 remainder: float32 accuracy).
+PRECISIONS = ("highest", "tf32", "tf32x3")
 ACTIVATIONS = (None, "relu", "sigmoid")
 OPS = ("fprop", "dgrad", "wgrad")
 
@@ -269,6 +274,14 @@ def transpose_problem(
     return Conv2dProblem(
         N, Coutg * groups, H, W, Cin, R, S, Hin, Win, stride, pad, dilation, groups, dtype
     )
+
+
+def check_precision(precision, dtype: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "highest" and dtype != "float32":
+        raise ValueError(f"precision={precision!r} applies to float32 inputs only, got dtype {dtype}")
+    return precision
 
 
 def check_activation(activation):

@@ -31,11 +31,14 @@ import torch.nn.functional as F
 
 from . import api, nn
 from .backends import BACKENDS, default_numpy_backend
-from .problem import SUPPORTED_DTYPES, _pair, conv_problem, transpose_problem
+from .problem import _pair, conv_problem, transpose_problem
 
 __all__ = ["Conv2d", "ConvTranspose2d", "conv2d", "conv_transpose2d"]
 
 Tensor = torch.Tensor
+# The dtypes the drop-in takes for now: NumPy's DLPack has no bfloat16, and the half types wait
+# for the tensor-core kernels to be worth taking from PyTorch.
+TENSOR_DTYPES = ("float32", "float64")
 
 
 # -- tensors <-> arrays ------------------------------------------------------------------------
@@ -89,8 +92,8 @@ def _check_tensors(backend, **tensors) -> str:
     for name, t in present.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if _dtype_name(t) not in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} must be a {' or '.join(SUPPORTED_DTYPES)} tensor, got dtype {t.dtype}")
+        if _dtype_name(t) not in TENSOR_DTYPES:
+            raise TypeError(f"{name} must be a {' or '.join(TENSOR_DTYPES)} tensor, got dtype {t.dtype}")
     (first, t0), *others = present.items()
     for name, t in others:
         if t.device != t0.device:
