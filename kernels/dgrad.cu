@@ -129,7 +129,7 @@ struct DgradGradientIterator {
             const int p = p0 - krs[i].mid * dp_r, q = q0 - krs[i].lo * dp_s;
             const bool inside = (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q;
             v[i] = dy_n != nullptr && Map::k(i) < k_remaining && inside
-                       ? dy_n[((index_t)krs[i].hi * P + p) * Q + q] : T(0);
+                       ? dy_n[(krs[i].hi * P + p) * Q + q] : T(0);  // int: K·P·Q < 2^31
         }
     }
     __device__ __forceinline__ void advance() {

@@ -87,7 +87,7 @@ struct FpropActivationIterator {
             const int h = h0 + crs[i].mid * dil_h, w = w0 + crs[i].lo * dil_w;
             const bool inside = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
             v[i] = x_n != nullptr && Map::k(i) < k_remaining && inside
-                       ? x_n[((index_t)crs[i].hi * H + h) * W + w] : T(0);
+                       ? x_n[(crs[i].hi * H + h) * W + w] : T(0);  // int: C·H·W < 2^31
         }
     }
     __device__ __forceinline__ void advance() {

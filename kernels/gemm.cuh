@@ -164,21 +164,21 @@ __device__ __forceinline__ void implicit_gemm(IterA& a, IterB& b, int reduction,
         store_staged<MapB>(b_tile[0], b_staged);
         __syncthreads();
     }
-    for (int tile = 0; tile < k_tiles; tile++) {
-        const int buffer = tile & 1;
-        const bool more = tile + 1 < k_tiles;
-        if (more) {  // issue the next tile's global loads now; they land while we multiply
-            a.advance();
-            b.advance();
-            a.load(a_staged, reduction - (tile + 1) * BK);
-            b.load(b_staged, reduction - (tile + 1) * BK);
-        }
+    // Every k-tile but the last: load the next one while multiplying this one. The last is
+    // peeled off below, so the loop body holds no branch around its loads and stores.
+    int buffer = 0;
+    for (int tile = 1; tile < k_tiles; tile++) {
+        a.advance();  // issue the next tile's global loads now; they land while we multiply
+        b.advance();
+        a.load(a_staged, reduction - tile * BK);
+        b.load(b_staged, reduction - tile * BK);
         warp_tile_product<Tile>(acc, a_tile[buffer], b_tile[buffer]);
-        if (more) {  // the other buffer was last read before the previous barrier: free
-            store_staged<MapA>(a_tile[buffer ^ 1], a_staged);
-            store_staged<MapB>(b_tile[buffer ^ 1], b_staged);
-        }
+        // The other buffer was last read before the previous barrier: free to overwrite.
+        store_staged<MapA>(a_tile[buffer ^ 1], a_staged);
+        store_staged<MapB>(b_tile[buffer ^ 1], b_staged);
         __syncthreads();
+        buffer ^= 1;
     }
+    if (k_tiles > 0) warp_tile_product<Tile>(acc, a_tile[buffer], b_tile[buffer]);
     epilogue(acc);
 }

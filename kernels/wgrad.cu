@@ -72,9 +72,11 @@ struct WgradGradientIterator {
 
     __device__ WgradGradientIterator(const T* dy_g, index_t e, int k_base, int K_per_group, int K,
                                      int P_, int Q_)
-        : dy_k(dy_g + (index_t)(k_base + Map::x(0)) * P_ * Q_), image_stride((index_t)K * P_ * Q_),
-          channel_stride(Map::STEP * P_ * Q_), channels_left(K_per_group - k_base), P(P_), Q(Q_),
-          npq(ReductionDigits::of(e, P_, Q_)), step(ReductionDigits::of(Tile::BK, P_, Q_)) {}
+        : image_stride((index_t)K * P_ * Q_), channel_stride(Map::STEP * P_ * Q_),
+          channels_left(K_per_group - k_base), P(P_), Q(Q_), npq(ReductionDigits::of(e, P_, Q_)),
+          step(ReductionDigits::of(Tile::BK, P_, Q_)) {
+        dy_k = dy_g + (index_t)(k_base + Map::x(0)) * P * Q;
+    }
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
         const bool live = Map::k(0) < k_remaining;
         const T* dy_t = dy_k + npq.hi * image_stride + npq.mid * Q + npq.lo;
@@ -82,6 +84,7 @@ struct WgradGradientIterator {
         for (int i = 0; i < Map::ELEMS; i++)
             v[i] = live && Map::x(i) < channels_left ? dy_t[i * channel_stride] : T(0);
     }
+    // The image pointer moves with n: one multiply a k-tile, not one per element.
     __device__ __forceinline__ void advance() { npq.add(step, P, Q); }
 };
 
@@ -93,39 +96,39 @@ struct WgradActivationIterator {
     typedef typename Tile::Element T;
     static constexpr bool KFast = true;
     typedef StagingMap<Tile::BK, Tile::BN, Tile::THREADS, KFast> Map;
-    const T* x_g;
-    index_t image_stride;        // one image of x: C·H·W elements
-    index_t tap_offset[Map::ELEMS];  // c·H·W + r·dil_h·W + s·dil_w; -1: past the group's C·R·S
+    const T* x_g;                      // channel 0 of the group in image 0 of x
+    index_t image_stride;              // one image of x: C·H·W elements
+    int tap_offset[Map::ELEMS];        // c·H·W + r·dil_h·W + s·dil_w (int: C·H·W < 2^31)
     int tap_h[Map::ELEMS], tap_w[Map::ELEMS];  // r·dil_h, s·dil_w
-    int H, W, P, Q, stride_h, stride_w, pad_top, pad_left;
+    int taps_left, H, W, P, Q, stride_h, stride_w, pad_top, pad_left;
     ReductionDigits npq, step;
 
     __device__ WgradActivationIterator(const T* x_g_, index_t e, int crs_base, int CRS, int C,
                                        int H_, int W_, int R, int S, int P_, int Q_,
                                        int stride_h_, int stride_w_, int pad_top_, int pad_left_,
                                        int dil_h, int dil_w)
-        : x_g(x_g_), image_stride((index_t)C * H_ * W_), H(H_), W(W_), P(P_), Q(Q_),
-          stride_h(stride_h_), stride_w(stride_w_), pad_top(pad_top_), pad_left(pad_left_),
+        : x_g(x_g_), image_stride((index_t)C * H_ * W_), taps_left(CRS - crs_base), H(H_), W(W_), P(P_),
+          Q(Q_), stride_h(stride_h_), stride_w(stride_w_), pad_top(pad_top_), pad_left(pad_left_),
           npq(ReductionDigits::of(e, P_, Q_)), step(ReductionDigits::of(Tile::BK, P_, Q_)) {
 #pragma unroll
         for (int i = 0; i < Map::ELEMS; i++) {
             const ReductionDigits crs = ReductionDigits::of(crs_base + Map::x(i), R, S);
             tap_h[i] = crs.mid * dil_h;
             tap_w[i] = crs.lo * dil_w;
-            tap_offset[i] = crs_base + Map::x(i) < CRS
-                                ? ((index_t)crs.hi * H + tap_h[i]) * W + tap_w[i] : -1;
+            tap_offset[i] = (crs.hi * H + tap_h[i]) * W + tap_w[i];
         }
     }
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
         const bool live = Map::k(0) < k_remaining;
         // Tap (0, 0) of output pixel (p, q) reads x at (h0, w0); tap (r, s) adds its shift.
         const int h0 = npq.mid * stride_h - pad_top, w0 = npq.lo * stride_w - pad_left;
-        const index_t x_t = npq.hi * image_stride + (index_t)h0 * W + w0;  // may be < 0: an index
+        const T* x_n = x_g + npq.hi * image_stride;
+        const int pixel = h0 * W + w0;  // may be < 0: only added to a tap that lands inside
 #pragma unroll
         for (int i = 0; i < Map::ELEMS; i++) {
             const bool inside = (unsigned)(h0 + tap_h[i]) < (unsigned)H &&
                                 (unsigned)(w0 + tap_w[i]) < (unsigned)W;
-            v[i] = live && tap_offset[i] >= 0 && inside ? x_g[x_t + tap_offset[i]] : T(0);
+            v[i] = live && Map::x(i) < taps_left && inside ? x_n[pixel + tap_offset[i]] : T(0);
         }
     }
     __device__ __forceinline__ void advance() { npq.add(step, P, Q); }

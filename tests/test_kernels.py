@@ -346,6 +346,9 @@ def test_sizes_beyond_the_kernels_int32_fields():
     long = Conv2dProblem(1, 2**28, 3, 3, 2**28, 3, 3, 1, 1)  # C·R·S = K·R·S = 9·2**28 > 2**31
     assert (choose_fprop(long), choose_dgrad(long), choose_wgrad(long)) == ("direct",) * 3
     assert choose_fprop(Conv2dProblem(1, 2**20, 3, 3, 64, 3, 3, 1, 1)) != "direct"
+    # one image of x beyond 2**31 elements: the tiles keep offsets inside an image in an int
+    huge_image = Conv2dProblem(1, 2**12, 2**10, 2**10, 64, 1, 1, 2**10, 2**10)
+    assert (choose_fprop(huge_image), choose_wgrad(huge_image)) == ("direct",) * 2
 
 
 # -- the emulate backend agrees with the numpy backend, through the public API ------------------

@@ -164,11 +164,11 @@ def choose_wgrad(p, kernel: str = "auto") -> str:
 
 def launchable(op: str, p, kernel: str) -> bool:
     """Whether tile ``kernel`` of ``op`` can run ``p``: built for its dtype, its grid within CUDA's
-    limits and the indices the kernel keeps in an int within range (the reduction index, C·R·S or
-    K·R·S per group, plus a step; dgrad: all of a stride phase's N·Hp·Wp pixels + BM; wgrad: P·Q
-    + BK and a split's chunk + BK)."""
+    limits and the indices the kernel keeps in an int within range (an element's offset inside one
+    image of x or dy, C·H·W and K·P·Q; the reduction index, C·R·S or K·R·S per group, plus a step;
+    dgrad: all of a stride phase's N·Hp·Wp pixels + BM; wgrad: P·Q + BK and a split's chunk + BK)."""
     tile = TILES[op][kernel]
-    if p.dtype not in tile.dtypes:
+    if p.dtype not in tile.dtypes or max(p.C * p.H * p.W, p.K * p.P * p.Q) > INT32_MAX:
         return False
     (sh, sw), RS = p.stride, p.R * p.S
     reduction = p.K_per_group * RS if op == "dgrad" else p.C_per_group * RS
