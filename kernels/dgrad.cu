@@ -124,11 +124,12 @@ struct DgradGradientIterator {
         step = ReductionDigits::of(Tile::BK, radix_r, radix_s);
     }
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
+        const int k_live = dy_n != nullptr ? k_remaining : 0;  // a pixel past M loads nothing
 #pragma unroll
         for (int i = 0; i < Map::ELEMS; i++) {
             const int p = p0 - krs[i].mid * dp_r, q = q0 - krs[i].lo * dp_s;
             const bool inside = (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q;
-            v[i] = dy_n != nullptr && Map::k(i) < k_remaining && inside
+            v[i] = Map::k(i) < k_live && inside
                        ? dy_n[(krs[i].hi * P + p) * Q + q] : T(0);  // int: K·P·Q < 2^31
         }
     }

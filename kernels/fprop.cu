@@ -81,12 +81,13 @@ struct FpropActivationIterator {
         step = ReductionDigits::of(Tile::BK, R, S);
     }
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
+        const int k_live = x_n != nullptr ? k_remaining : 0;  // a pixel past M loads nothing
 #pragma unroll
         for (int i = 0; i < Map::ELEMS; i++) {
             // The tap rule of fprop_direct; unsigned compares test 0 <= h < H in one.
             const int h = h0 + crs[i].mid * dil_h, w = w0 + crs[i].lo * dil_w;
             const bool inside = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
-            v[i] = x_n != nullptr && Map::k(i) < k_remaining && inside
+            v[i] = Map::k(i) < k_live && inside
                        ? x_n[(crs[i].hi * H + h) * W + w] : T(0);  // int: C·H·W < 2^31
         }
     }
