@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,10 +129,14 @@ def _choose(op: str, p, kernel: str) -> str:
     """'direct' or the TILES[op] name to run ``p`` with (``choose_fprop`` and friends).
 
     ``auto`` goes direct when the GEMM's channel side (fprop K/groups, dgrad C/groups, wgrad
-    K/groups) is under 8: a depthwise layer would fill a tile with zeros. Otherwise the largest
-    tile of the dtype that the GEMM's M and N fill (float32: 128 or 64 per side, else 32×32;
-    float64: 64×64, else 32×32). A forced tile falls back to direct only where it cannot run
-    (``launchable``: a dtype it is not built for, or sizes beyond its index range).
+    K/groups) is under 8: a depthwise layer would fill a tile with zeros. float64 takes 64×64
+    where the GEMM's M and N fill it, else 32×32. float32 takes, of the 8×8-thread tiles whose
+    BM×BN the GEMM's M and N fill (largest first: ``F32_TILES_BY_SIZE``), the first whose grid
+    gives every SM of an H100 a block (fewer blocks leave SMs idle: a smaller tile buys
+    parallelism with data reuse), else the smallest of them; wgrad takes the largest, its split-K
+    fills the GPU whatever the tile; a GEMM too small for 64×64 takes 32×32. A forced tile falls
+    back to direct only where it cannot run (``launchable``: a dtype it is not built for, or
+    sizes beyond its index range).
     """
     M, N = _block_gemm_shape(op, p)
     if kernel == "auto":
@@ -141,10 +146,22 @@ def _choose(op: str, p, kernel: str) -> str:
         if p.dtype == "float64":
             kernel = "64x64x8_4x4" if M >= 64 and N >= 64 else "32x32x8_4x4"
         else:
-            bm = 128 if M >= 128 else 64 if M >= 64 else 0
-            bn = 128 if N >= 128 else 64 if N >= 64 else 0
-            kernel = f"{bm}x{bn}x8_8x8" if bm and bn else "32x32x8_4x4"
+            fits = [k for k in F32_TILES_BY_SIZE if M >= TILES[op][k].BM and N >= TILES[op][k].BN]
+            if not fits:
+                kernel = "32x32x8_4x4"
+            elif op == "wgrad":
+                kernel = fits[0]
+            else:
+                kernel = next((k for k in fits if _blocks(op, p, TILES[op][k]) >= H100_SMS), fits[-1])
     return kernel if kernel == "direct" or launchable(op, p, kernel) else "direct"
+
+
+F32_TILES_BY_SIZE = ("128x128x8_8x8", "128x64x8_8x8", "64x128x8_8x8", "64x64x8_8x8")
+
+
+def _blocks(op: str, p, tile: Tile) -> int:
+    grid, _ = launch_config(0, op, tile, p)
+    return math.prod(grid)
 
 
 def choose_fprop(p, kernel: str = "auto") -> str:
