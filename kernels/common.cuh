@@ -55,3 +55,15 @@ __device__ __forceinline__ void load_vector16(double* dst, const double* src) {
     dst[0] = v.x;
     dst[1] = v.y;
 }
+// One 128-bit store (STG.128) of 4 floats or 2 doubles to a 16-byte-aligned address.
+__device__ __forceinline__ void store_vector16(float* dst, const float* src) {
+    *reinterpret_cast<float4*>(dst) = make_float4(src[0], src[1], src[2], src[3]);
+}
+__device__ __forceinline__ void store_vector16(double* dst, const double* src) {
+    *reinterpret_cast<double2*>(dst) = make_double2(src[0], src[1]);
+}
+
+// Whether p is 16-byte aligned (a vector access may use it).
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return reinterpret_cast<unsigned long long>(p) % 16 == 0;
+}

@@ -119,45 +119,63 @@ struct FpropFilterIterator {
     __device__ __forceinline__ void advance() { w_t += Tile::BK; }
 };
 
-// Bias, activation and the store of y[n, k, p, q] for this thread's accumulators. The pixels are
-// decoded here, before the main loop: 64-bit division is a subroutine call, and registers live
-// across one spill. Each V×V sub-tile's rows are V consecutive pixels: stepped from the first.
+// Bias, activation and the store of y[n, k, p, q] for this thread's accumulators. Each V×V
+// sub-tile's rows are V consecutive pixels. When P·Q is a multiple of V (and y 16-byte aligned),
+// those V pixels lie in one image, side by side and aligned: one 128-bit store per channel, so a
+// warp's store covers whole 32-byte sectors. Otherwise one store per element, the pixel stepped
+// from the sub-tile's first, which is decoded here, before the main loop: 64-bit division is a
+// subroutine call, and registers live across one spill.
 template <class Tile, int Activation>
 struct FpropEpilogue {
     typedef typename Tile::Element T;
-    static constexpr int SUB_M = Tile::TM / Tile::V;
+    static constexpr int V = Tile::V, SUB_M = Tile::TM / V;
     T* y;
     const T* bias;
     index_t m_base, M, PQ, n[SUB_M], pq[SUB_M];
     int K, k_first, channels_left;  // k_first: the block's first output channel (of all groups)
+    bool vector_store;
 
     __device__ FpropEpilogue(T* y_, const T* bias_, index_t m_base_, index_t M_, index_t PQ_, int K_,
                              int k_first_, int channels_left_)
         : y(y_), bias(bias_), m_base(m_base_), M(M_), PQ(PQ_), K(K_), k_first(k_first_),
-          channels_left(channels_left_) {
+          channels_left(channels_left_), vector_store(PQ_ % V == 0 && aligned16(y_)) {
 #pragma unroll
         for (int u = 0; u < SUB_M; u++) {
-            const index_t m = m_base + Tile::row(u * Tile::V);
+            const index_t m = m_base + Tile::row(u * V);
             n[u] = m / PQ;
             pq[u] = m % PQ;
         }
+    }
+    __device__ __forceinline__ T value(const T (&acc)[Tile::TM][Tile::TN], int i, int j) const {
+        T v = acc[i][j];
+        if (bias != nullptr) v += bias[k_first + Tile::col(j)];
+        return activate<Activation>(v);
     }
     // Fully unrolled, so acc stays in registers (a loop left rolled would index it dynamically).
     __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN]) const {
 #pragma unroll
         for (int u = 0; u < SUB_M; u++) {
+            if (vector_store) {  // M is a multiple of V too: the sub-tile is all in or all out
+                if (m_base + Tile::row(u * V) >= M) continue;
+#pragma unroll
+                for (int j = 0; j < Tile::TN; j++) {
+                    if (Tile::col(j) >= channels_left) continue;
+                    T out[V];
+#pragma unroll
+                    for (int v = 0; v < V; v++) out[v] = value(acc, u * V + v, j);
+                    store_vector16(&y[(n[u] * K + k_first + Tile::col(j)) * PQ + pq[u]], out);
+                }
+                continue;
+            }
             index_t n_i = n[u], pq_i = pq[u];
 #pragma unroll
-            for (int v = 0; v < Tile::V; v++) {
-                const int i = u * Tile::V + v;
+            for (int v = 0; v < V; v++) {
+                const int i = u * V + v;
                 if (m_base + Tile::row(i) < M) {
 #pragma unroll
                     for (int j = 0; j < Tile::TN; j++) {
                         if (Tile::col(j) >= channels_left) continue;
-                        const int k = k_first + Tile::col(j);
-                        T value = acc[i][j];
-                        if (bias != nullptr) value += bias[k];
-                        y[(n_i * K + k) * PQ + pq_i] = activate<Activation>(value);
+                        y[(n_i * K + k_first + Tile::col(j)) * PQ + pq_i] = value(acc, i, j);
                     }
                 }
                 if (++pq_i == PQ) {

@@ -134,20 +134,34 @@ struct WgradActivationIterator {
     __device__ __forceinline__ void advance() { npq.add(step, P, Q); }
 };
 
-// This split's partial dw tile into its slice of the workspace (dw's layout).
+// This split's partial dw tile into its slice of the workspace (dw's layout). A V×V sub-tile's
+// columns are V consecutive taps of one row: when C/groups·R·S is a multiple of V (and the
+// workspace 16-byte aligned) they are aligned, one 128-bit store each, and a warp's store covers
+// whole 32-byte sectors; otherwise one store per element.
 template <class Tile>
 struct WgradEpilogue {
     typedef typename Tile::Element T;
+    static constexpr int V = Tile::V;
     T* out;  // the block's first element: partial[z][g·K/groups + k_base][crs_base]
     int CRS, rows_left, cols_left;
 
     __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN]) const {
+        const bool vector_store = CRS % V == 0 && aligned16(out);
 #pragma unroll
         for (int i = 0; i < Tile::TM; i++) {
             if (Tile::row(i) >= rows_left) continue;
+            T* row = out + (index_t)Tile::row(i) * CRS;
 #pragma unroll
-            for (int j = 0; j < Tile::TN; j++)
-                if (Tile::col(j) < cols_left) out[(index_t)Tile::row(i) * CRS + Tile::col(j)] = acc[i][j];
+            for (int u = 0; u < Tile::TN / V; u++) {
+                const int col = Tile::col(u * V);
+                if (vector_store) {  // cols_left is a multiple of V too: all in or all out
+                    if (col < cols_left) store_vector16(&row[col], &acc[i][u * V]);
+                    continue;
+                }
+#pragma unroll
+                for (int v = 0; v < V; v++)
+                    if (col + v < cols_left) row[col + v] = acc[i][u * V + v];
+            }
         }
     }
 };
