@@ -174,8 +174,10 @@ struct DgradFilterIterator {
 };
 
 // The bias and the store of dx[n, c, phase_h + i·stride_h, phase_w + j·stride_w]. Each V×V
-// sub-tile's rows are V consecutive pixels of the phase, decoded here (before the main loop) for
-// the first and stepped along.
+// sub-tile's rows are V consecutive pixels of the phase. With stride_w = 1 and W a multiple of V
+// (and dx 16-byte aligned) they are side by side in one row of dx and aligned: one 128-bit store
+// per channel, whole 32-byte sectors a warp. Otherwise one store per element, the pixel stepped
+// from the sub-tile's first, which is decoded here, before the main loop.
 template <class Tile>
 struct DgradEpilogue {
     typedef typename Tile::Element T;
@@ -184,13 +186,15 @@ struct DgradEpilogue {
     const T* bias;
     int m_base, M, Hp, Wp, n[SUB_M], i[SUB_M], j[SUB_M];
     int phase_h, phase_w, stride_h, stride_w, H, W, C, c_first, channels_left;
+    bool vector_store;
 
     __device__ DgradEpilogue(T* dx_, const T* bias_, int m_base_, int M_, int Hp_, int Wp_,
                              int phase_h_, int phase_w_, int stride_h_, int stride_w_, int H_,
                              int W_, int C_, int c_first_, int channels_left_)
         : dx(dx_), bias(bias_), m_base(m_base_), M(M_), Hp(Hp_), Wp(Wp_), phase_h(phase_h_),
           phase_w(phase_w_), stride_h(stride_h_), stride_w(stride_w_), H(H_), W(W_), C(C_),
-          c_first(c_first_), channels_left(channels_left_) {
+          c_first(c_first_), channels_left(channels_left_),
+          vector_store(stride_w_ == 1 && W_ % Tile::V == 0 && aligned16(dx_)) {
 #pragma unroll
         for (int u = 0; u < SUB_M; u++) {
             const int m = m_base + Tile::row(u * Tile::V), ij = m % (Hp * Wp);
@@ -203,6 +207,23 @@ struct DgradEpilogue {
     __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN]) const {
 #pragma unroll
         for (int u = 0; u < SUB_M; u++) {
+            if (vector_store) {  // M is a multiple of V too: the sub-tile is all in or all out
+                if (m_base + Tile::row(u * Tile::V) >= M) continue;
+                const index_t hw = (index_t)(phase_h + i[u] * stride_h) * W + j[u];
+#pragma unroll
+                for (int jj = 0; jj < Tile::TN; jj++) {
+                    if (Tile::col(jj) >= channels_left) continue;
+                    const int c = c_first + Tile::col(jj);
+                    T out[Tile::V];
+#pragma unroll
+                    for (int v = 0; v < Tile::V; v++) {
+                        out[v] = acc[u * Tile::V + v][jj];
+                        if (bias != nullptr) out[v] += bias[c];  // (no + 0: -0 stays -0)
+                    }
+                    store_vector16(&dx[((index_t)n[u] * C + c) * H * W + hw], out);
+                }
+                continue;
+            }
             int n_t = n[u], i_t = i[u], j_t = j[u];
 #pragma unroll
             for (int v = 0; v < Tile::V; v++) {
