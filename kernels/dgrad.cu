@@ -282,5 +282,6 @@ dgrad_implicit_gemm(const T* __restrict__ dy, const T* __restrict__ w, const T* 
     const DgradEpilogue<Tile> epilogue(dx, bias, m_base, M, Hp, Wp, phase_h, phase_w, stride_h,
                                        stride_w, H, W, C, g * C_per_group + c_base,
                                        C_per_group - c_base);
-    implicit_gemm<Tile>(a, b, K_per_group * tap_r.count * tap_s.count, epilogue);
+    __shared__ __align__(16) GemmShared<Tile> shared;
+    implicit_gemm<Tile>(shared, a, b, K_per_group * tap_r.count * tap_s.count, epilogue);
 }

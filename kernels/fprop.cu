@@ -207,5 +207,6 @@ fprop_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* _
     FpropFilterIterator<Tile> b(w + (index_t)g * K_per_group * CRS, k_base, K_per_group, CRS);
     const FpropEpilogue<Tile, Activation> epilogue(y, bias, m_base, M, PQ, K,
                                                    g * K_per_group + k_base, K_per_group - k_base);
-    implicit_gemm<Tile>(a, b, CRS, epilogue);
+    __shared__ __align__(16) GemmShared<Tile> shared;
+    implicit_gemm<Tile>(shared, a, b, CRS, epilogue);
 }

@@ -143,17 +143,26 @@ __device__ __forceinline__ void store_staged(T (&tile)[BK][BX], const T (&v)[Map
     for (int i = 0; i < Map::ELEMS; i++) tile[Map::k(i)][Map::x(i)] = v[i];
 }
 
+// The shared memory of the main loop: both operand tiles, double-buffered. The kernel declares it
+// (`__shared__ __align__(16) GemmShared<Tile> shared;`), so that its static shared memory is its
+// own: a __shared__ inside implicit_gemm would belong to no kernel in particular.
+template <class Tile>
+struct GemmShared {
+    typename Tile::Element a_tile[2][Tile::BK][Tile::BM + Tile::PAD];
+    typename Tile::Element b_tile[2][Tile::BK][Tile::BN + Tile::PAD];
+};
+
 // The main loop: acc = A·B over a reduction of `reduction` elements (acc starts at zero), then
 // epilogue(acc). A reduction of 0 gives the epilogue zeros.
 template <class Tile, class IterA, class IterB, class Epilogue>
-__device__ __forceinline__ void implicit_gemm(IterA& a, IterB& b, int reduction,
-                                              const Epilogue& epilogue) {
+__device__ __forceinline__ void implicit_gemm(GemmShared<Tile>& shared, IterA& a, IterB& b,
+                                              int reduction, const Epilogue& epilogue) {
     typedef typename Tile::Element T;
-    constexpr int BK = Tile::BK, BM = Tile::BM, BN = Tile::BN, PAD = Tile::PAD;
+    constexpr int BK = Tile::BK, BM = Tile::BM, BN = Tile::BN;
     typedef StagingMap<BK, BM, Tile::THREADS, IterA::KFast> MapA;
     typedef StagingMap<BK, BN, Tile::THREADS, IterB::KFast> MapB;
-    __shared__ __align__(16) T a_tile[2][BK][BM + PAD];
-    __shared__ __align__(16) T b_tile[2][BK][BN + PAD];
+    auto& a_tile = shared.a_tile;
+    auto& b_tile = shared.b_tile;
     T acc[Tile::TM][Tile::TN] = {};
     T a_staged[MapA::ELEMS], b_staged[MapB::ELEMS];
     const int k_tiles = (reduction + BK - 1) / BK;

@@ -192,7 +192,8 @@ wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ dy, T* __rest
         partial + (index_t)blockIdx.z * K * CRS + (index_t)(g * K_per_group + k_base) * CRS +
             crs_base,
         CRS, K_per_group - k_base, CRS - crs_base};
-    implicit_gemm<Tile>(a, b, reduction, epilogue);
+    __shared__ __align__(16) GemmShared<Tile> shared;
+    implicit_gemm<Tile>(shared, a, b, reduction, epilogue);
 }
 
 // dw[i] = Σ_z partial[z][i], summed in the order z = 0, 1, ..., splits-1 (bitwise reproducible).
