@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-from gpuconv.backends.kernel_backend import TILES, wgrad_splits  # noqa: E402
+from gpuconv.backends.kernel_backend import TILES, choose_wgrad, wgrad_splits  # noqa: E402
 from gpuconv.problem import conv_problem  # noqa: E402
 
 METADATA = {"Software": None}  # no matplotlib version stamp: the same bytes run after run
@@ -203,7 +203,7 @@ def dgrad_phases(out: Path):
 # -- (3) wgrad split-K with a fixed-order sum ----------------------------------------------------
 def wgrad_splitk(out: Path):
     p = conv_problem((8, 64, 56, 56), (64, 64, 3, 3), padding=1)
-    tile_name = "64x64x16_4x4"
+    tile_name = choose_wgrad(p)
     tile = TILES["wgrad"][tile_name]
     splits, chunk = wgrad_splits(p, tile)
     npq = p.N * p.P * p.Q

@@ -169,7 +169,16 @@ def predict(gpu: Gpu, loop: Loop, geometry: Geometry, flops: float, compulsory_b
 # the SIMT fprop (128×128×8 tile) and the tensor-op f16 fprop (s16816, 128×128×64, 4 stages).
 ANCHOR_SHAPE = ((8, 128, 224, 224), (128, 128, 3, 3))
 ANCHOR_TFLOPS = {"simt": 14.5693, "tensorop": 125.369}
-CUTLASS_TILES = {"simt": (128, 128, 8), "tensorop": (128, 128, 64)}
+
+
+def cutlass_tile(kind: str):
+    """CUTLASS's tile as a ``kernel_backend.Tile``: SIMT 128×128×8 in 8 warps of 32×64 (8×8 per
+    thread, as gpuconv's 128x128x8_8x8), tensor-op 128×128×64 in 4 warps of 64×64."""
+    from .backends.kernel_backend import Tile
+
+    if kind == "simt":
+        return Tile(BM=128, BN=128, BK=8, WM=32, WN=64, TM=8, TN=8)
+    return Tile(BM=128, BN=128, BK=64, WM=64, WN=64, TM=16, TN=8)
 
 
 def phase_taps_mean(p) -> float:
@@ -183,12 +192,12 @@ def phase_taps_mean(p) -> float:
     return mean(sh, p.padding[0], dh, p.R) * mean(sw, p.padding[2], dw, p.S)
 
 
-def geometry(op: str, p, BM: int, BN: int, BK: int) -> Geometry:
-    """The launch of ``op`` on ``p`` with a BM×BN×BK tile, as gpuconv's launch_config lays it out
-    (dgrad: a z-slice per stride phase; wgrad: split-K by wgrad_splits)."""
-    from .backends.kernel_backend import Tile, launch_config, wgrad_splits
+def geometry(op: str, p, tile) -> Geometry:
+    """The launch of ``op`` on ``p`` with ``tile`` (a ``kernel_backend.Tile``), as gpuconv's
+    launch_config lays it out (dgrad: a z-slice per stride phase; wgrad: split-K by
+    wgrad_splits)."""
+    from .backends.kernel_backend import launch_config, wgrad_splits
 
-    tile = Tile(BM, BN, BK, 1, 1)
     grid, _ = launch_config(1, op, tile, p)
     if op == "fprop":
         reduction = p.C_per_group * p.R * p.S
@@ -196,15 +205,15 @@ def geometry(op: str, p, BM: int, BN: int, BK: int) -> Geometry:
         reduction = math.ceil(p.K_per_group * phase_taps_mean(p))
     else:
         reduction = wgrad_splits(p, tile)[1]
-    return Geometry(math.prod(grid), BM, BN, BK, reduction)
+    return Geometry(math.prod(grid), tile.BM, tile.BN, tile.BK, reduction)
 
 
-def predict_problem(gpu: Gpu, op: str, p, report, tile: tuple[int, int, int], conflict: float = 1.0,
+def predict_problem(gpu: Gpu, op: str, p, report, tile, conflict: float = 1.0,
                     sector_efficiency: float = 1.0, itemsize: int | None = None) -> Prediction:
     """``predict`` for ``op`` on problem ``p`` with a kernel's SASS ``report`` and its tile;
     ``itemsize`` overrides the problem's (an f16 kernel modelled on a float32 problem object)."""
     itemsize = itemsize or p.itemsize
-    return predict(gpu, Loop.of(report), geometry(op, p, *tile), p.flops(op),
+    return predict(gpu, Loop.of(report), geometry(op, p, tile), p.flops(op),
                    p.bytes_moved(op) * itemsize / p.itemsize, itemsize, conflict, sector_efficiency)
 
 
@@ -216,13 +225,13 @@ def calibration(simt_report, tensorop_report=None) -> dict:
     a100 = GPUS["a100"]
     p = conv_problem(*ANCHOR_SHAPE, padding=1)
     out = {"simt_published_tflops": ANCHOR_TFLOPS["simt"]}
-    simt = predict_problem(a100, "fprop", p, simt_report, CUTLASS_TILES["simt"])
+    simt = predict_problem(a100, "fprop", p, simt_report, cutlass_tile("simt"))
     out["simt_modelled_tflops"] = simt.tflops
     # With the SM terms the limiter, modelled time scales as 1/EFFICIENCY.
     out["efficiency_fit"] = EFFICIENCY * ANCHOR_TFLOPS["simt"] / simt.tflops \
         if simt.limiter in ("issue", "math", "shared") else None
     if tensorop_report is not None:
-        tc = predict_problem(a100, "fprop", p, tensorop_report, CUTLASS_TILES["tensorop"], itemsize=2)
+        tc = predict_problem(a100, "fprop", p, tensorop_report, cutlass_tile("tensorop"), itemsize=2)
         out["tensorop_published_tflops"] = ANCHOR_TFLOPS["tensorop"]
         out["tensorop_modelled_tflops"] = tc.tflops
         out["tensorop_error"] = tc.tflops / ANCHOR_TFLOPS["tensorop"] - 1
@@ -302,8 +311,7 @@ def table(gpu_key: str, shapes, results: Path, progress=None) -> tuple[str, list
             if kernel != "direct" and expression in reports:
                 if (op, kernel) not in factors:
                     factors[op, kernel] = traffic_factors(op, kernel)
-                t = kb.TILES[op][kernel]
-                ours = predict_problem(gpu, op, p, reports[expression], (t.BM, t.BN, t.BK),
+                ours = predict_problem(gpu, op, p, reports[expression], kb.TILES[op][kernel],
                                        *factors[op, kernel])
                 row.update(ms=ours.seconds * 1e3, tflops=ours.tflops, peak=ours.fraction_of_peak,
                            limiter=ours.limiter, conflict=factors[op, kernel][0],
@@ -311,7 +319,7 @@ def table(gpu_key: str, shapes, results: Path, progress=None) -> tuple[str, list
                 if (name, op) in measured:
                     row["measured_over_modelled"] = measured[name, op] / row["ms"]
             if simt is not None:
-                theirs = predict_problem(gpu, op, p, simt, CUTLASS_TILES["simt"])
+                theirs = predict_problem(gpu, op, p, simt, cutlass_tile("simt"))
                 row.update(cutlass_ms=theirs.seconds * 1e3, cutlass_tflops=theirs.tflops,
                            cutlass_peak=theirs.fraction_of_peak, cutlass_limiter=theirs.limiter)
             rows.append(row)

@@ -6,8 +6,9 @@ system would do with those requests beside the ideal for the same bytes:
 
 - global: 32-byte *sectors* per request (ideal: the request's distinct bytes / 32, e.g. 4 for 32
   lanes reading consecutive floats from an aligned address);
-- shared: *wavefronts* per request (ideal: its distinct bytes / 128, at least 1, e.g. 1 for a
-  conflict-free 4-byte access, 4 for a 16-byte one); more is a bank conflict.
+- shared: *wavefronts* per request (ideal: its distinct bytes / 128, and at least one for every
+  128-byte phase of lanes with an active lane: 1 for a conflict-free 4-byte access, 4 for a 16-byte
+  one); more is a bank conflict.
 
 Counted at the source level: where nvcc merges neighbouring scalar accesses into one vector
 instruction the GPU makes fewer, wider requests (``python -m gpuconv.sass`` shows the instructions).
@@ -31,7 +32,7 @@ SOURCES = {"fprop": "fprop.cu", "dgrad": "dgrad.cu", "wgrad": "wgrad.cu"}
 CHOOSE = {"fprop": kb.choose_fprop, "dgrad": kb.choose_dgrad, "wgrad": kb.choose_wgrad}
 # A ResNet-like 3×3 layer scaled down until one block of the largest tile covers its GEMM's M and N:
 # the per-request figures are those of the full layer, the emulation takes seconds.
-DEFAULT_SHAPE = dict(N=1, C=64, H=8, W=8, K=64, R=3, S=3)
+DEFAULT_SHAPE = dict(N=2, C=128, H=8, W=8, K=128, R=3, S=3)
 
 
 @dataclass(frozen=True)

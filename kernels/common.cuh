@@ -41,24 +41,29 @@ __device__ __forceinline__ T activate(T v) {
     return v;
 }
 
-// The inner step every implicit-GEMM kernel shares: with the BK×BM tile of A and the BK×BN tile of B
-// staged in shared memory, a thread adds the outer products of its TM rows of A and TN columns of B
-// to its TM×TN accumulators. TM + TN shared loads feed TM·TN FMAs per reduction step: the data reuse
-// that makes the tiled kernels fast. Fully unrolled, so acc stays in registers.
-template <typename T, int BK, int BM, int BN, int TM, int TN>
-__device__ __forceinline__ void accumulate_tile_product(T (&acc)[TM][TN], const T (&a_tile)[BK][BM],
-                                                        const T (&b_tile)[BK][BN], int thread_m,
-                                                        int thread_n) {
-#pragma unroll
-    for (int i = 0; i < BK; i++) {
-        T a[TM], b[TN];
-#pragma unroll
-        for (int tm = 0; tm < TM; tm++) a[tm] = a_tile[i][thread_m + tm];
-#pragma unroll
-        for (int tn = 0; tn < TN; tn++) b[tn] = b_tile[i][thread_n + tn];
-#pragma unroll
-        for (int tm = 0; tm < TM; tm++)
-#pragma unroll
-            for (int tn = 0; tn < TN; tn++) acc[tm][tn] += a[tm] * b[tn];
-    }
+// One 128-bit load (LDS.128 from shared memory, LDG.128 from global) of 16 consecutive bytes at a
+// 16-byte-aligned address: 4 floats or 2 doubles, unpacked into dst.
+__device__ __forceinline__ void load_vector16(float* dst, const float* src) {
+    const float4 v = *reinterpret_cast<const float4*>(src);
+    dst[0] = v.x;
+    dst[1] = v.y;
+    dst[2] = v.z;
+    dst[3] = v.w;
+}
+__device__ __forceinline__ void load_vector16(double* dst, const double* src) {
+    const double2 v = *reinterpret_cast<const double2*>(src);
+    dst[0] = v.x;
+    dst[1] = v.y;
+}
+// One 128-bit store (STG.128) of 4 floats or 2 doubles to a 16-byte-aligned address.
+__device__ __forceinline__ void store_vector16(float* dst, const float* src) {
+    *reinterpret_cast<float4*>(dst) = make_float4(src[0], src[1], src[2], src[3]);
+}
+__device__ __forceinline__ void store_vector16(double* dst, const double* src) {
+    *reinterpret_cast<double2*>(dst) = make_double2(src[0], src[1]);
+}
+
+// Whether p is 16-byte aligned (a vector access may use it).
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return reinterpret_cast<unsigned long long>(p) % 16 == 0;
 }

@@ -12,18 +12,19 @@
 // element, in a fixed order (r, s, k), then adds the bias if there is one.
 //
 // dgrad_implicit_gemm (assumes a phase's N·Hp·Wp pixels + BM < 2^31, checked on the host): the
-// tiled GEMM, one launch for all stride phases. Input pixels with the same
+// shared main loop of gemm.cuh, one launch for all stride phases. Input pixels with the same
 // (h mod stride_h, w mod stride_w) meet the same taps (see phase_taps), so blockIdx.z names a phase
 // and the block runs that phase's dense GEMM: M = N·Hp·Wp pixels h = phase_h + i·stride_h,
 // w = phase_w + j·stride_w, reduction over K/groups × (the phase's taps) only. One launch with the
 // phase in blockIdx.z rather than a launch per phase: phases differ in size by at most one row and
-// one column, so the few blocks past a smaller phase's end return at once. The tiling is
-// fprop_implicit_gemm's: a block owns BM pixels × BN input channels of one group, each of its
-// (BM/TM)·(BN/TN) threads a TM×TN register tile; A[BK][BM] (gathered from dy, zero where (p, q)
-// falls outside [0,P)×[0,Q)) and B[BK][BN] (from w) are staged in shared memory. The reduction
-// order is fixed ((k, r, s) ascending), so results are bitwise reproducible. Tile shapes come from
-// TILES["dgrad"] in gpuconv/backends/kernel_backend.py.
-#include "common.cuh"
+// one column, so the few blocks past a smaller phase's end return at once. A block owns BM pixels ×
+// BN input channels of one group. DgradGradientIterator gathers A from dy (consecutive threads,
+// consecutive pixels; zero where (p, q) falls outside [0,P)×[0,Q)), DgradFilterIterator reads B
+// from w; each steps its (k, tap row, tap column) by BK per k-tile without a division.
+// DgradEpilogue adds the bias and stores dx. The reduction order is fixed ((k, r, s) ascending),
+// so results are bitwise reproducible. Tile shapes come from TILES["dgrad"] in
+// gpuconv/backends/kernel_backend.py.
+#include "gemm.cuh"
 
 template <typename T>
 __global__ void dgrad_direct(const T* __restrict__ dy, const T* __restrict__ w,
@@ -92,112 +93,195 @@ __device__ __forceinline__ PhaseTaps phase_taps(int phase, int pad, int stride, 
     return t;
 }
 
-// The launch bound's min-blocks of 1 lets ptxas use the ~115 registers this kernel wants: left to its
-// own occupancy heuristic it capped the 64×64 float tile at 80 and spilled.
-template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN), 1)
+// A phase's taps as the radices of the reduction digits (k, tap row, tap column). A phase with no
+// taps never loads (its reduction is empty), but its iterators are still built: radix 1 keeps
+// their decode free of a division by zero.
+__device__ __forceinline__ int tap_radix(const PhaseTaps& t) { return t.count > 0 ? t.count : 1; }
+
+// A[m, (k, t_r, t_s)] = dy[n, k, p, q] for this thread's pixel m = (n, i, j) of the phase, with
+// (p, q) = (i + p0_r - t_r·dp_r, j + p0_s - t_s·dp_s) (phase_taps), zero outside dy.
+template <class Tile>
+struct DgradGradientIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = false;  // consecutive threads, consecutive pixels: coalesced
+    typedef StagingMap<Tile::BK, Tile::BM, Tile::THREADS, KFast> Map;
+    const T* dy_n;  // image n, channel 0 of the group; null past the phase's pixels
+    int p0, q0;     // the dy row and column that tap (0, 0) of the pixel reads
+    int P, Q, dp_r, dp_s, radix_r, radix_s;
+    ReductionDigits krs[Map::ELEMS], step;  // (k, t_r, t_s) of each staged element; BK as digits
+
+    __device__ DgradGradientIterator(const T* dy_g, int m, int M, int HWp, int Wp, int K, int P_,
+                                     int Q_, const PhaseTaps& tap_r, const PhaseTaps& tap_s)
+        : P(P_), Q(Q_), dp_r(tap_r.dp), dp_s(tap_s.dp), radix_r(tap_radix(tap_r)),
+          radix_s(tap_radix(tap_s)) {
+        const int n = m / HWp, ij = m % HWp;
+        dy_n = m < M ? dy_g + (index_t)n * K * P * Q : nullptr;
+        p0 = ij / Wp + tap_r.p0;
+        q0 = ij % Wp + tap_s.p0;
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++)
+            krs[i] = ReductionDigits::of(Map::k(i), radix_r, radix_s);
+        step = ReductionDigits::of(Tile::BK, radix_r, radix_s);
+    }
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
+        const int k_live = dy_n != nullptr ? k_remaining : 0;  // a pixel past M loads nothing
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++) {
+            const int p = p0 - krs[i].mid * dp_r, q = q0 - krs[i].lo * dp_s;
+            const bool inside = (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q;
+            v[i] = Map::k(i) < k_live && inside
+                       ? dy_n[(krs[i].hi * P + p) * Q + q] : T(0);  // int: K·P·Q < 2^31
+        }
+    }
+    __device__ __forceinline__ void advance() {
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++) krs[i].add(step, radix_r, radix_s);
+    }
+};
+
+// B[(k, t_r, t_s), c] = w[k, c, first_r + t_r·step_r, first_s + t_s·step_s] for this thread's
+// staged elements: one (k, t_r, t_s) a k-tile, several c.
+template <class Tile>
+struct DgradFilterIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = true;
+    typedef StagingMap<Tile::BK, Tile::BN, Tile::THREADS, KFast> Map;
+    const T* w_c;            // w[0, c_base + Map::x(0), 0, 0] of the group
+    index_t filter_stride;   // one output channel k of w: C/groups·R·S elements
+    int channel_stride;      // Map::STEP input channels: STEP·R·S elements
+    int channels_left, S, first_r, step_r, first_s, step_s, radix_r, radix_s;
+    ReductionDigits krs, step;  // this thread's (k, t_r, t_s); BK as digits
+
+    __device__ DgradFilterIterator(const T* w_g, int c_base, int C_per_group, int R, int S_,
+                                   const PhaseTaps& tap_r, const PhaseTaps& tap_s)
+        : w_c(w_g + (index_t)(c_base + Map::x(0)) * R * S_),
+          filter_stride((index_t)C_per_group * R * S_), channel_stride(Map::STEP * R * S_),
+          channels_left(C_per_group - c_base), S(S_), first_r(tap_r.first), step_r(tap_r.step),
+          first_s(tap_s.first), step_s(tap_s.step), radix_r(tap_radix(tap_r)),
+          radix_s(tap_radix(tap_s)) {
+        krs = ReductionDigits::of(Map::k(0), radix_r, radix_s);
+        step = ReductionDigits::of(Tile::BK, radix_r, radix_s);
+    }
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
+        const bool live = Map::k(0) < k_remaining;
+        const int r = first_r + krs.mid * step_r, s = first_s + krs.lo * step_s;
+        const T* w_t = w_c + krs.hi * filter_stride + r * S + s;
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++)
+            v[i] = live && Map::x(i) < channels_left ? w_t[i * channel_stride] : T(0);
+    }
+    __device__ __forceinline__ void advance() { krs.add(step, radix_r, radix_s); }
+};
+
+// The bias and the store of dx[n, c, phase_h + i·stride_h, phase_w + j·stride_w]. Each V×V
+// sub-tile's rows are V consecutive pixels of the phase. With stride_w = 1 and W a multiple of V
+// (and dx 16-byte aligned) they are side by side in one row of dx and aligned: one 128-bit store
+// per channel, whole 32-byte sectors a warp. Otherwise one store per element, the pixel stepped
+// from the sub-tile's first, which is decoded here, before the main loop.
+template <class Tile>
+struct DgradEpilogue {
+    typedef typename Tile::Element T;
+    static constexpr int SUB_M = Tile::TM / Tile::V;
+    T* dx;
+    const T* bias;
+    int m_base, M, Hp, Wp, n[SUB_M], i[SUB_M], j[SUB_M];
+    int phase_h, phase_w, stride_h, stride_w, H, W, C, c_first, channels_left;
+    bool vector_store;
+
+    __device__ DgradEpilogue(T* dx_, const T* bias_, int m_base_, int M_, int Hp_, int Wp_,
+                             int phase_h_, int phase_w_, int stride_h_, int stride_w_, int H_,
+                             int W_, int C_, int c_first_, int channels_left_)
+        : dx(dx_), bias(bias_), m_base(m_base_), M(M_), Hp(Hp_), Wp(Wp_), phase_h(phase_h_),
+          phase_w(phase_w_), stride_h(stride_h_), stride_w(stride_w_), H(H_), W(W_), C(C_),
+          c_first(c_first_), channels_left(channels_left_),
+          vector_store(stride_w_ == 1 && W_ % Tile::V == 0 && aligned16(dx_)) {
+#pragma unroll
+        for (int u = 0; u < SUB_M; u++) {
+            const int m = m_base + Tile::row(u * Tile::V), ij = m % (Hp * Wp);
+            n[u] = m / (Hp * Wp);
+            i[u] = ij / Wp;
+            j[u] = ij % Wp;
+        }
+    }
+    // A phase with no taps still lands here (acc = 0): its pixels get the bias alone.
+    __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN]) const {
+#pragma unroll
+        for (int u = 0; u < SUB_M; u++) {
+            if (vector_store) {  // M is a multiple of V too: the sub-tile is all in or all out
+                if (m_base + Tile::row(u * Tile::V) >= M) continue;
+                const index_t hw = (index_t)(phase_h + i[u] * stride_h) * W + j[u];
+#pragma unroll
+                for (int jj = 0; jj < Tile::TN; jj++) {
+                    if (Tile::col(jj) >= channels_left) continue;
+                    const int c = c_first + Tile::col(jj);
+                    T out[Tile::V];
+#pragma unroll
+                    for (int v = 0; v < Tile::V; v++) {
+                        out[v] = acc[u * Tile::V + v][jj];
+                        if (bias != nullptr) out[v] += bias[c];  // (no + 0: -0 stays -0)
+                    }
+                    store_vector16(&dx[((index_t)n[u] * C + c) * H * W + hw], out);
+                }
+                continue;
+            }
+            int n_t = n[u], i_t = i[u], j_t = j[u];
+#pragma unroll
+            for (int v = 0; v < Tile::V; v++) {
+                const int t = u * Tile::V + v;
+                if (m_base + Tile::row(t) < M) {
+                    const index_t hw =
+                        (index_t)(phase_h + i_t * stride_h) * W + phase_w + j_t * stride_w;
+#pragma unroll
+                    for (int jj = 0; jj < Tile::TN; jj++) {
+                        if (Tile::col(jj) >= channels_left) continue;
+                        const int c = c_first + Tile::col(jj);
+                        T value = acc[t][jj];
+                        if (bias != nullptr) value += bias[c];
+                        dx[((index_t)n_t * C + c) * H * W + hw] = value;
+                    }
+                }
+                if (++j_t == Wp) {
+                    j_t = 0;
+                    if (++i_t == Hp) {
+                        i_t = 0;
+                        n_t++;
+                    }
+                }
+            }
+        }
+    }
+};
+
+template <typename T, int BM, int BN, int BK, int WM, int WN, int TM, int TN>
+__global__ void __launch_bounds__(GemmTile<T, BM, BN, BK, WM, WN, TM, TN>::THREADS, 1)
 dgrad_implicit_gemm(const T* __restrict__ dy, const T* __restrict__ w, const T* __restrict__ bias,
                     T* __restrict__ dx,
                     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                     int stride_h, int stride_w, int pad_top, int pad_left,
                     int dil_h, int dil_w, int groups) {
-    constexpr int THREADS = (BM / TM) * (BN / TN);
-    __shared__ T a_tile[BK][BM];
-    __shared__ T b_tile[BK][BN];
+    typedef GemmTile<T, BM, BN, BK, WM, WN, TM, TN> Tile;
     const int C_per_group = C / groups, K_per_group = K / groups;
     // This block's phase: rows h ≡ phase_h (mod stride_h), columns w ≡ phase_w (mod stride_w),
     // i.e. h = phase_h + i·stride_h for i in [0, Hp) (Hp = 0 when phase_h >= H).
     const int phase_h = blockIdx.z / stride_w, phase_w = blockIdx.z % stride_w;
-    // (32-bit on purpose: common.cuh's 64-bit ceil_div would be a division subroutine call.)
     const int Hp = (H - phase_h + stride_h - 1) / stride_h, Wp = (W - phase_w + stride_w - 1) / stride_w;
-    const index_t HWp = (index_t)Hp * Wp, M = N * HWp;
-    const index_t m_base = (index_t)blockIdx.x * BM;
+    // Pixels are indexed in 32 bits: the host runs this kernel only when N·Hp·Wp + BM < 2^31 (else
+    // dgrad_direct), and a 64-bit division is a subroutine call.
+    const int M = N * Hp * Wp, m_base = blockIdx.x * BM;
     if (m_base >= M) return;  // the grid spans the largest phase; the whole block leaves together
     const PhaseTaps tap_r = phase_taps(phase_h, pad_top, stride_h, dil_h, R);
     const PhaseTaps tap_s = phase_taps(phase_w, pad_left, stride_w, dil_w, S);
-    const int taps = tap_r.count * tap_s.count, KRS = K_per_group * taps;
     // blockIdx.y enumerates (group, tile of BN input channels within the group).
     const int c_tiles = (C_per_group + BN - 1) / BN;
     const int g = blockIdx.y / c_tiles, c_base = (blockIdx.y % c_tiles) * BN;
-    const T* dy_g = dy + (index_t)g * K_per_group * P * Q;
-    const T* w_g = w + (index_t)g * K_per_group * C_per_group * R * S;
-    // Neighbouring threads own neighbouring pixels of the phase (j, then i): stores along w.
-    const int thread_m = (threadIdx.x % (BM / TM)) * TM;
-    const int thread_n = (threadIdx.x / (BM / TM)) * TN;
-
-    // Staging roles, as in fprop_implicit_gemm: a thread always stages pixel a_m of A (column
-    // a_j) and reduction row b_i of B, so its pixel (n, i, j) is decoded once, here.
-    static_assert(THREADS % BM == 0 && THREADS % BK == 0, "staging assumes THREADS % BM, BK == 0");
-    const int a_j = threadIdx.x % BM, b_i = threadIdx.x % BK;
-    const index_t a_m = m_base + a_j;
-    // Pixels are decoded in 32 bits: the host runs this kernel only when N·Hp·Wp + BM < 2^31 (else
-    // dgrad_direct), and a 64-bit division is a subroutine call whose live registers spill.
-    const int n_base = (int)m_base / (int)HWp;
-    const int ij_base = (int)m_base - n_base * (int)HWp;
-    const index_t a_n = n_base + (ij_base + a_j) / (int)HWp;
-    const int a_ij = (ij_base + a_j) % (int)HWp;
-    // dy row / column that tap t = 0 of pixel a_m reads; tap t subtracts t·dp (phase_taps).
-    const int a_p0 = a_ij / Wp + tap_r.p0, a_q0 = a_ij % Wp + tap_s.p0;
-    const T* dy_a = dy_g + a_n * K * P * Q;
-    // The epilogue's first pixel (n, i, j).
-    const index_t m0 = m_base + thread_m;
-    index_t n = n_base + (ij_base + thread_m) / (int)HWp;
-    int i = (ij_base + thread_m) % (int)HWp, j = i % Wp;
-    i /= Wp;
-
-    T acc[TM][TN] = {};
-    for (int krs_base = 0; krs_base < KRS; krs_base += BK) {
-        // Stage A[e][a_j] = dy at reduction index krs_base+e = (k, t_r, t_s) of pixel a_m,
-        // zero where (p, q) falls outside dy (padding, or conv_transpose2d's output_padding).
-        for (int e = threadIdx.x / BM; e < BK; e += THREADS / BM) {
-            const int krs = krs_base + e;
-            T v = T(0);
-            if (krs < KRS && a_m < M) {
-                const int k = krs / taps, t = krs % taps;
-                const int p = a_p0 - (t / tap_s.count) * tap_r.dp;
-                const int q = a_q0 - (t % tap_s.count) * tap_s.dp;
-                if (p >= 0 && p < P && q >= 0 && q < Q) v = dy_a[((index_t)k * P + p) * Q + q];
-            }
-            a_tile[e][a_j] = v;
-        }
-        // Stage B[b_i][c] = w[k, c_base+c, r, s] for the reduction index krs_base+b_i.
-        const int krs = krs_base + b_i;
-        const int k = krs / taps, t = krs % taps;
-        const int r = tap_r.first + (t / tap_s.count) * tap_r.step;
-        const int s = tap_s.first + (t % tap_s.count) * tap_s.step;
-        for (int c = threadIdx.x / BK; c < BN; c += THREADS / BK) {
-            const bool live = krs < KRS && c_base + c < C_per_group;
-            b_tile[b_i][c] = live ? w_g[(((index_t)k * C_per_group + c_base + c) * R + r) * S + s]
-                                  : T(0);
-        }
-        __syncthreads();
-        accumulate_tile_product(acc, a_tile, b_tile, thread_m, thread_n);
-        __syncthreads();  // before the next step overwrites the tiles others are still reading
-    }
-
-    // Epilogue: bias, store to dx[n, c, phase_h + i·stride_h, phase_w + j·stride_w]. A phase with
-    // no taps still lands here (acc = 0): its pixels get the bias alone. The thread's TM pixels
-    // are consecutive in the phase: step (n, i, j) along from the first.
-#pragma unroll
-    for (int tm = 0; tm < TM; tm++) {
-        if (m0 + tm < M) {
-            const index_t hw = (index_t)(phase_h + i * stride_h) * W + phase_w + j * stride_w;
-#pragma unroll
-            for (int tn = 0; tn < TN; tn++) {
-                const int c_in_group = c_base + thread_n + tn;
-                if (c_in_group >= C_per_group) continue;
-                const int c = g * C_per_group + c_in_group;
-                T v = acc[tm][tn];
-                if (bias != nullptr) v += bias[c];
-                dx[(n * C + c) * H * W + hw] = v;
-            }
-        }
-        if (++j == Wp) {
-            j = 0;
-            if (++i == Hp) {
-                i = 0;
-                n++;
-            }
-        }
-    }
+    typedef DgradGradientIterator<Tile> IterA;
+    IterA a(dy + (index_t)g * K_per_group * P * Q, m_base + IterA::Map::x(0), M, Hp * Wp, Wp, K, P,
+            Q, tap_r, tap_s);
+    DgradFilterIterator<Tile> b(w + (index_t)g * K_per_group * C_per_group * R * S, c_base,
+                                C_per_group, R, S, tap_r, tap_s);
+    const DgradEpilogue<Tile> epilogue(dx, bias, m_base, M, Hp, Wp, phase_h, phase_w, stride_h,
+                                       stride_w, H, W, C, g * C_per_group + c_base,
+                                       C_per_group - c_base);
+    __shared__ __align__(16) GemmShared<Tile> shared;
+    implicit_gemm<Tile>(shared, a, b, K_per_group * tap_r.count * tap_s.count, epilogue);
 }

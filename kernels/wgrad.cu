@@ -9,17 +9,20 @@
 // N·P·Q reduction in a fixed order (n, p, q): no atomics, bitwise reproducible. The reduction is
 // long (it is the batch times the image), so this kernel is the obviously-right fallback.
 //
-// wgrad_implicit_gemm + wgrad_reduce_splits: the tiled GEMM with the long reduction split across
-// blocks (split-K). The dw GEMM is small (K × C·R·S) and its reduction long, so one block per
-// output tile would leave most of a GPU idle: blockIdx.z = split z takes reduction steps
-// [z·chunk, (z+1)·chunk) and writes its partial dw tile to its own slice of a workspace
+// wgrad_implicit_gemm + wgrad_reduce_splits: the shared main loop of gemm.cuh with the long
+// reduction split across blocks (split-K). The dw GEMM is small (K × C·R·S) and its reduction long,
+// so one block per output tile would leave most of a GPU idle: blockIdx.z = split z takes reduction
+// steps [z·chunk, (z+1)·chunk) and writes its partial dw tile to its own slice of a workspace
 // partial[splits][K][C/groups·R·S]; wgrad_reduce_splits then sums the slices in the fixed order
 // z = 0, 1, ... (no float atomics), so the result is bitwise reproducible. The host picks splits and
-// chunk from the problem alone; with one split the GEMM writes dw directly. Tiling as in
-// fprop_implicit_gemm: a block owns BM output channels × BN taps (c,r,s) of one group, each of its
-// (BM/TM)·(BN/TN) threads a TM×TN register tile; A[BK][BM] (from dy) and B[BK][BN] (gathered from
-// x) are staged in shared memory. Tile shapes come from TILES["wgrad"] in kernel_backend.py.
-#include "common.cuh"
+// chunk from the problem alone; with one split the GEMM writes dw directly. A block owns BM output
+// channels × BN taps (c,r,s) of one group. Both iterators stage along the reduction (consecutive
+// threads, consecutive pixels (n, p, q): coalesced along dy's and x's rows) and step their pixel's
+// (n, p, q) by BK per k-tile without a division: WgradGradientIterator reads A from dy,
+// WgradActivationIterator gathers B from x (fprop's tap rule, zero in the padding; each staged
+// element's tap is fixed, decoded once). WgradEpilogue stores the partial tile. Tile shapes come
+// from TILES["wgrad"] in kernel_backend.py.
+#include "gemm.cuh"
 
 template <typename T>
 __global__ void wgrad_direct(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dw,
@@ -54,86 +57,143 @@ __global__ void wgrad_direct(const T* __restrict__ x, const T* __restrict__ dy, 
     }
 }
 
-// Assumes P·Q + BK < 2^31 (checked on the host): the per-image pixel index is an int.
-template <typename T, int BM, int BN, int BK, int TM, int TN>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+// A[k, (n,p,q)] = dy[n, k, p, q] for this thread's staged elements: one pixel (n, p, q) a k-tile,
+// several output channels k.
+template <class Tile>
+struct WgradGradientIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = true;  // consecutive threads, consecutive pixels: coalesced
+    typedef StagingMap<Tile::BK, Tile::BM, Tile::THREADS, KFast> Map;
+    const T* dy_k;           // dy[0, k_base + Map::x(0), 0, 0] of the group
+    index_t image_stride;    // one image of dy: K·P·Q elements
+    int channel_stride;      // Map::STEP output channels: STEP·P·Q elements
+    int channels_left, P, Q;
+    ReductionDigits npq, step;  // this thread's pixel (n, p, q); BK as digits
+
+    __device__ WgradGradientIterator(const T* dy_g, index_t e, int k_base, int K_per_group, int K,
+                                     int P_, int Q_)
+        : image_stride((index_t)K * P_ * Q_), channel_stride(Map::STEP * P_ * Q_),
+          channels_left(K_per_group - k_base), P(P_), Q(Q_), npq(ReductionDigits::of(e, P_, Q_)),
+          step(ReductionDigits::of(Tile::BK, P_, Q_)) {
+        dy_k = dy_g + (index_t)(k_base + Map::x(0)) * P * Q;
+    }
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
+        const bool live = Map::k(0) < k_remaining;
+        const T* dy_t = dy_k + npq.hi * image_stride + npq.mid * Q + npq.lo;
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++)
+            v[i] = live && Map::x(i) < channels_left ? dy_t[i * channel_stride] : T(0);
+    }
+    // The image pointer moves with n: one multiply a k-tile, not one per element.
+    __device__ __forceinline__ void advance() { npq.add(step, P, Q); }
+};
+
+// B[(n,p,q), (c,r,s)] = x[n, c, p·stride_h - pad_top + r·dil_h, q·stride_w - pad_left + s·dil_w]
+// for this thread's staged elements: one pixel (n, p, q) a k-tile, several taps (c, r, s), each
+// decoded once into its offset in an image of x and its row and column shift.
+template <class Tile>
+struct WgradActivationIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = true;
+    typedef StagingMap<Tile::BK, Tile::BN, Tile::THREADS, KFast> Map;
+    const T* x_g;                      // channel 0 of the group in image 0 of x
+    index_t image_stride;              // one image of x: C·H·W elements
+    int tap_offset[Map::ELEMS];        // c·H·W + r·dil_h·W + s·dil_w (int: C·H·W < 2^31)
+    int tap_h[Map::ELEMS], tap_w[Map::ELEMS];  // r·dil_h, s·dil_w
+    int taps_left, H, W, P, Q, stride_h, stride_w, pad_top, pad_left;
+    ReductionDigits npq, step;
+
+    __device__ WgradActivationIterator(const T* x_g_, index_t e, int crs_base, int CRS, int C,
+                                       int H_, int W_, int R, int S, int P_, int Q_,
+                                       int stride_h_, int stride_w_, int pad_top_, int pad_left_,
+                                       int dil_h, int dil_w)
+        : x_g(x_g_), image_stride((index_t)C * H_ * W_), taps_left(CRS - crs_base), H(H_), W(W_), P(P_),
+          Q(Q_), stride_h(stride_h_), stride_w(stride_w_), pad_top(pad_top_), pad_left(pad_left_),
+          npq(ReductionDigits::of(e, P_, Q_)), step(ReductionDigits::of(Tile::BK, P_, Q_)) {
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++) {
+            const ReductionDigits crs = ReductionDigits::of(crs_base + Map::x(i), R, S);
+            tap_h[i] = crs.mid * dil_h;
+            tap_w[i] = crs.lo * dil_w;
+            tap_offset[i] = (crs.hi * H + tap_h[i]) * W + tap_w[i];
+        }
+    }
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
+        const bool live = Map::k(0) < k_remaining;
+        // Tap (0, 0) of output pixel (p, q) reads x at (h0, w0); tap (r, s) adds its shift.
+        const int h0 = npq.mid * stride_h - pad_top, w0 = npq.lo * stride_w - pad_left;
+        const T* x_n = x_g + npq.hi * image_stride;
+        const int pixel = h0 * W + w0;  // may be < 0: only added to a tap that lands inside
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++) {
+            const bool inside = (unsigned)(h0 + tap_h[i]) < (unsigned)H &&
+                                (unsigned)(w0 + tap_w[i]) < (unsigned)W;
+            v[i] = live && Map::x(i) < taps_left && inside ? x_n[pixel + tap_offset[i]] : T(0);
+        }
+    }
+    __device__ __forceinline__ void advance() { npq.add(step, P, Q); }
+};
+
+// This split's partial dw tile into its slice of the workspace (dw's layout). A V×V sub-tile's
+// columns are V consecutive taps of one row: when C/groups·R·S is a multiple of V (and the
+// workspace 16-byte aligned) they are aligned, one 128-bit store each, and a warp's store covers
+// whole 32-byte sectors; otherwise one store per element.
+template <class Tile>
+struct WgradEpilogue {
+    typedef typename Tile::Element T;
+    static constexpr int V = Tile::V;
+    T* out;  // the block's first element: partial[z][g·K/groups + k_base][crs_base]
+    int CRS, rows_left, cols_left;
+
+    __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN]) const {
+        const bool vector_store = CRS % V == 0 && aligned16(out);
+#pragma unroll
+        for (int i = 0; i < Tile::TM; i++) {
+            if (Tile::row(i) >= rows_left) continue;
+            T* row = out + (index_t)Tile::row(i) * CRS;
+#pragma unroll
+            for (int u = 0; u < Tile::TN / V; u++) {
+                const int col = Tile::col(u * V);
+                if (vector_store) {  // cols_left is a multiple of V too: all in or all out
+                    if (col < cols_left) store_vector16(&row[col], &acc[i][u * V]);
+                    continue;
+                }
+#pragma unroll
+                for (int v = 0; v < V; v++)
+                    if (col + v < cols_left) row[col + v] = acc[i][u * V + v];
+            }
+        }
+    }
+};
+
+// Assumes P·Q + BK < 2^31 and chunk + BK < 2^31 (checked on the host).
+template <typename T, int BM, int BN, int BK, int WM, int WN, int TM, int TN>
+__global__ void __launch_bounds__(GemmTile<T, BM, BN, BK, WM, WN, TM, TN>::THREADS, 1)
 wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ partial,
                     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                     int stride_h, int stride_w, int pad_top, int pad_left,
                     int dil_h, int dil_w, int groups, index_t chunk) {
-    constexpr int THREADS = (BM / TM) * (BN / TN);
-    __shared__ T a_tile[BK][BM];
-    __shared__ T b_tile[BK][BN];
-    const int C_per_group = C / groups, K_per_group = K / groups;
-    const int RS = R * S, CRS = C_per_group * RS, PQ = P * Q;
+    typedef GemmTile<T, BM, BN, BK, WM, WN, TM, TN> Tile;
+    const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
     // blockIdx.x: tile of BN taps (c,r,s); blockIdx.y: (group, tile of BM output channels).
-    const int k_tiles = (int)ceil_div(K_per_group, BM);
+    const int k_tiles = (K_per_group + BM - 1) / BM;
     const int g = blockIdx.y / k_tiles, k_base = (blockIdx.y % k_tiles) * BM;
     const int crs_base = blockIdx.x * BN;
-    // This split's share of the reduction: steps [red_begin, red_end) of the N·P·Q pixels.
-    const index_t red_begin = blockIdx.z * chunk;
-    const index_t red_end = red_begin + chunk < (index_t)N * PQ ? red_begin + chunk : (index_t)N * PQ;
-    const T* x_g = x + (index_t)g * C_per_group * H * W;
-    const T* dy_g = dy + (index_t)g * K_per_group * PQ;
-    // Neighbouring threads own neighbouring taps: the epilogue's stores along dw's rows coalesce.
-    const int thread_n = (threadIdx.x % (BN / TN)) * TN;
-    const int thread_m = (threadIdx.x / (BN / TN)) * TM;
-
-    // Staging role: a thread always stages reduction row e_i of both tiles (THREADS % BK == 0), so
-    // consecutive threads read consecutive pixels (coalesced along dy's and x's rows), and the
-    // thread's pixel (n, pq) is decoded once here and then advanced by BK each step.
-    static_assert(THREADS % BK == 0, "staging assumes THREADS % BK == 0");
-    const int e_i = threadIdx.x % BK;
-    index_t e = red_begin + e_i;
-    int n = (int)(e / PQ), pq = (int)(e % PQ);
-
-    T acc[TM][TN] = {};
-    for (index_t red_base = red_begin; red_base < red_end; red_base += BK) {
-        const bool live = e < red_end;
-        // Tap (0, 0) of output pixel (p, q) reads x at (p·stride_h - pad_top, q·stride_w - pad_left).
-        const int h0 = (pq / Q) * stride_h - pad_top, w0 = (pq % Q) * stride_w - pad_left;
-        const T* dy_e = dy_g + (index_t)n * K * PQ + pq;
-        const T* x_e = x_g + (index_t)n * C * H * W;
-        // Stage A[e_i][k] = dy[n, k_base+k, p, q]: one output channel is P·Q apart from the next.
-        for (int k = threadIdx.x / BK; k < BM; k += THREADS / BK) {
-            a_tile[e_i][k] = live && k_base + k < K_per_group ? dy_e[(index_t)(k_base + k) * PQ]
-                                                              : T(0);
-        }
-        // Stage B[e_i][j] = x at tap crs_base+j of output pixel (n, p, q): fprop's gather.
-        for (int j = threadIdx.x / BK; j < BN; j += THREADS / BK) {
-            const int crs = crs_base + j;
-            T v = T(0);
-            if (live && crs < CRS) {
-                const int c = crs / RS, r = (crs / S) % R, s = crs % S;
-                const int h = h0 + r * dil_h, wi = w0 + s * dil_w;
-                if (h >= 0 && h < H && wi >= 0 && wi < W) v = x_e[((index_t)c * H + h) * W + wi];
-            }
-            b_tile[e_i][j] = v;
-        }
-        __syncthreads();
-        accumulate_tile_product(acc, a_tile, b_tile, thread_m, thread_n);
-        __syncthreads();  // before the next step overwrites the tiles others are still reading
-        // Advance this thread's pixel by BK; with P·Q < BK that may cross several images.
-        e += BK;
-        pq += BK;
-        if (pq >= PQ) {
-            n += pq / PQ;
-            pq %= PQ;
-        }
-    }
-
-    // Epilogue: this split's partial dw tile into its slice of the workspace (dw's layout).
-    T* out = partial + (index_t)blockIdx.z * K * CRS;
-#pragma unroll
-    for (int tm = 0; tm < TM; tm++) {
-        const int k_in_group = k_base + thread_m + tm;
-        if (k_in_group >= K_per_group) continue;
-        const index_t row = (index_t)(g * K_per_group + k_in_group) * CRS;
-#pragma unroll
-        for (int tn = 0; tn < TN; tn++) {
-            if (crs_base + thread_n + tn < CRS) out[row + crs_base + thread_n + tn] = acc[tm][tn];
-        }
-    }
+    // This split's share of the reduction: pixels [red_begin, red_end) of the N·P·Q.
+    const index_t npq = (index_t)N * P * Q, red_begin = blockIdx.z * chunk;
+    const int reduction = (int)((red_begin + chunk < npq ? red_begin + chunk : npq) - red_begin);
+    typedef WgradGradientIterator<Tile> IterA;
+    typedef WgradActivationIterator<Tile> IterB;
+    IterA a(dy + (index_t)g * K_per_group * P * Q, red_begin + IterA::Map::k(0), k_base,
+            K_per_group, K, P, Q);
+    IterB b(x + (index_t)g * C_per_group * H * W, red_begin + IterB::Map::k(0), crs_base, CRS, C,
+            H, W, R, S, P, Q, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w);
+    const WgradEpilogue<Tile> epilogue{
+        partial + (index_t)blockIdx.z * K * CRS + (index_t)(g * K_per_group + k_base) * CRS +
+            crs_base,
+        CRS, K_per_group - k_base, CRS - crs_base};
+    __shared__ __align__(16) GemmShared<Tile> shared;
+    implicit_gemm<Tile>(shared, a, b, reduction, epilogue);
 }
 
 // dw[i] = Σ_z partial[z][i], summed in the order z = 0, 1, ..., splits-1 (bitwise reproducible).

@@ -18,6 +18,7 @@ import gpuconv as gc
 from gpuconv import reference as ref
 from gpuconv.backends.kernel_backend import (
     KERNEL_CHOICES,
+    MIN_SPLIT_TILES,
     TILES,
     choose_dgrad,
     choose_fprop,
@@ -43,8 +44,17 @@ from problems import (
 
 ACTIVATIONS = [None, "relu", "sigmoid"]
 F64_RTOL = 1e-10
-# Every (op, kernel) pair the backends can be forced to: 'auto', 'direct' and each tile.
-OP_KERNELS = [(op, k) for op, choices in KERNEL_CHOICES.items() for k in choices]
+
+
+def kernels_for(op, dtype):
+    """'auto', 'direct' and every tile of ``op`` built for ``dtype`` (a forced tile of another
+    dtype would run the direct kernel: test_a_tile_of_another_dtype_runs_direct)."""
+    return [k for k in KERNEL_CHOICES[op] if k in ("auto", "direct") or dtype in TILES[op][k].dtypes]
+
+
+# Every (op, kernel) pair the backends can be forced to for float32 / float64.
+OP_KERNELS = [(op, k) for op in KERNEL_CHOICES for k in kernels_for(op, "float32")]
+OP_KERNELS_F64 = [(op, k) for op in KERNEL_CHOICES for k in kernels_for(op, "float64")]
 
 
 def backend(op, kernel, **emulate_options):
@@ -68,7 +78,7 @@ def check_op(be, op, p, a, activation=None):
 # -- every op over the edge problems ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kernel", KERNEL_CHOICES["fprop"])
+@pytest.mark.parametrize("kernel", kernels_for("fprop", "float32"))
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("name", EDGE)
 def test_fprop_exact(name, activation, kernel):
@@ -76,7 +86,7 @@ def test_fprop_exact(name, activation, kernel):
     check_op(backend("fprop", kernel), "fprop", p, conv_inputs(p, 1, small_ints), activation)
 
 
-@pytest.mark.parametrize("kernel", KERNEL_CHOICES["dgrad"])
+@pytest.mark.parametrize("kernel", kernels_for("dgrad", "float32"))
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("name", EDGE)
 def test_dgrad_exact(name, with_bias, kernel):
@@ -84,14 +94,14 @@ def test_dgrad_exact(name, with_bias, kernel):
     check_op(backend("dgrad", kernel), "dgrad", p, conv_inputs(p, 2, small_ints, with_bias))
 
 
-@pytest.mark.parametrize("kernel", KERNEL_CHOICES["wgrad"])
+@pytest.mark.parametrize("kernel", kernels_for("wgrad", "float32"))
 @pytest.mark.parametrize("name", EDGE)
 def test_wgrad_exact(name, kernel):
     p = problem(EDGE[name], "float32")
     check_op(backend("wgrad", kernel), "wgrad", p, conv_inputs(p, 3, small_ints))
 
 
-@pytest.mark.parametrize("op, kernel", OP_KERNELS)
+@pytest.mark.parametrize("op, kernel", OP_KERNELS_F64)
 @pytest.mark.parametrize("name", EDGE)
 def test_float64(name, op, kernel):
     p = problem(EDGE[name], "float64")
@@ -99,14 +109,43 @@ def test_float64(name, op, kernel):
 
 
 def test_wgrad_splits_the_reduction():
-    """The split-K path (workspace + fixed-order sum) is what the tiles run on these problems."""
-    for name in ("groups", "odd_channels", "seed_4x4_s2"):
+    """The split-K path (workspace + fixed-order sum), each split several k-tiles long (both
+    pipeline buffers), is what the tiles run on these problems."""
+    for name in ("groups", "rect_kernel", "dilation"):
         p = problem(EDGE[name])
         for kernel, tile in TILES["wgrad"].items():
             splits, chunk = wgrad_splits(p, tile)
             assert splits > 1 and chunk % tile.BK == 0, (name, kernel, splits, chunk)
+            assert chunk >= MIN_SPLIT_TILES * tile.BK, (name, kernel, chunk)
             assert (splits - 1) * chunk < p.N * p.P * p.Q <= splits * chunk  # none empty
     assert choose_wgrad(problem(EDGE["depthwise"])) == "direct"  # K/groups = 2: no tile fills
+
+
+def test_a_tile_of_another_dtype_runs_direct():
+    p32, p64 = problem(EDGE["odd_channels"], "float32"), problem(EDGE["odd_channels"], "float64")
+    for choose in (choose_fprop, choose_dgrad, choose_wgrad):
+        assert choose(p64, "128x128x8_8x8") == "direct"
+        assert choose(p32, "64x64x8_4x4") == "direct"
+        assert choose(p64, "32x32x8_4x4") == choose(p32, "32x32x8_4x4") == "32x32x8_4x4"
+
+
+def test_auto_picks_the_largest_tile_the_gemm_fills():
+    """ResNet-50-like layers at N=32 (float32): fprop and dgrad fill 128×128 tiles; the channel
+    sides decide the rest, and a grid too small for the SMs a smaller tile; float64 takes its own
+    tiles; depthwise goes direct."""
+    big = Conv2dProblem(32, 128, 28, 28, 128, 3, 3, 28, 28, dtype="float32")
+    assert (choose_fprop(big), choose_dgrad(big), choose_wgrad(big)) == ("128x128x8_8x8",) * 3
+    narrow = Conv2dProblem(32, 64, 56, 56, 64, 3, 3, 56, 56, dtype="float32")  # K = 64
+    assert choose_fprop(narrow) == "128x64x8_8x8" and choose_wgrad(narrow) == "64x128x8_8x8"
+    # 14×14 pixels, 256 channels: 4 blocks of 128×128 would leave 128 SMs idle; 64×64 gives 16
+    few_pixels = Conv2dProblem(1, 256, 14, 14, 256, 3, 3, 14, 14, dtype="float32")
+    assert choose_fprop(few_pixels) == choose_dgrad(few_pixels) == "64x64x8_8x8"
+    assert choose_wgrad(few_pixels) == "128x128x8_8x8"  # split-K fills the GPU
+    small = Conv2dProblem(1, 16, 4, 4, 16, 1, 1, 4, 4, dtype="float32")  # M = 16 pixels
+    assert choose_fprop(small) == "32x32x8_4x4"
+    wide64 = Conv2dProblem(32, 64, 56, 56, 256, 1, 1, 56, 56, dtype="float64")
+    assert choose_fprop(wide64) == "64x64x8_4x4"
+    assert choose_fprop(problem(EDGE["depthwise"], "float32")) == "direct"
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -128,7 +167,7 @@ def every_kernel(emulate_options, name="dilation_stride"):
         p = problem(EDGE[name], dtype)
         a = conv_inputs(p, 13, maker)
         for op in TILES:
-            for kernel in ("direct", *TILES[op]):
+            for kernel in kernels_for(op, dtype)[1:]:  # 'auto' is one of the others
                 for activation in ACTIVATIONS if op == "fprop" else [None]:
                     check_op(backend(op, kernel, **emulate_options), op, p, a, activation)
         y = be.sigmoid(a["dy"])
@@ -163,7 +202,7 @@ def test_kernel_line_coverage(capsys):
 
     for name in ("dilation_stride", "odd_channels", "big_pad", "groups"):
         every_kernel(dict(mode="coverage"), name)
-    files = sorted(kernels_dir().glob("*.cu")) + [kernels_dir() / "common.cuh"]
+    files = sorted(kernels_dir().glob("*.cu")) + [kernels_dir() / h for h in ("common.cuh", "gemm.cuh")]
     report = coverage_report(files)
     missing = []
     with capsys.disabled():
@@ -213,7 +252,7 @@ def transpose_kernels(case, x, w, bias):
     """conv_transpose2d through the public API ('auto') and each dgrad kernel forced."""
     yield "api", transpose_call(case, x, w, bias, "emulate")
     p = transpose_case_problem(case, x.dtype.name)
-    for kernel in ("direct", *TILES["dgrad"]):
+    for kernel in kernels_for("dgrad", x.dtype.name)[1:]:
         yield kernel, backend("dgrad", kernel).dgrad(p, x, w, bias)
 
 
@@ -312,6 +351,9 @@ def test_sizes_beyond_the_kernels_int32_fields():
     long = Conv2dProblem(1, 2**28, 3, 3, 2**28, 3, 3, 1, 1)  # C·R·S = K·R·S = 9·2**28 > 2**31
     assert (choose_fprop(long), choose_dgrad(long), choose_wgrad(long)) == ("direct",) * 3
     assert choose_fprop(Conv2dProblem(1, 2**20, 3, 3, 64, 3, 3, 1, 1)) != "direct"
+    # one image of x beyond 2**31 elements: the tiles keep offsets inside an image in an int
+    huge_image = Conv2dProblem(1, 2**12, 2**10, 2**10, 64, 1, 1, 2**10, 2**10)
+    assert (choose_fprop(huge_image), choose_wgrad(huge_image)) == ("direct",) * 2
 
 
 # -- the emulate backend agrees with the numpy backend, through the public API ------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gpuconv import model
-from gpuconv.backends.kernel_backend import TILES, kernel_name, launch_config
+from gpuconv.backends.kernel_backend import TILES, choose_fprop, kernel_name, launch_config
 from gpuconv.problem import conv_problem
 from gpuconv.shapes import layer_problem
 
@@ -67,14 +67,14 @@ def test_dgrad_phase_taps():
 def test_geometry_is_the_backends_launch(op):
     p = layer_problem("res3_3x3_s2", "gpu")
     name, tile = next(iter(TILES[op].items()))
-    g = model.geometry(op, p, tile.BM, tile.BN, tile.BK)
+    g = model.geometry(op, p, tile)
     grid, _ = launch_config(1, op, tile, p)
     assert g.blocks == grid[0] * grid[1] * (grid[2] if len(grid) > 2 else 1)
 
 
 def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
     p = layer_problem("res5_3x3", "gpu")
-    kernel = next(iter(TILES["fprop"]))
+    kernel = choose_fprop(p)
     expression = kernel_name("fprop", "float32", kernel)
     tile = TILES["fprop"][kernel]
     # One report as `python -m gpuconv.sass` writes it: only the fprop tile's.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,40 +66,43 @@ def _pointer(array):
 
 @dataclass(frozen=True)
 class Tile:
-    """Tile shape of an implicit-GEMM kernel: a BM×BN tile of its GEMM output per block, BK
-    reduction steps staged at a time, a TM×TN register tile per thread, so (BM/TM)·(BN/TN) threads
-    a block."""
+    """Tile shape of an implicit-GEMM kernel (kernels/gemm.cuh): a BM×BN tile of its GEMM output
+    per block, BK reduction steps staged at a time, BM/WM × BN/WN warps of WM×WN, a TM×TN register
+    tile per thread (whole 16-byte sub-tiles: 4×4 floats or 2×2 doubles), so
+    (BM/WM)·(BN/WN)·32 threads a block. ``dtypes``: the dtypes it is instantiated for."""
 
     BM: int
     BN: int
     BK: int
+    WM: int
+    WN: int
     TM: int
     TN: int
+    dtypes: tuple[str, ...] = ("float32", "float64")
 
     @property
     def threads(self) -> int:
-        return (self.BM // self.TM) * (self.BN // self.TN)
+        return (self.BM // self.WM) * (self.BN // self.WN) * 32
 
     def template_args(self) -> str:
-        return f"{self.BM}, {self.BN}, {self.BK}, {self.TM}, {self.TN}"
+        return f"{self.BM}, {self.BN}, {self.BK}, {self.WM}, {self.WN}, {self.TM}, {self.TN}"
 
 
-# The named tile configurations of each op's implicit-GEMM kernel (GEMM shapes: Conv2dProblem.
-# gemm_shape): every one is compiled, checked and tested.
-TILES = {
-    "fprop": {  # M = N·P·Q, N = K/groups
-        "64x64x8_4x4": Tile(BM=64, BN=64, BK=8, TM=4, TN=4),  # K/groups >= 64: 16 FMAs per 8 loads
-        "32x32x8_2x2": Tile(BM=32, BN=32, BK=8, TM=2, TN=2),  # narrower layers, less tile waste
-    },
-    "dgrad": {  # M = N·H·W (per stride phase), N = C/groups
-        "64x64x8_4x4": Tile(BM=64, BN=64, BK=8, TM=4, TN=4),
-        "32x32x8_2x2": Tile(BM=32, BN=32, BK=8, TM=2, TN=2),
-    },
-    "wgrad": {  # M = K/groups, N = C/groups·R·S; BK = 16: each step's loads cover 16 pixels
-        "64x64x16_4x4": Tile(BM=64, BN=64, BK=16, TM=4, TN=4),
-        "32x32x16_2x2": Tile(BM=32, BN=32, BK=16, TM=2, TN=2),
-    },
+F32 = ("float32",)
+# The named tile configurations, the same for the three ops (GEMM shapes: Conv2dProblem.gemm_shape;
+# fprop M = N·P·Q, N = K/groups; dgrad M = N·H·W per stride phase, N = C/groups; wgrad M = K/groups,
+# N = C/groups·R·S). Every one is compiled, checked and tested. float32 takes 8×8 thread tiles (four
+# 4×4 sub-tiles: 64 FFMAs per 4 LDS.128) in warps of 32×64 as CUTLASS's SIMT kernels do; float64
+# 4×4 (2×2 sub-tiles of double2), its registers being twice as wide.
+_TILES = {
+    "128x128x8_8x8": Tile(BM=128, BN=128, BK=8, WM=32, WN=64, TM=8, TN=8, dtypes=F32),  # 256 thr
+    "128x64x8_8x8": Tile(BM=128, BN=64, BK=8, WM=32, WN=64, TM=8, TN=8, dtypes=F32),    # 128 thr
+    "64x128x8_8x8": Tile(BM=64, BN=128, BK=8, WM=32, WN=64, TM=8, TN=8, dtypes=F32),    # 128 thr
+    "64x64x8_8x8": Tile(BM=64, BN=64, BK=8, WM=32, WN=64, TM=8, TN=8, dtypes=F32),      # 64 thr
+    "64x64x8_4x4": Tile(BM=64, BN=64, BK=8, WM=32, WN=16, TM=4, TN=4, dtypes=("float64",)),
+    "32x32x8_4x4": Tile(BM=32, BN=32, BK=8, WM=32, WN=16, TM=4, TN=4),  # 64 thr; narrow layers
 }
+TILES = {op: _TILES for op in ("fprop", "dgrad", "wgrad")}
 # What each op's kernel argument of the backends accepts: 'auto' (the op's choose_*), 'direct'
 # or one of its tiles.
 KERNEL_CHOICES = {op: ("auto", "direct", *tiles) for op, tiles in TILES.items()}
@@ -112,65 +116,104 @@ def kernel_name(op: str, dtype: str, kernel: str, activation=None) -> str:
     return f"{op}_implicit_gemm<{head}, {TILES[op][kernel].template_args()}>"
 
 
-def choose_fprop(p, kernel: str = "auto") -> str:
-    """'direct' or the TILES['fprop'] name to run ``p`` with.
+def _block_gemm_shape(op: str, p) -> tuple[int, int]:
+    """(M, N) of the GEMM one block column of ``op`` tiles: per group, and for dgrad per stride
+    phase (the largest one), the grid's x and y extents before dividing by the tile."""
+    M, N, _ = p.gemm_shape(op)
+    if op == "dgrad":
+        M = p.N * ceil_div(p.H, p.stride[0]) * ceil_div(p.W, p.stride[1])
+    return M, N
 
-    ``auto`` takes a tile when the channels per group fill one (K/groups >= 8; depthwise layers
-    go direct) and the larger tile when K/groups >= 64. A forced tile falls back to direct only
-    where it cannot run (``launchable``).
+
+def _choose(op: str, p, kernel: str) -> str:
+    """'direct' or the TILES[op] name to run ``p`` with (``choose_fprop`` and friends).
+
+    ``auto`` goes direct when the GEMM's channel side (fprop K/groups, dgrad C/groups, wgrad
+    K/groups) is under 8: a depthwise layer would fill a tile with zeros. float64 takes 64×64
+    where the GEMM's M and N fill it, else 32×32. float32 takes, of the 8×8-thread tiles whose
+    BM×BN the GEMM's M and N fill (largest first: ``F32_TILES_BY_SIZE``), the first whose grid
+    gives every SM of an H100 a block (fewer blocks leave SMs idle: a smaller tile buys
+    parallelism with data reuse), else the smallest of them; wgrad takes the largest, its split-K
+    fills the GPU whatever the tile; a GEMM too small for 64×64 takes 32×32. A forced tile falls
+    back to direct only where it cannot run (``launchable``: a dtype it is not built for, or
+    sizes beyond its index range).
     """
-    Kg = p.K_per_group
+    M, N = _block_gemm_shape(op, p)
     if kernel == "auto":
-        if Kg < 8:
+        channels = N if op != "wgrad" else M
+        if channels < 8:
             return "direct"
-        kernel = "64x64x8_4x4" if Kg >= 64 and p.N * p.P * p.Q >= 64 else "32x32x8_2x2"
-    return kernel if kernel == "direct" or launchable("fprop", p, kernel) else "direct"
+        if p.dtype == "float64":
+            kernel = "64x64x8_4x4" if M >= 64 and N >= 64 else "32x32x8_4x4"
+        else:
+            fits = [k for k in F32_TILES_BY_SIZE if M >= TILES[op][k].BM and N >= TILES[op][k].BN]
+            if not fits:
+                kernel = "32x32x8_4x4"
+            elif op == "wgrad":
+                kernel = fits[0]
+            else:
+                kernel = next((k for k in fits if _blocks(op, p, TILES[op][k]) >= H100_SMS), fits[-1])
+    return kernel if kernel == "direct" or launchable(op, p, kernel) else "direct"
+
+
+F32_TILES_BY_SIZE = ("128x128x8_8x8", "128x64x8_8x8", "64x128x8_8x8", "64x64x8_8x8")
+
+
+def _blocks(op: str, p, tile: Tile) -> int:
+    grid, _ = launch_config(0, op, tile, p)
+    return math.prod(grid)
+
+
+def choose_fprop(p, kernel: str = "auto") -> str:
+    """'direct' or the TILES['fprop'] name to run ``p`` with (see ``_choose``)."""
+    return _choose("fprop", p, kernel)
 
 
 def choose_dgrad(p, kernel: str = "auto") -> str:
-    """'direct' or the TILES['dgrad'] name to run ``p`` with: as choose_fprop, on C/groups (the
-    GEMM's N) and on the pixels of one stride phase (its M)."""
-    Cg = p.C_per_group
-    if kernel == "auto":
-        if Cg < 8:
-            return "direct"
-        phase_pixels = p.N * ceil_div(p.H, p.stride[0]) * ceil_div(p.W, p.stride[1])
-        kernel = "64x64x8_4x4" if Cg >= 64 and phase_pixels >= 64 else "32x32x8_2x2"
-    return kernel if kernel == "direct" or launchable("dgrad", p, kernel) else "direct"
+    """'direct' or the TILES['dgrad'] name to run ``p`` with (see ``_choose``)."""
+    return _choose("dgrad", p, kernel)
 
 
 def choose_wgrad(p, kernel: str = "auto") -> str:
-    """'direct' or the TILES['wgrad'] name to run ``p`` with: a tile when K/groups >= 8 (the GEMM's
-    M; depthwise goes direct), the larger one when K/groups and C/groups·R·S are both >= 64."""
-    Kg, CRS = p.K_per_group, p.C_per_group * p.R * p.S
-    if kernel == "auto":
-        if Kg < 8:
-            return "direct"
-        kernel = "64x64x16_4x4" if Kg >= 64 and CRS >= 64 else "32x32x16_2x2"
-    return kernel if kernel == "direct" or launchable("wgrad", p, kernel) else "direct"
+    """'direct' or the TILES['wgrad'] name to run ``p`` with (see ``_choose``)."""
+    return _choose("wgrad", p, kernel)
 
 
 def launchable(op: str, p, kernel: str) -> bool:
-    """Whether tile ``kernel`` of ``op`` can run ``p``: its grid within CUDA's limits and the
-    indices the kernel keeps in an int within range (the reduction index, C·R·S or K·R·S per group,
-    plus a step; dgrad: all of a stride phase's N·Hp·Wp pixels + BM; wgrad: P·Q + BK)."""
+    """Whether tile ``kernel`` of ``op`` can run ``p``: built for its dtype, its grid within CUDA's
+    limits and the indices the kernel keeps in an int within range (an element's offset inside one
+    image of x or dy, C·H·W and K·P·Q; the reduction index, C·R·S or K·R·S per group, plus a step;
+    dgrad: all of a stride phase's N·Hp·Wp pixels + BM; wgrad: P·Q + BK and a split's chunk + BK)."""
     tile = TILES[op][kernel]
+    if p.dtype not in tile.dtypes or max(p.C * p.H * p.W, p.K * p.P * p.Q) > INT32_MAX:
+        return False
     (sh, sw), RS = p.stride, p.R * p.S
     reduction = p.K_per_group * RS if op == "dgrad" else p.C_per_group * RS
     if reduction + tile.BK > INT32_MAX:
         return False
     if op == "dgrad" and p.N * ceil_div(p.H, sh) * ceil_div(p.W, sw) + tile.BM > INT32_MAX:
         return False
-    if op == "wgrad" and p.P * p.Q + tile.BK > INT32_MAX:
+    if op == "wgrad" and max(p.P * p.Q, wgrad_splits(p, tile)[1]) + tile.BK > INT32_MAX:
         return False
     grid, _ = launch_config(0, op, tile, p)
     return grid[0] <= INT32_MAX and all(g <= 65535 for g in grid[1:])
 
 
-# wgrad split-K: enough blocks for two waves on an H100 (132 SMs), at most MAX_SPLITS partial
-# copies of dw in the workspace, and no split shorter than one BK step.
-SPLIT_TARGET_BLOCKS = 2 * 132
+# wgrad split-K: enough splits for one full wave of resident blocks on an H100 (132 SMs), at most
+# MAX_SPLITS partial copies of dw in the workspace, and no split shorter than MIN_SPLIT_TILES
+# k-tiles (a split's first tile is not overlapped with math and its partial tile is one more
+# store and reduction: long splits keep those a small part).
+H100_SMS = 132
 MAX_SPLITS = 64
+MIN_SPLIT_TILES = 4
+REGISTERS_PER_SM, MAX_THREADS_PER_SM, MAX_REGISTERS_PER_THREAD = 65536, 2048, 255
+
+
+def resident_blocks(tile: Tile) -> int:
+    """Blocks of ``tile`` an SM holds at once whatever ptxas allocates: the kernels' launch bound
+    (min 1 block) lets a thread take up to 255 registers, so this counts 255 a thread."""
+    return max(1, min(MAX_THREADS_PER_SM // tile.threads,
+                      REGISTERS_PER_SM // (tile.threads * MAX_REGISTERS_PER_THREAD)))
 
 
 def wgrad_splits(p, tile: Tile) -> tuple[int, int]:
@@ -179,7 +222,8 @@ def wgrad_splits(p, tile: Tile) -> tuple[int, int]:
     problem and tile only, so a given problem always sums in the same order."""
     npq = p.N * p.P * p.Q
     blocks = ceil_div(p.C_per_group * p.R * p.S, tile.BN) * p.groups * ceil_div(p.K_per_group, tile.BM)
-    want = min(ceil_div(SPLIT_TARGET_BLOCKS, blocks), MAX_SPLITS, ceil_div(npq, tile.BK))
+    want = min(ceil_div(H100_SMS * resident_blocks(tile), blocks), MAX_SPLITS,
+               max(1, npq // (MIN_SPLIT_TILES * tile.BK)))
     chunk = ceil_div(ceil_div(npq, want), tile.BK) * tile.BK
     return ceil_div(npq, chunk), chunk
 
@@ -187,7 +231,7 @@ def wgrad_splits(p, tile: Tile) -> tuple[int, int]:
 # Every template instance, per source file: the NVRTC name expressions of its module.
 def _instances(op: str, activations=(None,)) -> list[str]:
     return [kernel_name(op, d, k, a) for d in CTYPES for a in activations
-            for k in ("direct", *TILES[op])]
+            for k in ("direct", *TILES[op]) if k == "direct" or d in TILES[op][k].dtypes]
 
 
 KERNELS = {

@@ -59,7 +59,8 @@ memory system does with them: global requests touch 32-byte *sectors* (distinct 
 over the active lanes); shared requests take *wavefronts* (the active lanes in phases of 128 bytes
 — 32 lanes of 4-byte accesses, 16 of 8-byte, 8 of 16-byte — each phase costing the largest number of
 distinct 4-byte words its lanes touch in one of the 32 banks). ``ideal`` is the same figure for
-the bytes the request really needs (conflict-free, perfectly coalesced). Accesses outside the
+the bytes the request really needs (perfectly coalesced; conflict-free, which for shared memory is
+the larger of its distinct bytes / 128 and its phases that hold an active lane). Accesses outside the
 launch's arrays and shared memory (the stack, the parameters: registers on a GPU) are not counted.
 Source-level accesses are counted: where nvcc merges neighbouring scalar accesses into one vector
 instruction the GPU makes fewer requests (``python -m gpuconv.sass`` shows what nvcc did).

@@ -933,7 +933,9 @@ struct Launch {
                 c.lanes += r.lanes.size();
                 if (r.first->space == kShared) {
                     c.wavefronts += wavefronts(r.lanes);
-                    c.ideal += (distinct_bytes(r.lanes, 4) + 127) / 128;
+                    // The bytes need 128 a wavefront, and every phase with an active lane takes one.
+                    c.ideal += std::max<uint64_t>((distinct_bytes(r.lanes, 4) + 127) / 128,
+                                                  active_phases(r.lanes));
                 } else {
                     c.sectors += distinct_bytes(r.lanes, 32) / 32;
                     c.ideal += (distinct_bytes(r.lanes, 1) + 31) / 32;
@@ -956,19 +958,27 @@ struct Launch {
         return size_t(std::unique(units.begin(), units.end()) - units.begin()) * unit;
     }
 
+    static int lanes_per_phase(uint32_t size) { return size <= 4 ? 32 : int(128 / size); }
+
+    static uint64_t active_phases(const std::vector<std::pair<int, const LaneAccess*>>& lanes) {
+        const int per_phase = lanes_per_phase(lanes.front().second->size);
+        uint32_t phases = 0;
+        for (const auto& lane : lanes) phases |= 1u << (lane.first / per_phase);
+        return uint64_t(__builtin_popcount(phases));
+    }
+
     // Shared memory serves a request in phases of 128 bytes of lanes (32 lanes of 4-byte accesses,
     // 16 of 8-byte, 8 of 16-byte, by lane index); a phase takes as many wavefronts as the most
     // distinct 4-byte words its lanes touch in any one of the 32 banks (a word read by several lanes
     // is read once; atomics on one word serialise, so for them every lane counts).
     static uint64_t wavefronts(const std::vector<std::pair<int, const LaneAccess*>>& lanes) {
-        const uint32_t size = lanes.front().second->size;
         const bool atomic = lanes.front().second->kind == kAtomic;
-        const int lanes_per_phase = size <= 4 ? 32 : int(128 / size);
+        const int per_phase = lanes_per_phase(lanes.front().second->size);
         uint64_t total = 0;
-        for (int phase = 0; phase * lanes_per_phase < 32; ++phase) {
+        for (int phase = 0; phase * per_phase < 32; ++phase) {
             std::vector<uintptr_t> words[32];
             for (const auto& lane : lanes) {
-                if (lane.first / lanes_per_phase != phase) continue;
+                if (lane.first / per_phase != phase) continue;
                 uintptr_t a = lane.second->address, end = a + lane.second->size;
                 for (uintptr_t word = a / 4; word <= (end - 1) / 4; ++word) words[word % 32].push_back(word);
             }

@@ -1,0 +1,193 @@
+// gemm.cuh: the tiled implicit-GEMM main loop that fprop, dgrad and wgrad share.
+//
+// A block computes a BM×BN tile of one group's GEMM output C = A·B, reducing over BK-deep k-tiles:
+//
+//   block   BM×BN, (BM/WM)·(BN/WN) warps;
+//   warp    WM×WN, its 32 lanes a LANES_M × LANES_N grid (lane_m fastest);
+//   thread  TM×TN accumulators, as (TM/V)×(TN/V) sub-tiles of V×V, V = 16 bytes / sizeof(T)
+//           (4 floats, 2 doubles). Sub-tile (u, v) of a lane sits at rows
+//           warp_m·WM + u·LANES_M·V + lane_m·V + [0, V) and columns likewise: a warp's lanes tile
+//           each sub-tile row of the warp tile side by side, so one k step of a thread is
+//           TM/V + TN/V 128-bit shared loads (LDS.128) feeding TM·TN FMAs.
+//
+// Shared memory holds A k-major (a_tile[k][m]) and B (b_tile[k][n]), each row padded by V elements
+// (16 bytes), double-buffered. Bank conflicts, worked out (4-byte banks, 32 of them):
+//   - main-loop loads: a warp's LDS.128 of a_tile[k] reads LANES_M distinct 16-byte vectors that
+//     lie side by side (≤ 32 consecutive words), each 8-lane phase at most that: one wavefront per
+//     phase, the ideal. b_tile likewise with LANES_N.
+//   - staging stores along the tile's row (StagingMap with KFast = false): 32 lanes store 32
+//     consecutive elements of one row: conflict-free for 4-byte T; 8-byte T: 16 lanes a phase, 32
+//     consecutive words.
+//   - staging stores along the reduction (KFast = true, BK = 8): a warp stores 8 rows k × 4 columns
+//     x (float) or, per 16-lane phase, 8 × 2 (double). The word of (k, x) is k·(BX + V) + x
+//     (times 2 for double); BX is a multiple of 32 words' worth, so the bank is 4k + x (float) or
+//     4k + 2x (+1) (double): all 32 banks distinct. The padding of V elements is what spreads the
+//     rows; it also keeps every row 16-byte aligned for LDS.128.
+//
+// Pipeline: the next k-tile's global loads go into registers before the current tile's math and
+// are stored to the other shared buffer after it, so the loads' latency hides behind the FMAs; one
+// __syncthreads per k-tile.
+//
+// An operand is fed by an *iterator* (one per op and operand, in the op's .cu file):
+//   static constexpr bool KFast;       // staging order (StagingMap); the one with coalesced reads
+//   void load(T (&v)[ELEMS], int k_remaining);  // this thread's ELEMS elements of the current
+//                                      // k-tile; an element whose k >= k_remaining is zero
+//   void advance();                    // to the next k-tile
+// It reads x, w or dy, writes zero in the padding or outside a stride phase, and steps its
+// reduction coordinates from one k-tile to the next without a division (ReductionDigits).
+// The epilogue is a functor called with the finished accumulators; Tile::row / Tile::col say which
+// output element each accumulator holds.
+#pragma once
+#include "common.cuh"
+
+template <typename T, int BM_, int BN_, int BK_, int WM_, int WN_, int TM_, int TN_>
+struct GemmTile {
+    typedef T Element;
+    static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_, TM = TM_, TN = TN_;
+    static constexpr int V = 16 / sizeof(T);  // elements per 128-bit shared load
+    static constexpr int PAD = V;             // row padding: see the bank-conflict note above
+    static constexpr int LANES_M = WM / TM, LANES_N = WN / TN;
+    static constexpr int WARPS_M = BM / WM, WARPS_N = BN / WN;
+    static constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    static_assert(LANES_M * LANES_N == 32, "a warp's lanes tile the warp tile exactly");
+    static_assert(TM % V == 0 && TN % V == 0, "thread tiles are whole V×V sub-tiles");
+    static_assert(BM % WM == 0 && BN % WN == 0 && WM % TM == 0 && WN % TN == 0, "tiles nest");
+    static_assert(BK == 8, "the KFast staging's bank-conflict analysis assumes BK = 8");
+
+    // The output element accumulator acc[i][j] of this thread holds: (row(i), col(j)) of the tile.
+    static __device__ __forceinline__ int row(int i) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        return (warp % WARPS_M) * WM + (i / V) * (LANES_M * V) + (lane % LANES_M) * V + i % V;
+    }
+    static __device__ __forceinline__ int col(int j) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        return (warp / WARPS_M) * WN + (j / V) * (LANES_N * V) + (lane / LANES_M) * V + j % V;
+    }
+};
+
+// Which elements of a BK×BX operand tile thread t stages: ELEMS of them, element i at (k(t, i),
+// x(t, i)). KFast: consecutive threads take consecutive k (k = t mod BK, fixed per thread) and the
+// thread steps along x by THREADS/BK. Otherwise consecutive threads take consecutive x (fixed per
+// thread) and the thread steps along k by THREADS/BX.
+template <int BK, int BX, int THREADS, bool KFast>
+struct StagingMap {
+    static constexpr int ELEMS = BK * BX / THREADS;
+    static constexpr int STEP = KFast ? THREADS / BK : THREADS / BX;
+    static_assert(KFast ? THREADS % BK == 0 : THREADS % BX == 0, "one fixed coordinate per thread");
+    static_assert(ELEMS * THREADS == BK * BX, "the threads cover the tile exactly");
+    static __device__ __forceinline__ int k(int i) {
+        return KFast ? threadIdx.x % BK : threadIdx.x / BX + i * STEP;
+    }
+    static __device__ __forceinline__ int x(int i) {
+        return KFast ? threadIdx.x / BK + i * STEP : threadIdx.x % BX;
+    }
+};
+
+// A reduction index as three digits (hi, mid, lo) of the mixed radix (·, MID, LO): fprop's
+// (c, r, s), dgrad's (k, tap row, tap column), wgrad's (n, p, q). Set once with divisions, then
+// advanced by a fixed step given as its own digits (each below its radix): a digit overflows at
+// most once, so a compare and a subtraction carry it.
+struct ReductionDigits {
+    int hi, mid, lo;
+
+    // I = int where the index fits (a 32-bit division), index_t where it may not.
+    template <typename I>
+    __device__ __forceinline__ static ReductionDigits of(I k, int mid_radix, int lo_radix) {
+        const I hi_and_mid = k / lo_radix;
+        return ReductionDigits{(int)(hi_and_mid / mid_radix), (int)(hi_and_mid % mid_radix),
+                               (int)(k % lo_radix)};
+    }
+    __device__ __forceinline__ void add(const ReductionDigits& step, int mid_radix, int lo_radix) {
+        lo += step.lo;
+        mid += step.mid;
+        hi += step.hi;
+        if (lo >= lo_radix) {
+            lo -= lo_radix;
+            mid++;
+        }
+        if (mid >= mid_radix) {
+            mid -= mid_radix;
+            hi++;
+        }
+    }
+};
+
+// One k step of the warp-level product: the thread's TM values of A and TN values of B, loaded as
+// 128-bit vectors, and their TM·TN products added to acc in place (k order fixed: deterministic).
+template <class Tile, typename T>
+__device__ __forceinline__ void warp_tile_product(T (&acc)[Tile::TM][Tile::TN],
+                                                  const T (&a_tile)[Tile::BK][Tile::BM + Tile::PAD],
+                                                  const T (&b_tile)[Tile::BK][Tile::BN + Tile::PAD]) {
+    constexpr int V = Tile::V;
+    const int a_col = Tile::row(0), b_col = Tile::col(0);
+#pragma unroll
+    for (int k = 0; k < Tile::BK; k++) {
+        T a[Tile::TM], b[Tile::TN];
+#pragma unroll
+        for (int u = 0; u < Tile::TM / V; u++)
+            load_vector16(&a[u * V], &a_tile[k][a_col + u * Tile::LANES_M * V]);
+#pragma unroll
+        for (int u = 0; u < Tile::TN / V; u++)
+            load_vector16(&b[u * V], &b_tile[k][b_col + u * Tile::LANES_N * V]);
+#pragma unroll
+        for (int i = 0; i < Tile::TM; i++)
+#pragma unroll
+            for (int j = 0; j < Tile::TN; j++) acc[i][j] += a[i] * b[j];
+    }
+}
+
+// Store a thread's staged elements (registers) to its places in a shared operand tile.
+template <class Map, int BK, int BX, typename T>
+__device__ __forceinline__ void store_staged(T (&tile)[BK][BX], const T (&v)[Map::ELEMS]) {
+#pragma unroll
+    for (int i = 0; i < Map::ELEMS; i++) tile[Map::k(i)][Map::x(i)] = v[i];
+}
+
+// The shared memory of the main loop: both operand tiles, double-buffered. The kernel declares it
+// (`__shared__ __align__(16) GemmShared<Tile> shared;`), so that its static shared memory is its
+// own: a __shared__ inside implicit_gemm would belong to no kernel in particular.
+template <class Tile>
+struct GemmShared {
+    typename Tile::Element a_tile[2][Tile::BK][Tile::BM + Tile::PAD];
+    typename Tile::Element b_tile[2][Tile::BK][Tile::BN + Tile::PAD];
+};
+
+// The main loop: acc = A·B over a reduction of `reduction` elements (acc starts at zero), then
+// epilogue(acc). A reduction of 0 gives the epilogue zeros.
+template <class Tile, class IterA, class IterB, class Epilogue>
+__device__ __forceinline__ void implicit_gemm(GemmShared<Tile>& shared, IterA& a, IterB& b,
+                                              int reduction, const Epilogue& epilogue) {
+    typedef typename Tile::Element T;
+    constexpr int BK = Tile::BK, BM = Tile::BM, BN = Tile::BN;
+    typedef StagingMap<BK, BM, Tile::THREADS, IterA::KFast> MapA;
+    typedef StagingMap<BK, BN, Tile::THREADS, IterB::KFast> MapB;
+    auto& a_tile = shared.a_tile;
+    auto& b_tile = shared.b_tile;
+    T acc[Tile::TM][Tile::TN] = {};
+    T a_staged[MapA::ELEMS], b_staged[MapB::ELEMS];
+    const int k_tiles = (reduction + BK - 1) / BK;
+    if (k_tiles > 0) {
+        a.load(a_staged, reduction);
+        b.load(b_staged, reduction);
+        store_staged<MapA>(a_tile[0], a_staged);
+        store_staged<MapB>(b_tile[0], b_staged);
+        __syncthreads();
+    }
+    // Every k-tile but the last: load the next one while multiplying this one. The last is
+    // peeled off below, so the loop body holds no branch around its loads and stores.
+    int buffer = 0;
+    for (int tile = 1; tile < k_tiles; tile++) {
+        a.advance();  // issue the next tile's global loads now; they land while we multiply
+        b.advance();
+        a.load(a_staged, reduction - tile * BK);
+        b.load(b_staged, reduction - tile * BK);
+        warp_tile_product<Tile>(acc, a_tile[buffer], b_tile[buffer]);
+        // The other buffer was last read before the previous barrier: free to overwrite.
+        store_staged<MapA>(a_tile[buffer ^ 1], a_staged);
+        store_staged<MapB>(b_tile[buffer ^ 1], b_staged);
+        __syncthreads();
+        buffer ^= 1;
+    }
+    if (k_tiles > 0) warp_tile_product<Tile>(acc, a_tile[buffer], b_tile[buffer]);
+    epilogue(acc);
+}
