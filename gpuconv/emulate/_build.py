@@ -261,9 +261,11 @@ def runtime_object(mode: str) -> Path:
     flags = [*_COMMON_FLAGS, "-std=c++17", *_MODE_FLAGS[mode][1]]
     key = _hash(version, flags, *(p.read_bytes() for p in RUNTIME_SOURCES))
     target = private_dir(cache_root()) / f"runtime-{mode}-{key}.o"
-    if not target.exists():
-        _publish(lambda out: _run([cxx, *flags, "-c", str(HERE / "runtime.cpp"), "-o", str(out)],
-                                  "compiling the emulation runtime"), target)
+    with open(target.with_suffix(".lock"), "w") as lock:  # modules built at once compile it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.exists():
+            _publish(lambda out: _run([cxx, *flags, "-c", str(HERE / "runtime.cpp"), "-o", str(out)],
+                                      "compiling the emulation runtime"), target)
     return trusted(target)  # it is linked into every module
 
 
