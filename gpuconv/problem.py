@@ -319,6 +319,8 @@ def check_layer(in_channels, out_channels, kernel_size, stride, padding, dilatio
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
         if value % groups:
             raise ValueError(f"{name}={value} must be divisible by groups={groups}")
+    if isinstance(kernel_size, (tuple, list)) and len(kernel_size) != 2:  # torch.nn keeps a 1-tuple
+        raise TypeError(f"kernel_size must be an int or a pair of ints, got {kernel_size!r}")
     R, S = _positive_pair("kernel_size", kernel_size)
     stride = _positive_pair("stride", stride)
     dilation = _positive_pair("dilation", dilation)

@@ -108,20 +108,23 @@ def test_the_first_compile_under_concurrent_threads_happens_once(compiles):
             np.testing.assert_allclose(got, 1 / (1 + np.exp(-x)), rtol=1e-6)
 
 
-def test_modules_of_one_text_built_by_concurrent_threads_compile_once(compiles):
-    code = 'extern "C" __global__ void k(int* o) { o[threadIdx.x] = 3 * threadIdx.x; }'
+def test_modules_built_by_concurrent_threads_compile_once_each(compiles):
+    """Two texts, four threads each: two kernel compiles and one runtime compile (which both links
+    need at the same moment)."""
+    code = 'extern "C" __global__ void k(int* o) {{ o[threadIdx.x] = {} * threadIdx.x; }}'
     start = threading.Barrier(THREADS)
 
-    def call(_):
+    def call(i):
         start.wait()
         out = np.zeros(32, np.int32)
-        Module(code=code).get_function("k")(1, 32, (out,))
+        Module(code=code.format(2 + i % 2)).get_function("k")(1, 32, (out,))
         return out
 
     with ThreadPoolExecutor(THREADS) as pool:
-        for out in pool.map(call, range(THREADS)):
-            assert out.tolist() == [3 * i for i in range(32)]
-    assert compiles["compiling the kernels"] == 1
+        for i, out in enumerate(pool.map(call, range(THREADS))):
+            assert out.tolist() == [(2 + i % 2) * t for t in range(32)]
+    assert compiles == {"compiling the kernels": 2, "compiling the emulation runtime": 1,
+                        "linking the kernels": 2}
 
 
 # Each process builds and runs two kernels several times, with fresh Module objects, and prints how

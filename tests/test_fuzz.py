@@ -490,7 +490,7 @@ def layer_call(draw, layer: str):
     p = draw(small_problem())
     R, S = p["R"], p["S"]
     init = dict(in_channels=p["C"], out_channels=p["K"],
-                kernel_size=draw(st.sampled_from([(R, S), [R, S]] + ([R] if R == S else []))),
+                kernel_size=draw(st.sampled_from([(R, S), [R, S], (R,)] + ([R] if R == S else []))),
                 stride=p["stride"], dilation=p["dilation"], groups=p["groups"],
                 bias=draw(st.booleans()), dtype=p["dtype"], rng=draw(st.integers(0, 2**32)))
     if layer == "Conv2d":
