@@ -70,7 +70,8 @@ def test_a_new_cache_is_private_whatever_the_umask(cache):
         assert stat.S_IMODE(file.stat().st_mode) & 0o077 == 0, file
 
 
-@pytest.mark.parametrize("bit, who", [(stat.S_IWGRP, "its group"), (stat.S_IWOTH, "others")])
+@pytest.mark.parametrize("bit, who", [(stat.S_IWGRP, "its group"), (stat.S_IWOTH, "others")],
+                         ids=["group-writable", "world-writable"])
 @pytest.mark.parametrize("what", ["library", "entry folder", "cache root"])
 def test_an_entry_others_can_write_is_refused(cache, what, bit, who):
     assert run() == 7

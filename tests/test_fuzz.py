@@ -129,7 +129,8 @@ def tolerance_for(dtype, approximate: bool) -> float:
     """0 (exact) for small-integer convolutions; an exp (sigmoid) differs in the last bits."""
     if not approximate:
         return 0
-    return 1e-12 if np.dtype(dtype) == np.float64 else 1e-6
+    # A few units in the last place of the dtype (float16 results are rounded from float32 once).
+    return max(1e-12, 8 * float(np.finfo(dtype).eps))
 
 
 # -- PyTorch, for the same arguments -----------------------------------------------------------
