@@ -106,6 +106,12 @@ def judge(gpuconv_call: Callable, torch_call: Callable, names, tolerance: float 
             raise Disagreement(f"{type(error).__name__} names no argument of {sorted(names)}: "
                                f"{error}") from error
         return "refused", None
+    except MemoryError as error:  # a valid request too big for the capped address space: only
+        try:                      # acceptable where PyTorch cannot allocate it either
+            torch_call()
+        except Exception:
+            return "refused", None
+        raise Disagreement(f"gpuconv ran out of memory where PyTorch computed: {error}") from error
     try:
         want = torch_call()
     except Exception as error:
@@ -409,6 +415,7 @@ counts: dict[tuple[str, str], dict[str, int]] = {}
 def check_op_call(surface: Surface, op: str, arguments: dict) -> str:
     function = surface.op(op)
     names = set(inspect.signature(function).parameters)
+    arguments = {k: v for k, v in arguments.items() if k in names}  # e.g. no activation=
     converted = {k: surface.to_input(v) if isinstance(v, np.ndarray) else v
                  for k, v in arguments.items()}
     approximate = op.startswith("sigmoid") or is_sigmoid(arguments.get("activation"))
@@ -586,4 +593,5 @@ def test_layers_match_torch_nn_or_name_the_bad_argument(surface):
 @pytest.mark.parametrize("surface", SURFACES)
 def test_ops_and_layers_fuzzed_longer(surface):
     fuzz_ops(surface, 3 * SURFACES[surface].examples)
-    fuzz_layers(surface, 3 * LAYER_SURFACES[surface][1])
+    if surface in LAYER_SURFACES:
+        fuzz_layers(surface, 3 * LAYER_SURFACES[surface][1])
