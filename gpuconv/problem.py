@@ -16,6 +16,7 @@ output is ``dx[N, C, H, W]``.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -222,6 +223,14 @@ def _transpose_padding(padding, output_padding, R, S, stride, dilation):
     return pad, out_pad
 
 
+def _addressable(name: str, shape) -> None:
+    """A tensor of ``shape`` must fit a 64-bit address space (as float64); beyond it NumPy and
+    CuPy fail with messages that name no argument."""
+    if math.prod(shape) * 8 >= 2**63:
+        raise ValueError(f"{name} of shape {tuple(shape)} would not fit in any memory "
+                         f"({math.prod(shape)} elements)")
+
+
 def _indexable(p: Conv2dProblem) -> Conv2dProblem:
     """``p`` once every size fits the kernels' 32-bit ints: N, C, K and, per axis, the padded extent
     plus one stride and one dilation (the kernels' largest intermediate index)."""
@@ -237,6 +246,8 @@ def _indexable(p: Conv2dProblem) -> Conv2dProblem:
                 f"size {axis} = {extent} with padding {pads[0]}+{pads[1]}, stride {stride} and "
                 f"dilation {dilation} exceeds the 32-bit sizes of the kernels (2**31 - 1 in all)"
             )
+    for name, shape in (("x", p.x_shape), ("w", p.w_shape), ("y", p.y_shape)):
+        _addressable(f"the convolution's {name}", shape)
     return p
 
 
@@ -322,6 +333,11 @@ def check_layer(in_channels, out_channels, kernel_size, stride, padding, dilatio
     if isinstance(kernel_size, (tuple, list)) and len(kernel_size) != 2:  # torch.nn keeps a 1-tuple
         raise TypeError(f"kernel_size must be an int or a pair of ints, got {kernel_size!r}")
     R, S = _positive_pair("kernel_size", kernel_size)
+    if max(R, S) > SIZE_MAX:
+        raise ValueError(f"kernel_size must be at most 2**31 - 1, got {kernel_size!r}")
+    w_shape = (in_channels, out_channels // groups) if output_padding is not None else \
+        (out_channels, in_channels // groups)
+    _addressable("the weight (in_channels, out_channels, kernel_size)", w_shape + (R, S))
     stride = _positive_pair("stride", stride)
     dilation = _positive_pair("dilation", dilation)
     if output_padding is None:
