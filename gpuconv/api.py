@@ -30,7 +30,7 @@ def _checked_arrays(backend, **arrays):
     """Check the array arguments' types and dtypes; return (backend object, dtype name)."""
     dtype = None
     for name, a in arrays.items():
-        if a is None:
+        if a is None and name == "bias":  # the one optional array
             continue
         if not (isinstance(a, np.ndarray) or backends.is_cupy_array(a)):
             raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(a).__name__}")

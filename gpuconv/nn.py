@@ -25,7 +25,7 @@ import numpy as np
 
 from . import api
 from .backends import is_cupy_array
-from .problem import _pair, conv_problem
+from .problem import check_activation, check_layer, conv_problem
 
 
 def array_module(a):
@@ -64,7 +64,11 @@ class Parameter:
 def _kaiming_parameters(rng, w_shape, n_bias: int, dtype):
     """Weight and bias (None when ``n_bias`` is 0) uniform in ±1/sqrt(fan_in), as PyTorch's
     defaults, where fan_in = w_shape[1]·R·S for both Conv2d and ConvTranspose2d."""
-    generator = np.random.default_rng(rng)
+    try:
+        generator = np.random.default_rng(rng)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"rng must be None, a non-negative int or a NumPy Generator, got {rng!r}: "
+                          f"{error}") from None
     bound = 1 / math.sqrt(math.prod(w_shape[1:]))
 
     def uniform(shape):
@@ -78,6 +82,12 @@ class Layer:
 
     def parameters(self) -> list[Parameter]:
         return [v for v in vars(self).values() if isinstance(v, Parameter)]
+
+    def _follow(self, x):
+        """Checks the input ``x``, then moves the parameters to its array module and dtype."""
+        api._checked_arrays(getattr(self, "backend", None), x=x)
+        for p in self.parameters():
+            p.follow(x)
 
     def __call__(self, x):
         return self.forward(x)
@@ -101,18 +111,18 @@ class Conv2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, activation=None, *, dtype="float32", rng=None, backend=None,
                  precision="highest"):
-        R, S = _pair("kernel_size", kernel_size)
+        R, S = check_layer(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                           bias, dtype)
         self.conv_args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
                               precision=precision)
-        self.activation = activation
+        self.activation = check_activation(activation)
         self.backend = backend
         self.weight, self.bias = _kaiming_parameters(
             rng, (out_channels, in_channels // groups, R, S), out_channels if bias else 0, dtype)
         self.x = self.y = None
 
     def forward(self, x):
-        for p in self.parameters():
-            p.follow(x)
+        self._follow(x)
         bias = self.bias.data if self.bias is not None else None
         self.x = x
         self.y = api.conv2d(x, self.weight.data, bias, activation=self.activation,
@@ -150,25 +160,30 @@ class ConvTranspose2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, *, dtype="float32", rng=None,
                  backend=None, precision="highest"):
-        R, S = _pair("kernel_size", kernel_size)
+        R, S = check_layer(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                           bias, dtype, output_padding)
         self.conv_args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
                               precision=precision)
         self.output_padding = output_padding
         self.backend = backend
         self.weight, self.bias = _kaiming_parameters(
             rng, (in_channels, out_channels // groups, R, S), out_channels if bias else 0, dtype)
-        self.x = None
+        self.x = self.y_shape = None
 
     def forward(self, x):
-        for p in self.parameters():
-            p.follow(x)
+        self._follow(x)
         self.x = x
         bias = self.bias.data if self.bias is not None else None
-        return api.conv_transpose2d(x, self.weight.data, bias, output_padding=self.output_padding,
-                                    backend=self.backend, **self.conv_args)
+        y = api.conv_transpose2d(x, self.weight.data, bias, output_padding=self.output_padding,
+                                 backend=self.backend, **self.conv_args)
+        self.y_shape = y.shape
+        return y
 
     def backward(self, dy):
         w, x = self.weight.data, self.x
+        # The convolutions below would take a dy of another size and give a gradient of it.
+        api._checked_arrays(self.backend, dy=dy, x=x)
+        api._require("dy", dy, self.y_shape, "the shape forward returned")
         self.weight.grad = conv_transpose2d_weight(x, w.shape, dy, backend=self.backend,
                                                    **self.conv_args)
         if self.bias is not None:

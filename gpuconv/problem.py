@@ -16,6 +16,7 @@ output is ``dx[N, C, H, W]``.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -29,6 +30,9 @@ HALF_DTYPES = ("float16", "bfloat16")
 PRECISIONS = ("highest", "tf32", "tf32x3")
 ACTIVATIONS = (None, "relu", "sigmoid")
 OPS = ("fprop", "dgrad", "wgrad")
+# The kernels take every size as a 32-bit int (offsets are 64-bit): checked here for every backend,
+# so that one bad input gives one error everywhere.
+SIZE_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,52 @@ def _output_size(name: str, size: int, lo: int, hi: int, dil: int, k: int, strid
     return (padded - span) // stride + 1
 
 
+def _transpose_padding(padding, output_padding, R, S, stride, dilation):
+    """conv_transpose2d's (top, bottom, left, right) padding and its (h, w) output padding."""
+    if isinstance(padding, str) or (isinstance(padding, (tuple, list)) and len(padding) == 4):
+        # As PyTorch: the transposed convolution takes symmetric padding only.
+        raise TypeError(f"padding must be an int or a pair for conv_transpose2d, got {padding!r}")
+    pad = _padding(padding, R, S, stride, dilation)
+    out_pad = _pair("output_padding", output_padding)
+    if min(out_pad) < 0:
+        raise ValueError(f"output_padding must be non-negative, got {output_padding!r}")
+    for i, axis in enumerate("HW"):
+        if out_pad[i] >= stride[i] and out_pad[i] >= dilation[i]:
+            raise ValueError(
+                f"output_padding must be smaller than either stride or dilation along {axis}, "
+                f"got output_padding={output_padding!r}, stride={stride}, dilation={dilation}"
+            )
+    return pad, out_pad
+
+
+def _addressable(name: str, shape) -> None:
+    """A tensor of ``shape`` must fit a 64-bit address space (as float64); beyond it NumPy and
+    CuPy fail with messages that name no argument."""
+    if math.prod(shape) * 8 >= 2**63:
+        raise ValueError(f"{name} of shape {tuple(shape)} would not fit in any memory "
+                         f"({math.prod(shape)} elements)")
+
+
+def _indexable(p: Conv2dProblem) -> Conv2dProblem:
+    """``p`` once every size fits the kernels' 32-bit ints: N, C, K and, per axis, the padded extent
+    plus one stride and one dilation (the kernels' largest intermediate index)."""
+    for name, size in (("N", p.N), ("C", p.C), ("K", p.K)):
+        if size > SIZE_MAX:
+            raise ValueError(f"{name} = {size} exceeds the 32-bit sizes of the kernels (2**31 - 1): "
+                             f"x shape {p.x_shape}, w shape {p.w_shape}")
+    (top, bottom, left, right), (sh, sw), (dh, dw) = p.padding, p.stride, p.dilation
+    for axis, extent, pads, stride, dilation in (("H", p.H, (top, bottom), sh, dh),
+                                                 ("W", p.W, (left, right), sw, dw)):
+        if extent + sum(pads) + stride + dilation > SIZE_MAX:
+            raise ValueError(
+                f"size {axis} = {extent} with padding {pads[0]}+{pads[1]}, stride {stride} and "
+                f"dilation {dilation} exceeds the 32-bit sizes of the kernels (2**31 - 1 in all)"
+            )
+    for name, shape in (("x", p.x_shape), ("w", p.w_shape), ("y", p.y_shape)):
+        _addressable(f"the convolution's {name}", shape)
+    return p
+
+
 # -- the checks, one per op family ------------------------------------------------------------
 
 
@@ -227,7 +277,7 @@ def conv_problem(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, dt
     pad = _padding(padding, R, S, stride, dilation)
     P = _output_size("H", H, pad[0], pad[1], dilation[0], R, stride[0])
     Q = _output_size("W", W, pad[2], pad[3], dilation[1], S, stride[1])
-    return Conv2dProblem(N, C, H, W, K, R, S, P, Q, stride, pad, dilation, groups, dtype)
+    return _indexable(Conv2dProblem(N, C, H, W, K, R, S, P, Q, stride, pad, dilation, groups, dtype))
 
 
 def transpose_problem(
@@ -244,19 +294,7 @@ def transpose_problem(
     stride = _positive_pair("stride", stride)
     dilation = _positive_pair("dilation", dilation)
     groups = _groups(groups)
-    if isinstance(padding, str) or (isinstance(padding, (tuple, list)) and len(padding) == 4):
-        # As PyTorch: the transposed convolution takes symmetric padding only.
-        raise TypeError(f"padding must be an int or a pair for conv_transpose2d, got {padding!r}")
-    pad = _padding(padding, R, S, stride, dilation)
-    out_pad = _pair("output_padding", output_padding)
-    if min(out_pad) < 0:
-        raise ValueError(f"output_padding must be non-negative, got {output_padding!r}")
-    for i, axis in enumerate("HW"):
-        if out_pad[i] >= stride[i] and out_pad[i] >= dilation[i]:
-            raise ValueError(
-                f"output_padding must be smaller than either stride or dilation along {axis}, "
-                f"got output_padding={output_padding!r}, stride={stride}, dilation={dilation}"
-            )
+    pad, out_pad = _transpose_padding(padding, output_padding, R, S, stride, dilation)
     if Cin % groups:
         raise ValueError(f"groups={groups} must divide the input channels, x has {Cin} channels")
     if Kw != Cin:
@@ -271,13 +309,13 @@ def transpose_problem(
             f"({Hin}, {Win}), stride {stride}, padding {padding!r}, dilation {dilation}, "
             f"output_padding {output_padding!r}"
         )
-    return Conv2dProblem(
+    return _indexable(Conv2dProblem(
         N, Coutg * groups, H, W, Cin, R, S, Hin, Win, stride, pad, dilation, groups, dtype
-    )
+    ))
 
 
 def check_precision(precision, dtype: str) -> str:
-    if precision not in PRECISIONS:
+    if not (isinstance(precision, str) and precision in PRECISIONS):  # an array compares elementwise
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "highest" and dtype != "float32":
         raise ValueError(f"precision={precision!r} applies to float32 inputs only, got dtype {dtype}")
@@ -285,6 +323,46 @@ def check_precision(precision, dtype: str) -> str:
 
 
 def check_activation(activation):
-    if activation not in ACTIVATIONS:
+    # Compared only as a string: `array in ACTIVATIONS` would compare elementwise.
+    if activation is not None and not (isinstance(activation, str) and activation in ACTIVATIONS):
         raise ValueError(f"activation must be None, 'relu' or 'sigmoid', got {activation!r}")
     return activation
+
+
+def check_layer(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                dtype, output_padding=None):
+    """The constructor arguments of ``gpuconv.nn.Conv2d`` (or, with ``output_padding``,
+    ``ConvTranspose2d``), checked as the op will check them, before any input is seen.
+    Returns the kernel size (R, S)."""
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not _is_int(value):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if not 0 < value <= SIZE_MAX:
+            raise ValueError(f"{name} must be in [1, 2**31 - 1], got {value!r}")
+    groups = _groups(groups)
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if value % groups:
+            raise ValueError(f"{name}={value} must be divisible by groups={groups}")
+    if isinstance(kernel_size, (tuple, list)) and len(kernel_size) != 2:  # torch.nn keeps a 1-tuple
+        raise TypeError(f"kernel_size must be an int or a pair of ints, got {kernel_size!r}")
+    R, S = _positive_pair("kernel_size", kernel_size)
+    if max(R, S) > SIZE_MAX:
+        raise ValueError(f"kernel_size must be at most 2**31 - 1, got {kernel_size!r}")
+    w_shape = (in_channels, out_channels // groups) if output_padding is not None else \
+        (out_channels, in_channels // groups)
+    _addressable("the weight (in_channels, out_channels, kernel_size)", w_shape + (R, S))
+    stride = _positive_pair("stride", stride)
+    dilation = _positive_pair("dilation", dilation)
+    if output_padding is None:
+        _padding(padding, R, S, stride, dilation)
+    else:
+        _transpose_padding(padding, output_padding, R, S, stride, dilation)
+    if not isinstance(bias, (bool, np.bool_)):
+        raise TypeError(f"bias must be True or False, got {bias!r}")
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in SUPPORTED_DTYPES:
+        raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
+    return R, S

@@ -162,7 +162,7 @@ class Module:
                     raise CompileError(f"{self._build.library} does not load: {error}") from error
 
     def _load(self) -> None:
-        library = str(self._build.library)
+        library = str(_build.trusted(self._build.library))  # dlopen runs its code as the user
         count = len(self.name_expressions)
         if self.mode == "asan":
             from ._worker import asan_request

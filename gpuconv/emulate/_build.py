@@ -6,8 +6,10 @@ import functools
 import hashlib
 import json
 import os
+import pwd
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -145,6 +147,76 @@ def cache_root() -> Path:
     return Path(root)
 
 
+# -- the cache trusts only its owner: what it dlopens or links runs as the user -------------------
+
+_CACHE_RULE = (
+    "gpuconv runs code from its cache only when the file and every folder from the cache root down "
+    "to it are owned by you and writable by no one else, and every folder above the root is owned "
+    "by you or root and writable by no one else unless it has the sticky bit (as /tmp)"
+)
+
+
+def _owner(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name}, uid {uid}"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _untrusted(path: Path, status: os.stat_result, inside_cache: bool) -> str | None:
+    """Why ``path`` may not lead to code this process runs, or None when it may."""
+    me, mode = os.geteuid(), status.st_mode
+    writers = " and ".join(w for w, bit in (("its group", stat.S_IWGRP), ("others", stat.S_IWOTH))
+                           if mode & bit)
+    if inside_cache:
+        if status.st_uid != me:
+            return f"belongs to another user (you are {_owner(me)})"
+        if writers:
+            return f"is writable by {writers}"
+    else:  # a folder above the root: whoever may rename entries in it may swap the whole cache
+        if status.st_uid not in (me, 0):
+            return (f"belongs to neither you ({_owner(me)}) nor root, and its owner could swap the "
+                    "cache below it")
+        if writers and not mode & stat.S_ISVTX:
+            return f"is writable by {writers} without the sticky bit: they could swap the cache below it"
+    return None
+
+
+def trusted(path: Path) -> Path:
+    """``path`` (a file or folder of the cache) once it, every folder from the cache root down to
+    it and every folder above the root pass the cache's rule (``_CACHE_RULE``); otherwise a
+    RuntimeError naming the path, its owner and mode and how to fix it. A path that does not exist
+    raises FileNotFoundError (an entry to build)."""
+    real = Path(os.path.realpath(path))
+    above_root = Path(os.path.realpath(cache_root())).parents
+    for component in (*reversed(real.parents), real):
+        status = os.stat(component)
+        reason = _untrusted(component, status, inside_cache=component not in above_root)
+        if reason:
+            fix = (f"chmod go-w {component} (if you trust its contents: else remove it), or "
+                   if status.st_uid == os.geteuid() else "")
+            raise RuntimeError(
+                f"gpuconv.emulate refuses to load {path}: {'it' if component == real else component} "
+                f"(owner {_owner(status.st_uid)};"
+                f" mode {oct(stat.S_IMODE(status.st_mode))} {stat.filemode(status.st_mode)}) "
+                f"{reason}. {_CACHE_RULE}. Fix: {fix}set GPUCONV_EMULATE_CACHE to a folder of your "
+                "own (gpuconv creates it with mode 0700)"
+            )
+    return path
+
+
+def private_dir(path: Path) -> Path:
+    """The cache folder ``path``, its missing folders created with mode 0700, then ``trusted``."""
+    missing = [d for d in (path, *path.parents) if not d.exists()]
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:  # another process made it first; trusted() judges it
+            continue
+        os.chmod(directory, 0o700)  # mkdir's mode went through the umask
+    return trusted(path)
+
+
 def _hash(*parts) -> str:
     digest = hashlib.sha256()
     for part in parts:
@@ -176,6 +248,8 @@ def _publish(build, target: Path) -> None:
     os.close(fd)
     try:
         build(Path(temporary))
+        # Private whatever the umask: the owner keeps the bits the tool gave, others get none.
+        os.chmod(temporary, stat.S_IMODE(os.stat(temporary).st_mode) & 0o700)
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):
@@ -186,12 +260,13 @@ def runtime_object(mode: str) -> Path:
     cxx, version = compiler()
     flags = [*_COMMON_FLAGS, "-std=c++17", *_MODE_FLAGS[mode][1]]
     key = _hash(version, flags, *(p.read_bytes() for p in RUNTIME_SOURCES))
-    target = cache_root() / f"runtime-{mode}-{key}.o"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _publish(lambda out: _run([cxx, *flags, "-c", str(HERE / "runtime.cpp"), "-o", str(out)],
-                                  "compiling the emulation runtime"), target)
-    return target
+    target = private_dir(cache_root()) / f"runtime-{mode}-{key}.o"
+    with open(target.with_suffix(".lock"), "w") as lock:  # modules built at once compile it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.exists():
+            _publish(lambda out: _run([cxx, *flags, "-c", str(HERE / "runtime.cpp"), "-o", str(out)],
+                                      "compiling the emulation runtime"), target)
+    return trusted(target)  # it is linked into every module
 
 
 @dataclass(frozen=True)
@@ -256,7 +331,7 @@ def build(code: str, options: Options, name_expressions, mode: str, source_path:
     library = directory / "module.so"
     rewritten, extern_shared = rewrite_extern_shared(code)
     result = Build(library, directory, extern_shared)
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)  # kernel.cpp and kernel.o are written there, then linked
     with open(cache_root() / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if library.exists() and not rebuild:
