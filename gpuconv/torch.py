@@ -88,7 +88,8 @@ def _call(function, *args, **kwargs) -> Tensor:
 
 def _check_tensors(backend, **tensors) -> str:
     """Check the tensor arguments' types, dtypes and devices; return the backend they run on."""
-    present = {name: t for name, t in tensors.items() if t is not None}
+    # Only the bias may be None.
+    present = {name: t for name, t in tensors.items() if t is not None or name != "bias"}
     for name, t in present.items():
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

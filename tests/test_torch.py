@@ -371,6 +371,9 @@ ERRORS = {
     "bias on another device": (
         lambda: gt.conv_transpose2d(f64(1, 2, 4, 4), f64(2, 3, 3, 3), f64(3, device="meta")),
         ValueError, "bias is on meta but x is on cpu"),
+    "x is None": (lambda: gt.conv_transpose2d(None, f64(2, 3, 3, 3)),
+                  TypeError, "x must be a torch.Tensor, got NoneType"),
+    "w is None": (lambda: gt.conv2d(f64(1, 2, 4, 4), None), TypeError, "w must be a torch.Tensor, got NoneType"),
     "integer x": (lambda: gt.conv2d(torch.zeros(1, 2, 4, 4, dtype=torch.int64), f64(3, 2, 3, 3)),
                   TypeError, "x must be a float32 or float64 tensor, got dtype torch.int64"),
     "integer w": (lambda: gt.conv_transpose2d(f64(1, 2, 4, 4), torch.zeros(2, 3, 3, 3, dtype=torch.int32)),
