@@ -8,6 +8,8 @@ PyTorch's error, as tests/test_dtypes.py does for the float32 path.
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,12 +187,23 @@ def test_main_loop_runs_on_hmma_and_ldmatrix(arch):
 @pytest.mark.parametrize("kind, kernel", [("float16", "128x128x32_tc"), ("tf32", "64x64x32_tc")])
 def test_shared_memory_is_conflict_free(kind, kernel):
     """Every shared access of the kernel (staging stores, ldmatrix, TF32 fragment loads) takes the
-    ideal wavefronts per request in the emulator's profile: the padding spreads the rows."""
+    ideal wavefronts per request in ``gpuconv profile``: the padding spreads the rows."""
+    from gpuconv import profile
+
     p = problem(dict(x=(2, 32, 8, 8), w=(128, 32, 3, 3), padding=1), "float32" if kind == "tf32" else kind)
-    x, w, b = exact_case(p, kind, seed=2)
-    module = kb._emulate_module("fprop_tc.cu", mode="profile")
-    module.reset_counters()
-    run_tensor_cores(p, x, w, b, kind, kernel, mode="profile")
-    shared = [row for row in module.counters() if row["space"] == "shared"]
-    assert {row["kind"] for row in shared} == {"load", "store"}
+    run = profile.run("fprop", p, kernel, precision=KINDS[kind][1])
+    assert run.kernel == kernel and run.blocks == (4 if kernel == "64x64x32_tc" else 1)  # M = N = 128
+    shared = [row for row in run.rows if row["space"] == "shared"]
+    assert {(Path(row["file"]).name, row["kind"]) for row in shared} == (
+        {("fprop_tc.cu", "store"), ("fprop_tc.cu" if kind == "tf32" else "mma.cuh", "load")})
     assert all(row["wavefronts"] == row["ideal"] for row in shared), shared
+
+
+def test_profile_cli_takes_half_dtypes_and_precision(capsys):
+    from gpuconv import profile
+
+    assert profile.main(["fprop", "--dtype", "float16", "--shape", "1", "8", "4", "4", "16", "3", "3",
+                         "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kernel"] == "64x64x32_tc"
+    assert profile.main(["fprop", "--dtype", "float64", "--precision", "tf32"]) == 2
+    assert "precision='tf32' applies to float32 inputs only, got dtype float64" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _paths
+from ..problem import HALF_DTYPES
 from . import CUDA_INSTALL_HINT
 
 # Compile options of every kernel module: the cuda backend's, the emulator's, and the compile
@@ -126,12 +127,11 @@ class TensorTile:
         return f"{self.BM}, {self.BN}, {self.BK}, {self.WM}, {self.WN}"
 
 
-HALF = ("float16", "bfloat16")
 # fprop's tensor-core tiles, largest first. 128×128 holds float32 (TF32) tiles in no 48 KiB of
 # static shared memory (72 KiB double-buffered), so TF32 takes 64×64 only.
 TENSOR_TILES = {
-    "128x128x32_tc": TensorTile(BM=128, BN=128, BK=32, WM=64, WN=32, dtypes=HALF),  # 256 threads
-    "64x64x32_tc": TensorTile(BM=64, BN=64, BK=32, WM=32, WN=32, dtypes=(*HALF, "float32")),  # 128
+    "128x128x32_tc": TensorTile(BM=128, BN=128, BK=32, WM=64, WN=32, dtypes=HALF_DTYPES),  # 256 threads
+    "64x64x32_tc": TensorTile(BM=64, BN=64, BK=32, WM=32, WN=32, dtypes=(*HALF_DTYPES, "float32")),  # 128
 }
 # The first template argument of fprop_tensor_core: TENSOR_* in kernels/mma.cuh.
 TENSOR_KINDS = {"float16": 0, "bfloat16": 1, "tf32": 2}
@@ -147,7 +147,7 @@ KERNEL_CHOICES = {op: ("auto", "direct", *tiles, *(TENSOR_TILES if op == "fprop"
 def tensor_kind(dtype: str, precision: str) -> str | None:
     """The TENSOR_KINDS entry an fprop of ``dtype`` at ``precision`` runs on tensor cores with, or
     None (float64, float32 at 'highest' or 'tf32x3')."""
-    if dtype in HALF:
+    if dtype in HALF_DTYPES:
         return dtype
     return "tf32" if dtype == "float32" and precision == "tf32" else None
 
