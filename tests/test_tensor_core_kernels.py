@@ -92,11 +92,13 @@ def test_schedules_agree(kind, schedule):
     np.testing.assert_array_equal(y.astype(np.float64), reference(p, x, w, b))
 
 
-@pytest.mark.parametrize("kind, kernel", [("float16", "128x128x32_tc"), ("tf32", "64x64x32_tc")])
-def test_race_mode_is_clean(kind, kernel):
+@pytest.mark.parametrize("mode, kind, kernel", [("race", "float16", "128x128x32_tc"),
+                                                ("race", "tf32", "64x64x32_tc"),
+                                                ("asan", "float16", "64x64x32_tc")])
+def test_sanitizers_are_clean(mode, kind, kernel):
     p = problem(EDGE["groups"], "float32" if kind == "tf32" else kind)
     x, w, b = exact_case(p, kind, seed=4)
-    y = run_tensor_cores(p, x, w, b, kind, kernel, mode="race")
+    y = run_tensor_cores(p, x, w, b, kind, kernel, mode=mode)
     np.testing.assert_array_equal(y.astype(np.float64), reference(p, x, w, b))
 
 
