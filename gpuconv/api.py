@@ -126,6 +126,13 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, activatio
     if bias is not None:
         _require("bias", bias, (p.K,), "one value per output channel K")
     check_activation(activation)
+    # Kernel backends run half types and TF32 on tensor cores (None: computed in float32 below).
+    tensor_cores = getattr(be, "fprop_tensor_cores", None)
+    if tensor_cores is not None and p.N > 0:
+        y = tensor_cores(p, *(_contiguous(be, a) for a in (x4, w, bias)), activation,
+                         check_precision(precision, dtype))
+        if y is not None:
+            return _unbatch(y, unbatched)
     p, a, dtype = _computed(be, p, precision, x=x4, w=w, bias=bias)
     if p.N == 0:
         return _unbatch(be.xp.zeros(p.y_shape, dtype), unbatched)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import _paths
-from .backends.kernel_backend import KERNELS, nvrtc_options, source
+from .backends.kernel_backend import KERNELS, kernels_for, nvrtc_options, source
 
 ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 
@@ -204,7 +204,7 @@ def check(archs=ARCHS, which=None, progress=None) -> list[Resources]:
     from concurrent.futures import ThreadPoolExecutor
 
     present = compilers()
-    jobs = [(c, f, a) for c in (which or present) for a in archs for f in KERNELS]
+    jobs = [(c, f, a) for c in (which or present) for a in archs for f in kernels_for(a)]
     rows = []
     with ThreadPoolExecutor() as pool:  # nvcc is a subprocess; NVRTC releases the GIL
         results = pool.map(lambda job: present[job[0]][0](job[1], job[2]), jobs)
@@ -212,9 +212,9 @@ def check(archs=ARCHS, which=None, progress=None) -> list[Resources]:
             rows += rs
             if progress:
                 progress(done, len(jobs), f"{c} {a} {f}")
-    expected = {e for es in KERNELS.values() for e in es}
     for c in which or present:
         for a in archs:
+            expected = {e for es in kernels_for(a).values() for e in es}
             got = {r.kernel for r in rows if r.compiler == c and r.arch == a}
             if got != expected:
                 raise CompileError(f"{c} {a}: instances missing from the ptxas report: "

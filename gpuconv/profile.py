@@ -17,6 +17,7 @@ Figures are counted by the emulator, not measured on a GPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import numpy as np
 
 from .backends import kernel_backend as kb
 from .emulate import device_empty
-from .problem import OPS, conv_problem
+from .problem import HALF_DTYPES, OPS, PRECISIONS, check_precision, conv_problem
 
 SOURCES = {"fprop": "fprop.cu", "dgrad": "dgrad.cu", "wgrad": "wgrad.cu"}
 CHOOSE = {"fprop": kb.choose_fprop, "dgrad": kb.choose_dgrad, "wgrad": kb.choose_wgrad}
@@ -42,7 +43,7 @@ class Profile:
 
     op: str
     problem: object  # Conv2dProblem
-    kernel: str      # 'direct' or a TILES[op] name
+    kernel: str      # 'direct', a TILES[op] or a TENSOR_TILES name
     blocks: int      # blocks of the main kernel's launch
     rows: tuple      # dicts: file, line, space, kind, bytes, requests, lanes, sectors, wavefronts, ideal
 
@@ -51,14 +52,20 @@ class Profile:
                     blocks=self.blocks, rows=list(self.rows))
 
 
-def run(op: str, p, kernel: str = "auto", seed: int = 0) -> Profile:
-    """Runs ``op`` on problem ``p`` with ``kernel`` ('auto', 'direct' or a TILES[op] name) in profile
-    mode on fresh normal inputs and returns its counters."""
+def run(op: str, p, kernel: str = "auto", seed: int = 0, precision: str = "highest") -> Profile:
+    """Runs ``op`` on problem ``p`` with ``kernel`` ('auto', 'direct' or a KERNEL_CHOICES[op] name) in
+    profile mode on fresh normal inputs and returns its counters. fprop in float16, bfloat16 or at
+    precision='tf32' profiles the tensor-core kernel where it takes the problem
+    (``choose_fprop_tensor_core``); the other ops profile the float32 kernels of a half dtype."""
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
-    kernel = CHOOSE[op](p, kernel)
+    kind = kb.tensor_kind(p.dtype, precision) if op == "fprop" else None
+    tensor_tile = kind and kb.choose_fprop_tensor_core(p, kernel)
+    if p.dtype in HALF_DTYPES and not tensor_tile:  # what the API computes: float32
+        p = dataclasses.replace(p, dtype="float32")
+    kernel = tensor_tile or CHOOSE[op](p, kernel)
     backend = kb.emulate_backend(**{f"{op}_kernel": kernel}, mode="profile")
-    module = kb._emulate_module(SOURCES[op], mode="profile")
+    module = kb._emulate_module("fprop_tc.cu" if tensor_tile else SOURCES[op], mode="profile")
     module.reset_counters()
     rng = np.random.default_rng(seed)
 
@@ -67,6 +74,11 @@ def run(op: str, p, kernel: str = "auto", seed: int = 0) -> Profile:
         out[...] = rng.standard_normal(shape)
         return out
 
+    if tensor_tile:
+        backend.fprop_tensor_cores(p, normal(p.x_shape), normal(p.w_shape), normal((p.K,)), None,
+                                   precision)
+        grid, _ = kb.launch_config(0, op, kb.TENSOR_TILES[kernel], p)
+        return Profile(op, p, kernel, int(np.prod(grid)), tuple(module.counters()))
     if op == "fprop":
         backend.fprop(p, normal(p.x_shape), normal(p.w_shape), normal((p.K,)), None)
     elif op == "dgrad":
@@ -130,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("op", choices=OPS)
     parser.add_argument("--kernel", default="auto",
                         help="'auto', 'direct' or a tile name: "
-                             + "; ".join(f"{op}: {', '.join(t)}" for op, t in kb.TILES.items()))
+                             + "; ".join(f"{op}: {', '.join(t[2:])}" for op, t in kb.KERNEL_CHOICES.items()))
     d = DEFAULT_SHAPE
     parser.add_argument("--shape", type=int, nargs=7, metavar=("N", "C", "H", "W", "K", "R", "S"),
                         default=[d[k] for k in "NCHWKRS"],
@@ -140,7 +152,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--padding", type=int, nargs="+", default=[1])
     parser.add_argument("--dilation", type=int, nargs="+", default=[1])
     parser.add_argument("--groups", type=int, default=1)
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--dtype", choices=("float32", "float64", *HALF_DTYPES), default="float32",
+                        help="float16 and bfloat16 fprop: the tensor-core kernel (bfloat16 needs "
+                             "ml_dtypes)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="highest",
+                        help="float32 fprop at 'tf32': the tensor-core kernel")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return parser
 
@@ -156,13 +172,14 @@ def main(argv=None) -> int:
         p = conv_problem((N, C, H, W), (K, C // max(args.groups, 1), R, S),
                          _one_or_tuple(args.stride), _one_or_tuple(args.padding),
                          _one_or_tuple(args.dilation), args.groups, args.dtype)
+        check_precision(args.precision, args.dtype)
         if args.kernel not in kb.KERNEL_CHOICES[args.op]:
             raise ValueError(f"--kernel must be one of {kb.KERNEL_CHOICES[args.op]} for "
                              f"{args.op}, got {args.kernel!r}")
     except (TypeError, ValueError) as e:
         print(f"gpuconv profile: {e}", file=sys.stderr)
         return 2
-    profile = run(args.op, p, args.kernel)
+    profile = run(args.op, p, args.kernel, precision=args.precision)
     print(json.dumps(profile.to_dict(), indent=1) if args.json else table(profile))
     return 0
 

@@ -50,9 +50,13 @@ from .backends.kernel_backend import (
     BIAS_GRAD_THREADS,
     CTYPES,
     KERNELS,
+    TENSOR_KINDS,
+    TENSOR_TILES,
     THREADS_PER_BLOCK,
     TILES,
     kernel_name,
+    kernels_for,
+    tensor_kernel_name,
 )
 from .compile_check import ARCHS, nvcc_path, nvcc_version, nvrtc_compile, nvrtc_version, parse_ptxas
 
@@ -409,6 +413,10 @@ def launch_threads() -> dict[str, int]:
             for dtype in CTYPES:
                 for activation in ACTIVATION_IDS if op == "fprop" else (None,):
                     threads[kernel_name(op, dtype, tile_name, activation)] = tile.threads
+    for tile_name, tile in TENSOR_TILES.items():
+        for kind in TENSOR_KINDS:
+            for activation in ACTIVATION_IDS:
+                threads[tensor_kernel_name(kind, tile_name, activation)] = tile.threads
     return threads
 
 
@@ -426,7 +434,7 @@ def analyze(archs=ARCHS, kernels=None) -> list[LoopReport]:
             raise ValueError(f"kernels: no such instance {sorted(unknown)}; see kernel_backend.KERNELS")
     reports, threads = [], launch_threads()
     for arch in archs:
-        for filename, expressions in KERNELS.items():
+        for filename, expressions in kernels_for(arch).items():
             if wanted is not None and not wanted & set(expressions):
                 continue
             cubin, log, names = nvrtc_compile(filename, arch, ("-Xptxas=-v",))

@@ -49,6 +49,27 @@ __device__ __forceinline__ unsigned to_tf32(float v) {
 #endif
 }
 
+// The input kinds of the tensor-core kernels (their first template argument; the host's
+// TENSOR_KINDS names the same numbers): float16 and bfloat16 stored as 16-bit patterns
+// (unsigned short: NVRTC has no cuda_fp16.h here), TF32 as float.
+#define TENSOR_FLOAT16 0
+#define TENSOR_BFLOAT16 1
+#define TENSOR_TF32 2
+
+// A float16 or bfloat16 bit pattern as float (exact: float holds every value of both).
+__device__ __forceinline__ float half_bits_to_float(unsigned short h) {
+#ifdef GPUCONV_EMULATE
+    return ::gpuconv_emu::half_to_float(h);
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+__device__ __forceinline__ float bfloat16_bits_to_float(unsigned short b) {
+    return __uint_as_float(unsigned(b) << 16);  // bfloat16 is float's upper half
+}
+
 // ldmatrix.x4 / .x4.trans: four 8×8 matrices of 16-bit values from shared memory; lanes 8i..8i+7
 // give the 16-byte-aligned addresses of matrix i's eight rows, lane l receives in r[i] row l/4,
 // columns 2(l%4) and 2(l%4)+1 of matrix i (of its transpose with .trans).

@@ -19,6 +19,7 @@ from gpuconv import reference as ref
 from gpuconv.backends.kernel_backend import (
     KERNEL_CHOICES,
     MIN_SPLIT_TILES,
+    TENSOR_TILES,
     TILES,
     choose_dgrad,
     choose_fprop,
@@ -49,7 +50,8 @@ F64_RTOL = 1e-10
 def kernels_for(op, dtype):
     """'auto', 'direct' and every tile of ``op`` built for ``dtype`` (a forced tile of another
     dtype would run the direct kernel: test_a_tile_of_another_dtype_runs_direct)."""
-    return [k for k in KERNEL_CHOICES[op] if k in ("auto", "direct") or dtype in TILES[op][k].dtypes]
+    return [k for k in KERNEL_CHOICES[op]
+            if k in ("auto", "direct") or (k in TILES[op] and dtype in TILES[op][k].dtypes)]
 
 
 # Every (op, kernel) pair the backends can be forced to for float32 / float64.
@@ -180,6 +182,24 @@ def every_kernel(emulate_options, name="dilation_stride"):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+def every_tensor_core_kernel(emulate_options, name):
+    """fprop_tc.cu's kernels once on EDGE[name], every tile and activation: float16 and TF32 (no
+    ml_dtypes needed; tests/test_tensor_core_kernels.py checks bfloat16 too), small integers, ==."""
+    for dtype, precision in (("float16", "highest"), ("float32", "tf32")):
+        p = problem(EDGE[name], dtype)
+        a = conv_inputs(p, 13, small_ints)
+        for kernel, tile in TENSOR_TILES.items():
+            if dtype not in tile.dtypes:
+                continue
+            for activation in ACTIVATIONS:
+                got = backend("fprop", kernel, **emulate_options).fprop_tensor_cores(
+                    p, a["x"], a["w"], a["bias_k"], activation, precision)
+                want = run_op(ref, "fprop", p, {k: v if v is None else v.astype(np.float64)
+                                                for k, v in a.items()}, activation)
+                # float16 rounding: half an ulp, 2^-11 relative or 2^-25 among the subnormals (sigmoid)
+                np.testing.assert_allclose(got.astype(np.float64), want, rtol=2.0**-11, atol=2.0**-25)
+
+
 @pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])
 def test_schedules(schedule):
     every_kernel(dict(schedule=schedule))
@@ -202,6 +222,7 @@ def test_kernel_line_coverage(capsys):
 
     for name in ("dilation_stride", "odd_channels", "big_pad", "groups"):
         every_kernel(dict(mode="coverage"), name)
+        every_tensor_core_kernel(dict(mode="coverage"), name)
     files = sorted(kernels_dir().glob("*.cu")) + [kernels_dir() / h for h in ("common.cuh", "gemm.cuh")]
     report = coverage_report(files)
     missing = []

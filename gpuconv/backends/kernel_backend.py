@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _paths
+from ..problem import HALF_DTYPES
 from . import CUDA_INSTALL_HINT
 
 # Compile options of every kernel module: the cuda backend's, the emulator's, and the compile
@@ -103,9 +104,76 @@ _TILES = {
     "32x32x8_4x4": Tile(BM=32, BN=32, BK=8, WM=32, WN=16, TM=4, TN=4),  # 64 thr; narrow layers
 }
 TILES = {op: _TILES for op in ("fprop", "dgrad", "wgrad")}
+
+
+@dataclass(frozen=True)
+class TensorTile:
+    """Tile shape of a tensor-core kernel (kernels/fprop_tc.cu): a BM×BN tile per block, BK
+    reduction steps staged at a time, BM/WM × BN/WN warps of WM×WN (WM/16 × WN/8 mma tiles each).
+    ``dtypes``: the input dtypes it is instantiated for, float32 meaning precision='tf32'."""
+
+    BM: int
+    BN: int
+    BK: int
+    WM: int
+    WN: int
+    dtypes: tuple[str, ...]
+
+    @property
+    def threads(self) -> int:
+        return (self.BM // self.WM) * (self.BN // self.WN) * 32
+
+    def template_args(self) -> str:
+        return f"{self.BM}, {self.BN}, {self.BK}, {self.WM}, {self.WN}"
+
+
+# fprop's tensor-core tiles, largest first. 128×128 holds float32 (TF32) tiles in no 48 KiB of
+# static shared memory (72 KiB double-buffered), so TF32 takes 64×64 only.
+TENSOR_TILES = {
+    "128x128x32_tc": TensorTile(BM=128, BN=128, BK=32, WM=64, WN=32, dtypes=HALF_DTYPES),  # 256 threads
+    "64x64x32_tc": TensorTile(BM=64, BN=64, BK=32, WM=32, WN=32, dtypes=(*HALF_DTYPES, "float32")),  # 128
+}
+# The first template argument of fprop_tensor_core: TENSOR_* in kernels/mma.cuh.
+TENSOR_KINDS = {"float16": 0, "bfloat16": 1, "tf32": 2}
+# Sources that include kernels/mma.cuh compile only for sm_80 and newer (the compute capability).
+MIN_ARCH = {"fprop_tc.cu": 80}
+
 # What each op's kernel argument of the backends accepts: 'auto' (the op's choose_*), 'direct'
-# or one of its tiles.
-KERNEL_CHOICES = {op: ("auto", "direct", *tiles) for op, tiles in TILES.items()}
+# or one of its tiles (fprop: its tensor-core tiles too).
+KERNEL_CHOICES = {op: ("auto", "direct", *tiles, *(TENSOR_TILES if op == "fprop" else ()))
+                  for op, tiles in TILES.items()}
+
+
+def tensor_kind(dtype: str, precision: str) -> str | None:
+    """The TENSOR_KINDS entry an fprop of ``dtype`` at ``precision`` runs on tensor cores with, or
+    None (float64, float32 at 'highest' or 'tf32x3')."""
+    if dtype in HALF_DTYPES:
+        return dtype
+    return "tf32" if dtype == "float32" and precision == "tf32" else None
+
+
+def tensor_kernel_name(kind: str, kernel: str, activation=None) -> str:
+    """The name expression of fprop's tensor-core tile ``kernel`` for ``kind`` (TENSOR_KINDS)."""
+    return (f"fprop_tensor_core<{TENSOR_KINDS[kind]}, {ACTIVATION_IDS[activation]}, "
+            f"{TENSOR_TILES[kernel].template_args()}>")
+
+
+def choose_fprop_tensor_core(p, kernel: str = "auto") -> str | None:
+    """The TENSOR_TILES name to run fprop ``p`` (float16, bfloat16, or float32 meaning TF32) with,
+    or None where the float32 kernels take it: a forced SIMT tile or 'direct'; under 'auto' a layer
+    of fewer than 8 output channels per group (a depthwise layer would fill a tile with zeros);
+    a tile not built for the dtype or that cannot run ``p`` (``launchable``). 'auto' takes 128×128
+    where the GEMM fills it and the grid gives every SM of an H100 a block, else 64×64."""
+    M, N = _block_gemm_shape("fprop", p)
+    if kernel == "auto":
+        if N < 8:
+            return None
+        big = TENSOR_TILES["128x128x32_tc"]
+        kernel = ("128x128x32_tc" if M >= big.BM and N >= big.BN and _blocks("fprop", p, big) >= H100_SMS
+                  else "64x64x32_tc")
+    if kernel not in TENSOR_TILES or p.dtype not in TENSOR_TILES[kernel].dtypes:
+        return None
+    return kernel if launchable("fprop", p, kernel) else None
 
 
 def kernel_name(op: str, dtype: str, kernel: str, activation=None) -> str:
@@ -153,6 +221,8 @@ def _choose(op: str, p, kernel: str) -> str:
                 kernel = fits[0]
             else:
                 kernel = next((k for k in fits if _blocks(op, p, TILES[op][k]) >= H100_SMS), fits[-1])
+    if kernel in TENSOR_TILES:  # forced, but the problem takes the float32 kernels
+        return "direct"
     return kernel if kernel == "direct" or launchable(op, p, kernel) else "direct"
 
 
@@ -184,7 +254,7 @@ def launchable(op: str, p, kernel: str) -> bool:
     limits and the indices the kernel keeps in an int within range (an element's offset inside one
     image of x or dy, C·H·W and K·P·Q; the reduction index, C·R·S or K·R·S per group, plus a step;
     dgrad: all of a stride phase's N·Hp·Wp pixels + BM; wgrad: P·Q + BK and a split's chunk + BK)."""
-    tile = TILES[op][kernel]
+    tile = TILES[op][kernel] if kernel in TILES[op] else TENSOR_TILES[kernel]
     if p.dtype not in tile.dtypes or max(p.C * p.H * p.W, p.K * p.P * p.Q) > INT32_MAX:
         return False
     (sh, sw), RS = p.stride, p.R * p.S
@@ -238,12 +308,27 @@ KERNELS = {
     "fprop.cu": _instances("fprop", ACTIVATION_IDS),
     "dgrad.cu": _instances("dgrad"),
     "wgrad.cu": _instances("wgrad") + [f"wgrad_reduce_splits<{t}>" for t in CTYPES.values()],
+    "fprop_tc.cu": [tensor_kernel_name(kind, k, a) for kind in TENSOR_KINDS for a in ACTIVATION_IDS
+                    for k, tile in TENSOR_TILES.items()
+                    if (kind if kind != "tf32" else "float32") in tile.dtypes],
     "elementwise.cu": [
         f"{k}<{t}>"
         for k in ("bias_grad", "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward")
         for t in CTYPES.values()
     ],
 }
+
+
+
+def arch_number(arch: str) -> int:
+    """The compute capability of NVRTC's -arch 'sm_80' or 'compute_80': 80."""
+    return int(arch.split("_")[1])
+
+
+def kernels_for(arch: str) -> dict[str, list[str]]:
+    """KERNELS without the sources ``arch`` cannot compile (MIN_ARCH)."""
+    return {f: es for f, es in KERNELS.items() if arch_number(arch) >= MIN_ARCH.get(f, 0)}
+
 
 THREADS_PER_BLOCK = 256
 BIAS_GRAD_THREADS = 256  # = BIAS_GRAD_THREADS in kernels/elementwise.cu (its tree's width)
@@ -355,7 +440,7 @@ class KernelBackend:
 
     def __init__(self, name: str, xp, get_function, on_device, poison_outputs: bool = False,
                  fprop_kernel: str = "auto", dgrad_kernel: str = "auto",
-                 wgrad_kernel: str = "auto", allocate=None):
+                 wgrad_kernel: str = "auto", allocate=None, tensor_cores=lambda: True):
         self._kernels = dict(fprop=fprop_kernel, dgrad=dgrad_kernel, wgrad=wgrad_kernel)
         for op, kernel in self._kernels.items():
             if kernel not in KERNEL_CHOICES[op]:
@@ -364,6 +449,7 @@ class KernelBackend:
         self._allocate = allocate or xp.empty  # outputs and workspaces
         self._get_function, self._on_device = get_function, on_device
         self._poison = poison_outputs
+        self._tensor_cores = tensor_cores  # () -> whether the current device runs fprop_tc.cu
 
     # -- plumbing ----------------------------------------------------------------------------
     def _empty(self, shape, dtype):
@@ -386,6 +472,21 @@ class KernelBackend:
         kernel = choose_fprop(p, self._kernels["fprop"])
         self._launch("fprop.cu", kernel_name("fprop", p.dtype, kernel, activation), y.size,
                      (x, w, _pointer(bias), y) + conv_args(p), "fprop", TILES["fprop"].get(kernel), p)
+        return y
+
+    @_on_input_device
+    def fprop_tensor_cores(self, p, x, w, bias, activation, precision):
+        """y of ``p`` from fprop_tc.cu: float16 and bfloat16 arrays as they are, float32 at
+        precision='tf32'; or None where no tensor-core kernel runs ``p`` on this device
+        (``tensor_kind``, ``choose_fprop_tensor_core``, an sm_75 GPU): the caller then computes it
+        in float32 on the kernels of ``fprop``."""
+        kind = tensor_kind(p.dtype, precision)
+        kernel = kind and self._tensor_cores() and choose_fprop_tensor_core(p, self._kernels["fprop"])
+        if not kernel:
+            return None
+        y = self._empty(p.y_shape, p.dtype)
+        self._launch("fprop_tc.cu", tensor_kernel_name(kind, kernel, activation), y.size,
+                     (x, w, _pointer(bias), y) + conv_args(p), "fprop", TENSOR_TILES[kernel], p)
         return y
 
     @_on_input_device
@@ -570,7 +671,8 @@ def cuda_backend(poison_outputs: bool = False, fprop_kernel: str = "auto",
         raise RuntimeError("the cuda backend found no CUDA GPU (cudaGetDeviceCount() = 0)")
     check_nvrtc(cupy.cuda.runtime.driverGetVersion())
     return KernelBackend("cuda", cupy, _current_device_function, _array_device, poison_outputs,
-                         fprop_kernel, dgrad_kernel, wgrad_kernel)
+                         fprop_kernel, dgrad_kernel, wgrad_kernel,
+                         tensor_cores=lambda: int(cupy.cuda.Device().compute_capability) >= 80)
 
 
 def check_nvrtc(driver_version: int) -> None:
