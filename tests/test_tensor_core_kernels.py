@@ -94,7 +94,8 @@ def test_schedules_agree(kind, schedule):
 
 @pytest.mark.parametrize("mode, kind, kernel", [("race", "float16", "128x128x32_tc"),
                                                 ("race", "tf32", "64x64x32_tc"),
-                                                ("asan", "float16", "64x64x32_tc")])
+                                                ("asan", "float16", "64x64x32_tc"),
+                                                ("asan", "bfloat16", "64x64x32_tc")])
 def test_sanitizers_are_clean(mode, kind, kernel):
     p = problem(EDGE["groups"], "float32" if kind == "tf32" else kind)
     x, w, b = exact_case(p, kind, seed=4)

@@ -12,6 +12,7 @@ import atexit
 import ctypes
 import os
 import pickle
+import site
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,10 @@ class AsanWorker:
         # NumPy's import alone "leaks"; abort at the first finding so the report is the first one.
         env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1:print_summary=1"
         env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+        # The real interpreter binary (not a venv's launcher) sees only what PYTHONPATH names: this
+        # package, then the caller's site-packages (NumPy, ml_dtypes for bfloat16 arrays).
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, *site.getsitepackages(),
+                                                          env.get("PYTHONPATH")]))
         self._stderr = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
             [os.path.realpath(sys.executable), "-c", "from gpuconv.emulate._worker import serve; serve()"],
@@ -94,6 +98,10 @@ def serve():
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     requests = sys.stdin.buffer
+    try:  # registers NumPy's bfloat16, so bfloat16 arrays unpickle here as in the caller
+        import ml_dtypes  # noqa: F401
+    except ImportError:  # then the caller can have no bfloat16 array either
+        pass
     libraries = {}
     while True:
         try:
