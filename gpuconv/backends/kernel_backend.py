@@ -197,36 +197,49 @@ def _choose(op: str, p, kernel: str) -> str:
     """'direct' or the TILES[op] name to run ``p`` with (``choose_fprop`` and friends).
 
     ``auto`` goes direct when the GEMM's channel side (fprop K/groups, dgrad C/groups, wgrad
-    K/groups) is under 8: a depthwise layer would fill a tile with zeros. float64 takes 64×64
-    where the GEMM's M and N fill it, else 32×32. float32 takes, of the 8×8-thread tiles whose
-    BM×BN the GEMM's M and N fill (largest first: ``F32_TILES_BY_SIZE``), the first whose grid
-    gives every SM of an H100 a block (fewer blocks leave SMs idle: a smaller tile buys
-    parallelism with data reuse), else the smallest of them; wgrad takes the largest, its split-K
-    fills the GPU whatever the tile; a GEMM too small for 64×64 takes 32×32. A forced tile falls
-    back to direct only where it cannot run (``launchable``: a dtype it is not built for, or
-    sizes beyond its index range).
+    K/groups) is under 8: a depthwise layer would fill a tile with zeros. Otherwise it takes, of
+    the tiles built for the dtype that can run ``p`` and holding an ``ISSUE_PER_FMA`` figure, the
+    one whose busiest SM spends the fewest clocks (``busiest_sm_cost``): the performance model's
+    limiting terms for these tiles (``gpuconv.model``; tests/test_model.py checks the picks
+    against the whole model's on the benchmark layers). A forced tile falls back to direct only
+    where it cannot run (``launchable``: a dtype it is not built for, or sizes beyond its index
+    range).
     """
     M, N = _block_gemm_shape(op, p)
     if kernel == "auto":
         channels = N if op != "wgrad" else M
         if channels < 8:
             return "direct"
-        if p.dtype == "float64":
-            kernel = "64x64x8_4x4" if M >= 64 and N >= 64 else "32x32x8_4x4"
-        else:
-            fits = [k for k in F32_TILES_BY_SIZE if M >= TILES[op][k].BM and N >= TILES[op][k].BN]
-            if not fits:
-                kernel = "32x32x8_4x4"
-            elif op == "wgrad":
-                kernel = fits[0]
-            else:
-                kernel = next((k for k in fits if _blocks(op, p, TILES[op][k]) >= H100_SMS), fits[-1])
+        runnable = [k for k, tile in TILES[op].items()
+                    if k in ISSUE_PER_FMA and p.dtype in tile.dtypes and launchable(op, p, k)]
+        return min(runnable, key=lambda k: busiest_sm_cost(op, p, k), default="direct")
     if kernel in TENSOR_TILES:  # forced, but the problem takes the float32 kernels
         return "direct"
     return kernel if kernel == "direct" or launchable(op, p, kernel) else "direct"
 
 
-F32_TILES_BY_SIZE = ("128x128x8_8x8", "128x64x8_8x8", "64x128x8_8x8", "64x64x8_8x8")
+# Each tile's main-loop instructions per FFMA (DFMA for the float64 tile) in SASS: `python -m
+# gpuconv.sass --arch sm_90`, fprop's loops (dgrad's and wgrad's are within 7%). A tile added to
+# TILES needs its figure here (tests/test_model.py checks that every tile has one).
+ISSUE_PER_FMA = {
+    "128x128x8_8x8": 1.37, "128x64x8_8x8": 1.57, "64x128x8_8x8": 1.44, "64x64x8_8x8": 1.61,
+    "64x64x8_4x4": 1.88, "32x32x8_4x4": 2.24,
+}
+# An H100 SM issues 4 warp instructions a clock and has 128 FP32 and 64 FP64 FMA lanes.
+H100_ISSUE_PER_CLOCK, H100_FMA_LANES = 4, {"float32": 128, "float64": 64}
+
+
+def busiest_sm_cost(op: str, p, kernel: str) -> float:
+    """The clocks (up to a constant factor) the busiest SM of an H100 spends on ``op``'s tile
+    ``kernel`` for ``p``: its blocks, ceil(grid / SMs) (wave quantization: a grid of 1.1 waves
+    takes 2), × one block's multiply-adds × the clocks of one warp's FMA, issue-bound or bound by
+    the FMA lanes. Big tiles issue less per FMA; small ones quantize better and let wgrad split
+    into more blocks."""
+    tile = TILES[op][kernel]
+    # A block's reduction: the same for every tile in fprop and dgrad, wgrad's split chunk.
+    reduction = wgrad_splits(p, tile)[1] if op == "wgrad" else 1
+    clocks_per_fma = max(ISSUE_PER_FMA[kernel] / H100_ISSUE_PER_CLOCK, 32 / H100_FMA_LANES[p.dtype])
+    return ceil_div(_blocks(op, p, tile), H100_SMS) * tile.BM * tile.BN * reduction * clocks_per_fma
 
 
 def _blocks(op: str, p, tile: Tile) -> int:
