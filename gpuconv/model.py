@@ -31,7 +31,8 @@ k-tile deciding when the tile is ready):
 - *Stages in flight.* A kernel with S stages issues k-tile i+S-1's loads when it starts computing
   k-tile i, so a block cannot run a k-tile faster than LOAD_LATENCY / (S-1); register double
   buffering is S = 2, cp.async pipelines S = 3-4. An SM holding R blocks overlaps their chains:
-  ``latency = rounds × k-tiles × LOAD_LATENCY / (S-1)``, rounds = ceil(busiest SM's blocks / R).
+  ``latency = rounds × k-tiles × LOAD_LATENCY / (S-1)``, rounds = ceil(busiest SM's blocks / R),
+  R = the blocks per SM (``Loop.blocks_per_sm``) or the busiest SM's blocks where fewer.
   This is Little's law read per SM: R·(S-1) k-tiles of operands in flight, each LOAD_LATENCY long.
 - *Fill and drain.* The R blocks of a round start together and do equal work, so they wait for
   their first k-tiles together (LOAD_LATENCY, then R × (BM+BN)×BK operands at the SM's share of
@@ -93,17 +94,19 @@ HMMA_FLOPS = {16: 4096, 8: 2048}  # flops of one warp's mma.m16n8k16 / m16n8k8
 # Cycles from an SM's global load to its data, as the main loop sees it: the k-tile waits for its
 # slowest load, and a conv's operand panels hit L2 (about 200-300 cycles, the far L2 partition
 # 1.75x the near one) or miss to DRAM (about 500-600 cycles and more under load). Sources: Jia et
-# al., "Dissecting the NVIDIA Volta GPU architecture via microbenchmarking" (arXiv 1804.06826) and
-# their GTC 2021 talk on Ampere; Abdelkhalik et al., "Demystifying the Nvidia Ampere architecture
-# through microbenchmarking" (arXiv 2208.11174); Chips and Cheese, "Nvidia's H100: funny L2, and
-# tons of bandwidth" (2023). One rounded figure for every GPU here: the DRAM side.
+# al., "Dissecting the NVIDIA Volta GPU architecture via microbenchmarking" (arXiv 1804.06826);
+# the GTC 2021 talk "Dissecting the Ampere GPU architecture through microbenchmarking" (near and
+# far L2); Abdelkhalik et al., "Demystifying the Nvidia Ampere architecture through
+# microbenchmarking and instruction-level analysis" (arXiv 2208.11174); Chips and Cheese,
+# "Nvidia's H100: funny L2, and tons of bandwidth" (2023). One rounded figure for every GPU here,
+# the DRAM side: a conv's x panel streams from DRAM.
 LOAD_LATENCY = 600
 # Sustained fraction of the SM terms' peak rates, calibrated so that CUTLASS's SIMT fprop main loop
 # (128×128×8, as bench/results/sass-sm_80.json holds it) on N=8 224² C=K=128 3×3 models at the
 # 14.57 TFLOP/s its profiler documentation reports for cutlass_simt_sfprop_optimized_128x128_8x2
 # (media/docs/profiler.md; an sm_80 GPU, taken as the A100): `calibration()` recomputes the fit.
 # The same documentation's tensor-op fprop (125.4 TFLOP/s, 128×128×64, 4 stages, 4 warps) is the
-# check: modelled 85% too high before the latency terms, about 55% with them (`calibration()`).
+# check: modelled ×1.85 its published figure before the latency terms, ×1.63 with them.
 # Treat modelled tensor-op figures as upper bounds until a GPU report calibrates them.
 EFFICIENCY = 0.78
 
