@@ -207,6 +207,21 @@ def test_the_latency_terms_move_the_tensor_op_anchor_down(monkeypatch):
     assert without["simt_ratio"] == pytest.approx(with_latency["simt_ratio"], rel=0.01)  # 144 k-tiles
 
 
+def test_a_tiles_stages_attribute_sets_the_stages_in_flight():
+    """cp.async tiles carry ``stages``; a tile without it is register double-buffered (2)."""
+    from types import SimpleNamespace
+
+    p = layer_problem("res3_3x3", "gpu")
+    tile = TILES["fprop"]["128x128x8_8x8"]
+    report = committed_reports("sm_90")[kernel_name("fprop", "float32", "128x128x8_8x8")]
+    staged = SimpleNamespace(**tile.__dict__, threads=tile.threads, stages=4)
+    plain = model.predict_problem(model.GPUS["h100"], "fprop", p, report, tile)
+    four = model.predict_problem(model.GPUS["h100"], "fprop", p, report, staged)
+    assert four.terms["latency"] == pytest.approx(plain.terms["latency"] / 3)
+    assert {k: v for k, v in four.terms.items() if k != "latency"} == \
+        {k: v for k, v in plain.terms.items() if k != "latency"}
+
+
 def test_cutlass_stages_come_from_the_label():
     reports = committed_reports("sm_80")
     assert model.cutlass_stages(model.cutlass_report(reports, "simt")) == 4      # ..._8x4_...
