@@ -218,9 +218,10 @@ def _choose(op: str, p, kernel: str) -> str:
     return kernel if kernel == "direct" or launchable(op, p, kernel) else "direct"
 
 
-# Each tile's main-loop instructions per FFMA (DFMA for the float64 tile) in SASS: `python -m
-# gpuconv.sass --arch sm_90`, fprop's loops (dgrad's and wgrad's are within 7%). A tile added to
-# TILES needs its figure here (tests/test_model.py checks that every tile has one).
+# Each register-staged tile's main-loop instructions per FFMA (DFMA for the float64 tile) in SASS:
+# `python -m gpuconv.sass --arch sm_90`, fprop's loops (dgrad's and wgrad's are within 7%). Only
+# tiles with a figure are candidates of ``auto``; tests/test_model.py checks that every tile of 2
+# stages has one and that the figures match the committed SASS.
 ISSUE_PER_FMA = {
     "128x128x8_8x8": 1.37, "128x64x8_8x8": 1.57, "64x128x8_8x8": 1.44, "64x64x8_8x8": 1.61,
     "64x64x8_4x4": 1.88, "32x32x8_4x4": 2.24,
