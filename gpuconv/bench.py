@@ -139,10 +139,10 @@ def _gpuconv_impl(backend: str, dtype: str, precision: str) -> Impl:
         return api.conv2d_weight(x, p.w_shape, dy, **kw)
 
     sync = xp.cuda.runtime.deviceSynchronize if backend == "cuda" else None
-    return Impl(_to_xp(xp), run, sync)
+    return Impl(array_converter(xp), run, sync)
 
 
-def _to_xp(xp):
+def array_converter(xp):
     """NumPy array -> an array of ``xp`` (numpy or cupy); bfloat16 crosses as its bits."""
     if xp is np:
         return np.asarray
@@ -277,7 +277,7 @@ def _im2col_cupy_impl(dtype: str, precision: str) -> Impl:
             dxp[:, :, rows, cs] += cols[:, r, s].transpose(1, 0, 2, 3)
         return dxp[:, :, t : t + p.H, l : l + p.W]
 
-    impl = Impl(_to_xp(cp), run, cp.cuda.runtime.deviceSynchronize,
+    impl = Impl(array_converter(cp), run, cp.cuda.runtime.deviceSynchronize,
                 _no_tf32(precision, "cuBLAS") if precision == "tf32x3" else None)
     if dtype == "bfloat16":  # cupy.matmul's bfloat16 support varies with the CuPy version
         return _in_float32(impl, dtype, "cupy.matmul in float32")
