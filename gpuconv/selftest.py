@@ -356,7 +356,7 @@ def _errors(row: Row, backend: str, op: str, label: str, problems=(), torch=None
             got = call(*[None if a is None else to_backend(a) for a in typed], be=backend, **extra)
             got = got.get() if xp is not np else got
         except Exception as e:
-            row.failure = f"{label}: {info.error_line(e)}"
+            row.failure = "; ".join(filter(None, (row.failure, f"{label}: {info.error_line(e)}")))
             return False
         # The reference sees the inputs as the kernels do: TF32-rounded at 'tf32' (all but the
         # bias, the third input where there is one: the epilogue adds it in float32).
