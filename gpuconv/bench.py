@@ -8,19 +8,32 @@ every repeat is timed with CUDA events after an L2 flush.
 
 Implementations: ``numpy`` (gpuconv's NumPy backend), ``torch-cpu`` (PyTorch on all cores),
 ``naive`` (the seeds' per-pixel Python loops, tiny shapes only), and on a GPU ``cuda`` (gpuconv's
-kernels), ``cudnn`` (PyTorch, TF32 off, ``cudnn.benchmark``) and ``im2col-cupy`` (im2col +
+kernels), ``cudnn`` (PyTorch, ``cudnn.benchmark``) and ``im2col-cupy`` (im2col +
 ``cupy.matmul``). Shapes and batch sizes come from ``gpuconv/shapes.py``.
 
+``--dtype`` (float32, float64, float16, bfloat16) and ``--precision`` (highest, tf32, tf32x3; the
+TF32 ones for float32 only) apply to every implementation. gpuconv runs them as its API does.
+cuDNN runs in the dtype, with ``torch.backends.cudnn.allow_tf32`` and
+``torch.backends.cuda.matmul.allow_tf32`` True for 'tf32' and False otherwise; im2col-cupy's
+``cupy.matmul`` takes TF32 for 'tf32' (``CUPY_TF32=1``). What an implementation cannot do as asked
+it computes in float32 and says so in its record's ``computed_as`` (and the table's last column):
+'tf32x3' on cuDNN and cuBLAS (they have no 3xTF32), any TF32 on the CPU libraries, a half type the
+naive loops or a PyTorch CPU build do not take (computed in float32 and rounded once to the dtype,
+as gpuconv's numpy backend does).
+
 Output (in ``--out``): a table on stdout and in ``<device>-<date>.md``, a chart ``<device>-<date>.png``
-and ``<device>-<date>.json`` with this schema (``gpuconv-bench/1``)::
+and ``<device>-<date>.json`` (``<device>-<dtype>[-<precision>]-<date>`` for other than float32 at
+'highest') with this schema (``gpuconv-bench/1``)::
 
     {"schema": "gpuconv-bench/1", "created": ISO-8601 time, "device_class": "cpu" | "gpu",
+     "dtype": the inputs' and results' dtype, "precision": "highest" | "tf32" | "tf32x3",
      "baseline": implementation the ratios are taken against, "rounds": alternations kept,
      "machine": {"cpu", "cores", "platform", "python", "numpy", "blas": [threadpoolctl info], "torch",
                  "gpu", "cupy", ...},
      "results": [{"op", "impl", "shape", "problem": Conv2dProblem.describe(), "N", "flops", "bytes",
-                  "ms": median, "ms_min", "repeats", "gflops": flops / median,
-                  "max_rel_err": vs the reference at batch 1,
+                  "dtype", "precision", "computed_as": null, or what the implementation computed
+                  instead (above), "ms": median, "ms_min", "repeats", "gflops": flops / median,
+                  "max_rel_err": vs the float64 reference on the same (rounded) inputs at batch 1,
                   "ratio": baseline ms / this ms (> 1: faster than the baseline; null without one)}],
      "skipped": [{"impl", "reason"}]}
 """
@@ -28,59 +41,138 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import info, reference
-from .problem import OPS
+from .problem import HALF_DTYPES, OPS, PRECISIONS, SUPPORTED_DTYPES
 
 CPU_IMPLS = ("numpy", "torch-cpu", "naive")
 GPU_IMPLS = ("cuda", "cudnn", "im2col-cupy")
 BASELINE = {"cpu": "torch-cpu", "gpu": "cudnn"}
 TORCH_IMPLS = ("torch-cpu", "cudnn")
 SCHEMA = "gpuconv-bench/1"
-# float32 against the float64 reference: sums of up to ~10^4 unit-normal products, each rounding
-# ~6e-8 relative; 1e-3 of the largest result is far above that and far below a wrong tap's error.
-MAX_REL_ERR = 1e-3
+# Against the float64 reference on the same inputs, relative to the largest result. float32: sums
+# of up to ~10^4 unit-normal products, each rounding ~6e-8 relative; 1e-3 is far above that and far
+# below a wrong tap's error. The half types and TF32 add one rounding of 2^-11 (float16, TF32's
+# inputs) or 2^-8 (bfloat16) relative to each result: ten times that.
+MAX_REL_ERR = {"float64": 1e-3, "float32": 1e-3, "float16": 5e-3, "bfloat16": 4e-2}
+TF32_MAX_REL_ERR = 5e-3
+
+
+def max_rel_err(dtype: str, precision: str) -> float:
+    return TF32_MAX_REL_ERR if precision == "tf32" else MAX_REL_ERR[dtype]
+
+
+def numpy_dtype(dtype: str):
+    """The NumPy dtype called ``dtype``: bfloat16 is ml_dtypes'."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
 
 
 # -- the implementations (each runs inside its worker process) --------------------------------
 
 
-def _numpy_impl():
-    from .backends.numpy_backend import BACKEND
+@dataclass
+class Impl:
+    """An implementation in its worker: ``to_array`` (a NumPy array of the inputs, already in the
+    dtype, to what ``run`` takes), ``run(p, op, x, w, dy)``, ``sync`` (None on the CPU) and
+    ``computed_as``: None where it computes the dtype and precision asked for, else what it
+    computes instead (the record's ``computed_as``)."""
+
+    to_array: Callable
+    run: Callable
+    sync: Callable | None = None
+    computed_as: str | None = None
+
+
+def _in_float32(impl: Impl, dtype: str, why: str) -> Impl:
+    """``impl`` fed float32 copies of half-type inputs, its float32 result rounded once to
+    ``dtype``: as gpuconv's numpy backend computes the half types."""
+    return Impl(lambda a: impl.to_array(a.astype(np.float32)),
+                lambda p, op, *arrays: _rounded(impl.run(p, op, *arrays), dtype), impl.sync,
+                f"float32, rounded once to {dtype} ({why})")
+
+
+def _rounded(result, dtype: str):
+    """A float32 result (NumPy, CuPy or torch) rounded to ``dtype``."""
+    if hasattr(result, "detach"):
+        import torch
+
+        return result.to(getattr(torch, dtype))
+    return result.astype(numpy_dtype(dtype))
+
+
+def _no_tf32(precision: str, who: str) -> str | None:
+    """What an implementation without TF32 computes at ``precision``, or None at 'highest'."""
+    return None if precision == "highest" else f"float32: {who} has no {precision}"
+
+
+def _gpuconv_impl(backend: str, dtype: str, precision: str) -> Impl:
+    """gpuconv's ops through its API (the half types and TF32 as the API computes them)."""
+    from . import api
+
+    xp = np
+    if backend == "cuda":
+        import cupy as xp
 
     def run(p, op, x, w, dy):
+        kw = dict(stride=p.stride, padding=p.padding, dilation=p.dilation, groups=p.groups,
+                  precision=precision, backend=None if backend == "cuda" else backend)
         if op == "fprop":
-            return BACKEND.fprop(p, x, w, None, None)
+            return api.conv2d(x, w, **kw)
         if op == "dgrad":
-            return BACKEND.dgrad(p, dy, w)
-        return BACKEND.wgrad(p, x, dy)
+            return api.conv2d_input(p.x_shape, w, dy, **kw)
+        return api.conv2d_weight(x, p.w_shape, dy, **kw)
 
-    return np.asarray, run, None
+    sync = xp.cuda.runtime.deviceSynchronize if backend == "cuda" else None
+    return Impl(array_converter(xp), run, sync)
 
 
-def _torch_impl(device: str):
+def array_converter(xp):
+    """NumPy array -> an array of ``xp`` (numpy or cupy); bfloat16 crosses as its bits."""
+    if xp is np:
+        return np.asarray
+
+    def to(a):
+        return xp.asarray(a.view(np.uint16)).view(a.dtype) if a.dtype.name == "bfloat16" else xp.asarray(a)
+
+    return to
+
+
+def _torch_impl(device: str, dtype: str, precision: str) -> Impl:
     import torch
     import torch.nn.functional as F
     from torch.nn.grad import conv2d_input, conv2d_weight
 
+    computed_as = None
     if device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
+        computed_as = _no_tf32(precision, "PyTorch's CPU convolution")
     else:
         torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+        # cuDNN in TF32 only when asked; 'tf32x3' has no cuDNN counterpart: float32.
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        if precision == "tf32x3":
+            computed_as = _no_tf32(precision, "cuDNN")
 
-    def to(a):
-        return torch.from_numpy(a).to(device)
+    def to(a):  # via float32: torch.from_numpy takes no bfloat16; the values are exact in both
+        return torch.from_numpy(a.astype(np.float32) if a.dtype.name in HALF_DTYPES else a).to(
+            device=device, dtype=getattr(torch, a.dtype.name))
 
     def run(p, op, x, w, dy):
         # The benchmark layers pad symmetrically, as PyTorch's conv2d does.
@@ -94,10 +186,28 @@ def _torch_impl(device: str):
             return conv2d_weight(x, p.w_shape, dy, **kw)
 
     sync = torch.cuda.synchronize if device == "cuda" else None
-    return to, run, sync
+    impl = Impl(to, run, sync, computed_as)
+    if device == "cpu" and dtype in HALF_DTYPES and not _torch_cpu_takes(torch, dtype):
+        return _in_float32(impl, dtype, f"this PyTorch's CPU convolution takes no {dtype}")
+    return impl
 
 
-def _naive_impl():
+def _torch_cpu_takes(torch, dtype: str) -> bool:
+    """Whether this PyTorch build's CPU convolution and its two gradients run in ``dtype``."""
+    import torch.nn.functional as F
+    from torch.nn.grad import conv2d_input, conv2d_weight
+
+    x, w = (torch.ones(shape, dtype=getattr(torch, dtype)) for shape in ((1, 2, 4, 4), (2, 2, 3, 3)))
+    try:
+        y = F.conv2d(x, w)
+        conv2d_input(x.shape, w, y)
+        conv2d_weight(x, w.shape, y)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def _naive_impl(dtype: str, precision: str) -> Impl:
     """The seeds' algorithm: Python loops over every output pixel and channel (groups=1)."""
 
     def run(p, op, x, w, dy):
@@ -126,28 +236,16 @@ def _naive_impl():
             return dxp[:, :, t : t + p.H, l : l + p.W]
         return dw_
 
-    return np.asarray, run, None
+    impl = Impl(np.asarray, run, None, _no_tf32(precision, "the naive loop"))
+    if dtype in HALF_DTYPES:  # NumPy would sum each window in the half type
+        return _in_float32(impl, dtype, "the naive loop sums in its inputs' dtype")
+    return impl
 
 
-def _cuda_impl():
-    import cupy
-
-    from .backends import get_backend
-
-    backend = get_backend("cuda")
-
-    def run(p, op, x, w, dy):
-        if op == "fprop":
-            return backend.fprop(p, x, w, None, None)
-        if op == "dgrad":
-            return backend.dgrad(p, dy, w)
-        return backend.wgrad(p, x, dy)
-
-    return cupy.asarray, run, cupy.cuda.runtime.deviceSynchronize
-
-
-def _im2col_cupy_impl():
+def _im2col_cupy_impl(dtype: str, precision: str) -> Impl:
     """The textbook GPU baseline: an explicit im2col matrix and one cuBLAS product (groups=1)."""
+    if precision == "tf32":  # read when CuPy is imported (this worker's first import of it)
+        os.environ["CUPY_TF32"] = "1"
     import cupy as cp
 
     def windows(p):
@@ -179,27 +277,32 @@ def _im2col_cupy_impl():
             dxp[:, :, rows, cs] += cols[:, r, s].transpose(1, 0, 2, 3)
         return dxp[:, :, t : t + p.H, l : l + p.W]
 
-    return cp.asarray, run, cp.cuda.runtime.deviceSynchronize
+    impl = Impl(array_converter(cp), run, cp.cuda.runtime.deviceSynchronize,
+                _no_tf32(precision, "cuBLAS") if precision == "tf32x3" else None)
+    if dtype == "bfloat16":  # cupy.matmul's bfloat16 support varies with the CuPy version
+        return _in_float32(impl, dtype, "cupy.matmul in float32")
+    return impl
 
 
-def _make_impl(name: str):
+def _make_impl(name: str, dtype: str = "float32", precision: str = "highest") -> Impl:
     factories = {
-        "numpy": _numpy_impl,
-        "torch-cpu": lambda: _torch_impl("cpu"),
-        "naive": _naive_impl,
-        "cuda": _cuda_impl,
-        "cudnn": lambda: _torch_impl("cuda"),
-        "im2col-cupy": _im2col_cupy_impl,
+        "numpy": lambda: _gpuconv_impl("numpy", dtype, precision),
+        "torch-cpu": lambda: _torch_impl("cpu", dtype, precision),
+        "naive": lambda: _naive_impl(dtype, precision),
+        "cuda": lambda: _gpuconv_impl("cuda", dtype, precision),
+        "cudnn": lambda: _torch_impl("cuda", dtype, precision),
+        "im2col-cupy": lambda: _im2col_cupy_impl(dtype, precision),
     }
     return factories[name]()
 
 
-def _as_numpy(a) -> np.ndarray:
+def _as_float64(a) -> np.ndarray:
+    """A NumPy, CuPy or torch result as a float64 NumPy array (NumPy has no torch.bfloat16)."""
     if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
+        a = a.detach().cpu().double().numpy()
     elif hasattr(a, "get"):
         a = a.get()
-    return np.asarray(a)
+    return np.asarray(a, np.float64)
 
 
 class _GpuTimer:
@@ -230,38 +333,47 @@ def _cpu_time(fn, sync) -> float:
     return time.perf_counter() - t0
 
 
-def worker(impl: str, device_class: str, shapes: list[str], ops: list[str], repeats: int) -> int:
-    """Time ``impl`` on every (shape, op); print one JSON record per case on stdout."""
+def worker(impl: str, device_class: str, shapes: list[str], ops: list[str], repeats: int,
+           dtype: str = "float32", precision: str = "highest") -> int:
+    """Time ``impl`` on every (shape, op) in ``dtype`` at ``precision``; print one JSON record per
+    case on stdout."""
     from . import shapes as table
     try:
-        to_array, run, sync = _make_impl(impl)
+        implementation = _make_impl(impl, dtype, precision)
     except ImportError as e:
         print(json.dumps({"skipped": impl, "reason": f"not importable: {e}"}), flush=True)
         return 0
-    timer = _GpuTimer() if impl in GPU_IMPLS else (lambda fn: _cpu_time(fn, sync))
+    run, to_array = implementation.run, implementation.to_array
+    timer = _GpuTimer() if impl in GPU_IMPLS else (lambda fn: _cpu_time(fn, implementation.sync))
     rng = np.random.default_rng(0)
+    typed = numpy_dtype(dtype)
+
+    def inputs(p):  # unit normals rounded to the dtype: the reference sees the same values
+        return [rng.standard_normal(s).astype(typed) for s in (p.x_shape, p.w_shape, p.y_shape)]
+
     for shape in shapes:
-        p = table.layer_problem(shape, device_class)
-        p1 = table.layer_problem(shape, device_class, batch=1)
+        p = table.layer_problem(shape, device_class, dtype)
+        p1 = table.layer_problem(shape, device_class, dtype, batch=1)
         for op in ops:
-            # Correctness, once: the same layer at batch 1 against the float64 reference.
-            x1, w1, dy1 = (rng.standard_normal(s).astype(np.float32)
-                           for s in (p1.x_shape, p1.w_shape, p1.y_shape))
-            got = _as_numpy(run(p1, op, *map(to_array, (x1, w1, dy1))))
+            # Correctness, once: the same layer at batch 1 against the float64 reference on the
+            # same (rounded) inputs.
+            x1, w1, dy1 = inputs(p1)
+            got = _as_float64(run(p1, op, *map(to_array, (x1, w1, dy1))))
             want = {"fprop": lambda: reference.fprop(p1, x1, w1),
                     "dgrad": lambda: reference.dgrad(p1, dy1, w1),
                     "wgrad": lambda: reference.wgrad(p1, x1, dy1)}[op]()
             err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-            if not err <= MAX_REL_ERR:
-                raise AssertionError(f"{impl} {op} {shape}: relative error {err:.2e}")
-            x, w, dy = (to_array(rng.standard_normal(s).astype(np.float32))
-                        for s in (p.x_shape, p.w_shape, p.y_shape))
+            if not err <= max_rel_err(dtype, precision):
+                raise AssertionError(f"{impl} {op} {shape} {dtype} {precision}: relative error "
+                                     f"{err:.2e} (at most {max_rel_err(dtype, precision):g})")
+            x, w, dy = map(to_array, inputs(p))
             timer(lambda: run(p, op, x, w, dy))  # warm-up (and cudnn.benchmark's search)
             times = sorted(timer(lambda: run(p, op, x, w, dy)) for _ in range(repeats))
             ms = 1e3 * float(np.median(times))
             print(json.dumps({
                 "op": op, "impl": impl, "shape": shape, "problem": p.describe(), "N": p.N,
-                "flops": p.flops(op), "bytes": p.bytes_moved(op), "ms": ms,
+                "flops": p.flops(op), "bytes": p.bytes_moved(op), "dtype": dtype,
+                "precision": precision, "computed_as": implementation.computed_as, "ms": ms,
                 "ms_min": 1e3 * times[0], "repeats": repeats,
                 "gflops": p.flops(op) / ms * 1e-6, "max_rel_err": err,
             }), flush=True)
@@ -292,7 +404,8 @@ def machine_info(device_class: str) -> dict:
 def _run_worker(impl, args, shapes, ops, progress):
     """Run one implementation in a fresh process; yield its records as they arrive."""
     cmd = [sys.executable, "-m", "gpuconv.bench", "--worker", impl, "--device", args.device,
-           "--shapes", ",".join(shapes), "--ops", ",".join(ops), "--repeats", str(args.repeats)]
+           "--shapes", ",".join(shapes), "--ops", ",".join(ops), "--repeats", str(args.repeats),
+           "--dtype", args.dtype, "--precision", args.precision]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]))
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
@@ -313,11 +426,15 @@ def _with_ratios(results: list[dict], baseline: str) -> list[dict]:
 
 
 def format_table(results: list[dict]) -> str:
-    lines = ["| op | implementation | shape | ms | GFLOP/s | ratio |", "|---|---|---|---:|---:|---:|"]
+    """The Markdown table; a last column 'computed as' where an implementation computed other than
+    the dtype and precision asked for (``computed_as``)."""
+    notes = any(r.get("computed_as") for r in results)
+    lines = ["| op | implementation | shape | ms | GFLOP/s | ratio |" + (" computed as |" if notes else ""),
+             "|---|---|---|---:|---:|---:|" + ("---|" if notes else "")]
     for r in sorted(results, key=lambda r: (OPS.index(r["op"]), r["shape"], r["impl"])):
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         lines.append(f"| {r['op']} | {r['impl']} | {r['shape']} | {r['ms']:.3f} | "
-                     f"{r['gflops']:.1f} | {ratio} |")
+                     f"{r['gflops']:.1f} | {ratio} |" + (f" {r.get('computed_as') or ''} |" if notes else ""))
     return "\n".join(lines)
 
 
@@ -365,6 +482,29 @@ def plot(results: list[dict], path: Path, title: str) -> bool:
     return True
 
 
+def _one_of(value: str, allowed, what: str) -> str:
+    if value not in allowed:
+        raise SystemExit(f"gpuconv bench: unknown {what} {value!r}; choose from {list(allowed)}")
+    return value
+
+
+def check_dtype_precision(dtype: str, precision: str) -> tuple[str, str]:
+    """``--dtype`` and ``--precision``, checked: a SystemExit naming the argument and its value,
+    with the allowed values, as for the other arguments."""
+    _one_of(dtype, SUPPORTED_DTYPES, "--dtype")
+    _one_of(precision, PRECISIONS, "--precision")
+    if precision != "highest" and dtype != "float32":
+        raise SystemExit(f"gpuconv bench: --precision {precision} applies to --dtype float32 only, "
+                         f"got --dtype {dtype}; with {dtype} choose --precision highest")
+    if dtype == "bfloat16":
+        try:
+            import ml_dtypes  # noqa: F401
+        except ImportError:
+            raise SystemExit("gpuconv bench: --dtype bfloat16 needs ml_dtypes, not installed: "
+                             "pip install ml_dtypes") from None
+    return dtype, precision
+
+
 def _csv(text: str | None, allowed, what: str) -> list[str] | None:
     if text is None:
         return None
@@ -385,6 +525,13 @@ def parse_args(argv):
     ap.add_argument("--device", choices=("cpu", "gpu"),
                     help="device class (batch size, implementations); default: gpu if present")
     ap.add_argument("--repeats", type=int, help="timed repeats per case (median reported)")
+    ap.add_argument("--dtype", default="float32",
+                    help=f"every implementation's dtype, one of {', '.join(SUPPORTED_DTYPES)} "
+                         "(default float32; bfloat16 needs ml_dtypes)")
+    ap.add_argument("--precision", default="highest",
+                    help=f"float32 only: one of {', '.join(PRECISIONS)} (default highest). cuDNN "
+                         "runs 'tf32' with allow_tf32 on and 'highest' and 'tf32x3' with it off "
+                         "(it has no 3xTF32: the table says so)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the implementations this many times in turn and keep each case's "
                          "fastest median (evens out a busy machine)")
@@ -399,17 +546,35 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+def report_name(device: str, dtype: str, precision: str) -> str:
+    """The report's file name before the date: the device class, then the dtype and precision
+    where they are not float32 at 'highest' (so earlier reports keep their names)."""
+    parts = [device] + ([dtype] if (dtype, precision) != ("float32", "highest") else []) + (
+        [precision] if precision != "highest" else [])
+    return "-".join(parts)
+
+
 def _model_gpus():
     from .model import GPUS
 
     return GPUS
 
 
-def model_report(gpu: str, shapes: list[str], results: Path, out: Path) -> int:
-    """``--model``: the modelled table for ``shapes`` at the GPU batch, printed and written."""
+def model_report(gpu: str, shapes: list[str], results: Path, out: Path, dtype: str = "float32",
+                 precision: str = "highest") -> int:
+    """``--model``: the modelled table for ``shapes`` at the GPU batch, printed and written. The
+    dtype and precision go to ``model.table`` where it takes them; where it does not, its rows are
+    its own (and a line on stderr says so)."""
     from . import model
 
-    text, rows = model.table(gpu, shapes, results,
+    takes = inspect.signature(model.table).parameters
+    chosen = {k: v for k, v in dict(dtype=dtype, precision=precision).items() if k in takes}
+    ignored = [f"--{k} {v}" for k, v in dict(dtype=dtype, precision=precision).items()
+               if k not in takes and v not in ("float32", "highest")]
+    if ignored:
+        print(f"gpuconv bench --model: the model's table does not take {' or '.join(ignored)}: "
+              "its rows are the dtypes it models", file=sys.stderr)
+    text, rows = model.table(gpu, shapes, results, **chosen,
                              progress=lambda label: print(f"  modelling {label}", file=sys.stderr))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"model-{gpu}.md").write_text(text)
@@ -428,10 +593,12 @@ def main(argv=None) -> int:
     default_shapes = table.QUICK if args.quick else tuple(table.SHAPES)
     shapes = _csv(args.shapes, table.SHAPES, "shapes") or list(default_shapes)
     ops = _csv(args.ops, OPS, "ops") or list(OPS)
+    check_dtype_precision(args.dtype, args.precision)
     if args.model:
-        return model_report(args.model, shapes, Path(args.results), Path(args.out))
+        return model_report(args.model, shapes, Path(args.results), Path(args.out), args.dtype,
+                            args.precision)
     if args.worker:
-        return worker(args.worker, args.device, shapes, ops, args.repeats)
+        return worker(args.worker, args.device, shapes, ops, args.repeats, args.dtype, args.precision)
     impls = _csv(args.impls, CPU_IMPLS + GPU_IMPLS, "implementations") or list(
         CPU_IMPLS if args.device == "cpu" else ("numpy",) + GPU_IMPLS)
     baseline = BASELINE[args.device]
@@ -472,20 +639,23 @@ def main(argv=None) -> int:
     stamp = datetime.datetime.now().astimezone()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{args.device}-{stamp:%Y-%m-%d}"
+    stem = out / f"{report_name(args.device, args.dtype, args.precision)}-{stamp:%Y-%m-%d}"
     report = {"schema": SCHEMA, "created": stamp.isoformat(timespec="seconds"),
-              "device_class": args.device, "baseline": baseline, "rounds": args.rounds,
+              "device_class": args.device, "dtype": args.dtype, "precision": args.precision,
+              "baseline": baseline, "rounds": args.rounds,
               "machine": machine_info(args.device), "results": results, "skipped": skipped}
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     text = format_table(results)
     geo = geomean_ratios(results, baseline)
     summary = "\n".join(f"- {k}: {v:.2f}× {baseline}" for k, v in geo.items())
     stem.with_suffix(".md").write_text(
-        f"# gpuconv bench, {args.device}, {report['created']}\n\n"
+        f"# gpuconv bench, {args.device}, {args.dtype}, precision {args.precision}, "
+        f"{report['created']}\n\n"
         f"Machine: `{json.dumps(report['machine'])}`\n\n"
         f"ratio = {baseline} ms / this ms (> 1: faster than {baseline}).\n\n{text}\n\n"
         f"Geometric mean of the ratios over the shapes:\n\n{summary}\n")
-    charted = plot(results, stem.with_suffix(".png"), f"gpuconv bench ({args.device})")
+    charted = plot(results, stem.with_suffix(".png"),
+                   f"gpuconv bench ({args.device}, {args.dtype}, {args.precision})")
     print(text)
     print(f"\ngeometric mean ratio vs {baseline}:\n{summary}")
     print(f"\nwrote {stem}.json, {stem}.md" + (f", {stem}.png" if charted else

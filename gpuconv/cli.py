@@ -33,6 +33,10 @@ def _add_selftest(sub):
     p.add_argument("--backend", choices=BACKENDS, action="append",
                    help="only this backend (repeatable; default: every backend present)")
     p.add_argument("--out", type=Path, help="folder for selftest.md and selftest.json")
+    p.add_argument("--every-kernel", action="store_true",
+                   help="on emulate too (always on cuda): every kernel configuration (each op's "
+                        "every kernel choice in every dtype and precision), and fail if any kernel "
+                        "instance never ran (slow on the CPU)")
     p.add_argument("--pytest", action="store_true",
                    help="first run the GPU tests (tests/test_cuda*.py, test_subnormals.py) from "
                         "the checkout, output in the --out folder")

@@ -361,7 +361,7 @@ def check_layer(in_channels, out_channels, kernel_size, stride, padding, dilatio
         raise TypeError(f"bias must be True or False, got {bias!r}")
     try:
         name = np.dtype(dtype).name
-    except TypeError:
+    except (TypeError, ValueError):  # ValueError: a (type, shape) tuple NumPy cannot hold
         name = None
     if name not in SUPPORTED_DTYPES:
         raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")

@@ -6,7 +6,14 @@ small problem matrix (stride, padding, dilation, groups, unbatched input) in flo
 the error is max |result - reference| / max(1, max |reference|), the reference computed in float64
 on the inputs as the op got them (rounded to its dtype), so it is the op's own error. On a GPU
 the cuda results are also compared with PyTorch (cuDNN, TF32 off) when it is importable, and the
-quick benchmark runs (gpuconv's kernels, cuDNN and im2col + cuBLAS). With ``--pytest`` the GPU tests
+quick benchmark runs (gpuconv's kernels, cuDNN and im2col + cuBLAS).
+
+The kernel matrix (always on cuda; on emulate with ``--every-kernel``) runs every kernel
+configuration: each op's every kernel choice but 'auto' (``KERNEL_CHOICES`` of the kernel backend,
+so a tile or tensor-core kernel added to its tables is run without a change here) in every dtype
+and precision, fprop with each activation. The launches are recorded, and every template instance
+of the backend's ``KERNELS`` table (those the device's architecture compiles) must have run at
+least once, or the selftest fails naming the instances never run. With ``--pytest`` the GPU tests
 run first (GPU_TESTS, pytest in a subprocess, its output in the report folder); the report gives
 each part's seconds, so the whole check is known to fit the minutes a lent GPU is lent for.
 Needs nothing but NumPy (and CuPy / PyTorch where present): it runs from a checkout with
@@ -14,6 +21,8 @@ Needs nothing but NumPy (and CuPy / PyTorch where present): it runs from a check
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import subprocess
 import sys
@@ -23,14 +32,24 @@ from pathlib import Path
 
 import numpy as np
 
-from . import api, bench, info, reference
-from .problem import conv_problem, transpose_problem
+from . import api, backends, bench, info, reference
+from .backends import kernel_backend as kb
+from .problem import PRECISIONS, SUPPORTED_DTYPES, conv_problem, transpose_problem
 
-# Reductions here are at most 64·9 = 576 terms of unit normals: float32 sums err ~1e-6 relative,
-# float64 ~1e-15; one wrong tap errs ~1e-1. The bounds sit far from both.
-TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+# Reductions here are at most 64·16 = 1024 terms of unit normals: float32 sums err ~1e-6
+# relative, float64 ~1e-15; one wrong tap errs ~1e-1. The bounds sit far from both. The half
+# types add one rounding of the result, 2^-11 (float16) or 2^-8 (bfloat16) relative: twice that.
+# 'tf32' is compared with the reference on TF32-rounded inputs (as the kernels round them), so
+# only its float32 sums err; 'tf32x3' promises float32 accuracy.
+TOLERANCE = {"float32": 1e-5, "float64": 1e-12, "float16": 1e-3, "bfloat16": 8e-3,
+             "float32 tf32": 1e-5, "float32 tf32x3": 1e-5}
+ROW_DTYPES = ("float32", "float64")  # the per-op rows; the kernel matrix runs every TOLERANCE key
+# TOLERANCE key -> (dtype, precision)
+DTYPE_PRECISIONS = {**{d: (d, "highest") for d in SUPPORTED_DTYPES},
+                    **{f"float32 {pr}": ("float32", pr) for pr in PRECISIONS if pr != "highest"}}
 ERROR_DEFINITION = ("rel err: max |result - reference| / max(1, max |reference|), the reference "
-                    "computed in float64 on the same inputs, rounded to the column's dtype")
+                    "computed in float64 on the same inputs, rounded to the column's dtype (and "
+                    "for tf32 to TF32)")
 # cuDNN may pick Winograd or FFT algorithms, whose float32 rounding is larger than a direct sum's
 TORCH_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 
@@ -80,9 +99,12 @@ class Row:
 
 
 def _relative_error(got, want) -> float:
+    """ERROR_DEFINITION; infinite where the result has a NaN (or inf) the reference lacks: a NaN
+    would otherwise compare as no error at all (max(0.0, nan) is 0.0)."""
     want = np.asarray(want, np.float64)
     scale = max(1.0, float(np.abs(want).max(initial=0.0)))
-    return float(np.abs(np.asarray(got, np.float64) - want).max(initial=0.0)) / scale
+    diff = np.nan_to_num(np.abs(np.asarray(got, np.float64) - want), nan=np.inf)
+    return float(diff.max(initial=0.0)) / scale
 
 
 # -- the cases: (inputs, gpuconv call, reference call, PyTorch call or None) --------------------
@@ -95,9 +117,10 @@ def _batched(shape):
     return shape if len(shape) == 4 else (1, *shape)
 
 
-def _conv_cases(op: str, rng):
-    """Every problem of ``op``: (inputs, call on gpuconv, float64 reference, PyTorch call)."""
-    for x_shape, w_shape, kw in CONV_PROBLEMS.values():
+def _conv_cases(op: str, rng, problems):
+    """Every problem of ``op``: (inputs, call on gpuconv, float64 reference, PyTorch call). The
+    gpuconv calls of the convolutions take ``precision=`` too."""
+    for x_shape, w_shape, kw in problems.values():
         x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
         p = conv_problem(_batched(x_shape), w_shape, dtype="float64", **kw)
         dy = rng.standard_normal(p.y_shape[4 - len(x_shape):])
@@ -106,15 +129,18 @@ def _conv_cases(op: str, rng):
         if op in CONV_VARIANTS:
             with_bias, act = CONV_VARIANTS[op]
             b = rng.standard_normal(p.K) if with_bias else None
-            yield ((x, w, b), lambda x, w, b, be: api.conv2d(x, w, b, activation=act, backend=be, **kw),
+            yield ((x, w, b), lambda x, w, b, be, **pr: api.conv2d(x, w, b, activation=act, backend=be,
+                                                                   **kw, **pr),
                    lambda x, w, b: unbatch(reference.fprop(p, x.reshape(p.x_shape), w, b, act)),
                    lambda torch, x, w, b: _torch_conv(torch, p, x, w, b, act))
         elif op == "conv2d_input":
-            yield ((w, dy), lambda w, dy, be: api.conv2d_input(x_shape, w, dy, backend=be, **kw),
+            yield ((w, dy), lambda w, dy, be, **pr: api.conv2d_input(x_shape, w, dy, backend=be, **kw,
+                                                                     **pr),
                    lambda w, dy: unbatch(reference.dgrad(p, dy.reshape(p.y_shape), w)),
                    lambda torch, w, dy: _torch_grads(torch, p, x4, w, dy)[0].reshape(x_shape))
         elif op == "conv2d_weight":
-            yield ((x, dy), lambda x, dy, be: api.conv2d_weight(x, w_shape, dy, backend=be, **kw),
+            yield ((x, dy), lambda x, dy, be, **pr: api.conv2d_weight(x, w_shape, dy, backend=be, **kw,
+                                                                      **pr),
                    lambda x, dy: reference.wgrad(p, x.reshape(p.x_shape), dy.reshape(p.y_shape)),
                    lambda torch, x, dy: _torch_grads(torch, p, x, w, dy)[1])
         elif op == "conv2d_bias":
@@ -122,12 +148,12 @@ def _conv_cases(op: str, rng):
                    lambda dy: reference.bias_grad(dy.reshape(p.y_shape)), None)
 
 
-def _transpose_cases(rng):
-    for x_shape, w_shape, kw in TRANSPOSE_PROBLEMS.values():
+def _transpose_cases(rng, problems):
+    for x_shape, w_shape, kw in problems.values():
         x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
         p = transpose_problem(x_shape, w_shape, dtype="float64", **kw)
         b = rng.standard_normal(p.C)
-        yield ((x, w, b), lambda x, w, b, be: api.conv_transpose2d(x, w, b, backend=be, **kw),
+        yield ((x, w, b), lambda x, w, b, be, **pr: api.conv_transpose2d(x, w, b, backend=be, **kw, **pr),
                lambda x, w, b: reference.dgrad(p, x, w, b),
                lambda torch, x, w, b: torch.nn.functional.conv_transpose2d(x, w, b, **kw))
 
@@ -147,12 +173,12 @@ def _elementwise_cases(op: str, rng):
     yield inputs, lambda *a, be: call(*a, backend=be), want, None
 
 
-def cases(op: str, rng):
+def cases(op: str, rng, conv_problems=CONV_PROBLEMS, transpose_problems=TRANSPOSE_PROBLEMS):
     if op == "conv_transpose2d":
-        return _transpose_cases(rng)
+        return _transpose_cases(rng, transpose_problems)
     if op in ("relu", "relu_backward", "sigmoid", "sigmoid_backward"):
         return _elementwise_cases(op, rng)
-    return _conv_cases(op, rng)
+    return _conv_cases(op, rng, conv_problems)
 
 
 # -- PyTorch (cuDNN) ------------------------------------------------------------------------------
@@ -193,6 +219,107 @@ def _cuda_torch():
     return torch
 
 
+# -- the kernel matrix: every kernel configuration -------------------------------------------------
+
+# The kernel matrix's ops per kernel op (fprop with every activation: each is its own template
+# instance), on problems that fill 64×64 tiles (dgrad's strided one: four stride phases).
+MATRIX_OPS = {"fprop": ("conv2d +bias", "conv2d +bias +relu", "conv2d +bias +sigmoid"),
+              "dgrad": ("conv2d_input", "conv_transpose2d"), "wgrad": ("conv2d_weight",)}
+MATRIX_PROBLEMS = ({"64->64 3x3 pad 1": CONV_PROBLEMS["64->64 3x3 pad 1"]},
+                   {"64->64 4x4 stride 2": TRANSPOSE_PROBLEMS["64->64 4x4 stride 2"]})
+COVERAGE_OP = "kernel instances run"
+
+
+def kernel_choices() -> list[tuple[str, str]]:
+    """(op, kernel) for every kernel choice of the kernel backend's KERNEL_CHOICES but 'auto':
+    'direct', every SIMT tile, every tensor-core tile, whatever the tables hold."""
+    return [(op, kernel) for op, choices in kb.KERNEL_CHOICES.items()
+            for kernel in choices if kernel != "auto"]
+
+
+def expected_instances(backend: str) -> set[tuple[str, str]]:
+    """(source file, name expression) of every template instance ``backend`` can launch: the
+    KERNELS table, on cuda without the sources the device's architecture does not compile."""
+    table = kb.KERNELS
+    if backend == "cuda":
+        import cupy
+
+        table = kb.kernels_for(f"sm_{int(cupy.cuda.Device().compute_capability)}")
+    return {(f, name) for f, names in table.items() for name in names}
+
+
+def _kernel_backend(backend: str, **kernels):
+    """The cuda or emulate backend object with these ``*_kernel`` choices forced."""
+    return {"cuda": kb.cuda_backend, "emulate": kb.emulate_backend}[backend](**kernels)
+
+
+def _recording(backend_object, launched: set):
+    """A copy of a kernel backend object that adds each (file, name expression) it launches to
+    ``launched``."""
+    recording = copy.copy(backend_object)
+    get_function = backend_object._get_function
+
+    def record(filename, name_expression):
+        launched.add((filename, name_expression))
+        return get_function(filename, name_expression)
+
+    recording._get_function = record
+    return recording
+
+
+@contextlib.contextmanager
+def _serving(backend_object):
+    """Meanwhile gpuconv's ops for the backend named ``backend_object.name`` run on that object
+    (a recording, kernel-forcing copy): the ops' own dispatch then runs what it would run."""
+    original = backends.get_backend
+    backends.get_backend = lambda name: backend_object if name == backend_object.name else original(name)
+    try:
+        yield
+    finally:
+        backends.get_backend = original
+
+
+def kernel_matrix(backend: str, launched: set, choices=None, problems=MATRIX_PROBLEMS) -> list[Row]:
+    """A row per (op, kernel choice) of ``choices`` (default ``kernel_choices()``), each run in
+    every TOLERANCE dtype and precision on ``problems`` with that kernel forced; the kernel
+    instances launched are added to ``launched``."""
+    rows = []
+    for op, kernel in choices or kernel_choices():
+        forced = _recording(_kernel_backend(backend, **{f"{op}_kernel": kernel}), launched)
+        with _serving(forced):
+            for matrix_op in MATRIX_OPS[op]:
+                row = Row(backend, f"{matrix_op} [{kernel}]")
+                for label in TOLERANCE:
+                    _errors(row, backend, matrix_op, label, problems)
+                rows.append(row)
+    return rows
+
+
+def coverage_row(backend: str, launched: set) -> Row:
+    """Fails naming every instance of ``expected_instances`` that no check launched."""
+    expected = expected_instances(backend)
+    missing = sorted(expected - launched)
+    row = Row(backend, COVERAGE_OP, problems=len(expected & launched))
+    if missing:
+        row.failure = (f"{len(missing)} of {len(expected)} never run: "
+                       + ", ".join(f"{f}: {name}" for f, name in missing))
+    return row
+
+
+def check_backend(backend: str, every_kernel: bool, torch=None) -> list[Row]:
+    """Every op's row on ``backend``; on a kernel backend with ``every_kernel`` also the kernel
+    matrix and the coverage row (every instance of KERNELS run)."""
+    if backend not in ("cuda", "emulate"):
+        return [check(backend, op) for op in OPS]
+    launched: set = set()
+    with _serving(_recording(backends.get_backend(backend), launched)):
+        rows = [check(backend, op, torch) for op in OPS]
+    if every_kernel:
+        rows += kernel_matrix(backend, launched)
+        rows.append(coverage_row(backend, launched))
+    return rows
+
+
 # -- running --------------------------------------------------------------------------------------
 
 
@@ -205,29 +332,51 @@ def backends_present() -> list[str]:
     return present
 
 
-def check(backend: str, op: str, torch=None) -> Row:
-    row = Row(backend, op)
-    xp = np
+def _array_module(backend: str):
     if backend == "cuda":
-        import cupy as xp
-    for dtype in TOLERANCE:
-        rng = np.random.default_rng(0)
-        for inputs, call, want, torch_call in cases(op, rng):
-            row.problems += dtype == "float32"
-            typed = [None if a is None else np.asarray(a, dtype) for a in inputs]
-            try:
-                got = call(*[None if a is None else xp.asarray(a) for a in typed], be=backend)
-                got = got.get() if xp is not np else got
-            except Exception as e:
-                row.failure = info.error_line(e)
-                return row
-            exact = [None if a is None else a.astype(np.float64) for a in typed]
-            row.error[dtype] = max(row.error.get(dtype, 0.0), _relative_error(got, want(*exact)))
-            if torch is not None and torch_call is not None:
-                as_torch = [None if a is None else torch.as_tensor(a, device="cuda") for a in typed]
-                theirs = torch_call(torch, *as_torch).detach().cpu().numpy()
-                row.torch_error[dtype] = max(row.torch_error.get(dtype, 0.0),
-                                             _relative_error(got, theirs))
+        import cupy
+
+        return cupy
+    return np
+
+
+def _errors(row: Row, backend: str, op: str, label: str, problems=(), torch=None) -> bool:
+    """Run ``op`` on ``backend`` over its problems (``cases``; ``problems``: their arguments) in
+    the dtype and precision of TOLERANCE key ``label``; record the largest error in ``row``, or
+    the failure (then return False)."""
+    dtype, precision = DTYPE_PRECISIONS[label]
+    xp = _array_module(backend)
+    to_backend = bench.array_converter(xp)
+    rng = np.random.default_rng(0)
+    extra = {} if precision == "highest" else {"precision": precision}
+    for count, (inputs, call, want, torch_call) in enumerate(cases(op, rng, *problems), 1):
+        row.problems = max(row.problems, count)
+        typed = [None if a is None else np.asarray(a).astype(bench.numpy_dtype(dtype)) for a in inputs]
+        try:
+            got = call(*[None if a is None else to_backend(a) for a in typed], be=backend, **extra)
+            got = got.get() if xp is not np else got
+        except Exception as e:
+            row.failure = "; ".join(filter(None, (row.failure, f"{label}: {info.error_line(e)}")))
+            return False
+        # The reference sees the inputs as the kernels do: TF32-rounded at 'tf32' (all but the
+        # bias, the third input where there is one: the epilogue adds it in float32).
+        exact = [None if a is None else
+                 (api.round_to_tf32(np, a) if precision == "tf32" and i != 2 else a).astype(np.float64)
+                 for i, a in enumerate(typed)]
+        row.error[label] = max(row.error.get(label, 0.0), _relative_error(got, want(*exact)))
+        if torch is not None and torch_call is not None:
+            as_torch = [None if a is None else torch.as_tensor(a, device="cuda") for a in typed]
+            theirs = torch_call(torch, *as_torch).detach().cpu().numpy()
+            row.torch_error[label] = max(row.torch_error.get(label, 0.0), _relative_error(got, theirs))
+    return True
+
+
+def check(backend: str, op: str, torch=None) -> Row:
+    """One op on ``backend`` over every problem, in ROW_DTYPES (on cuda also against PyTorch)."""
+    row = Row(backend, op)
+    for dtype in ROW_DTYPES:
+        if not _errors(row, backend, op, dtype, torch=torch):
+            break
     return row
 
 
@@ -236,16 +385,15 @@ def _cell(errors: dict, dtype: str) -> str:
 
 
 def table(rows: list[Row], markdown: bool = False) -> str:
-    with_torch = any(r.torch_error for r in rows)
-    head = ["backend", "op", "problems", "rel err float32", "rel err float64"]
-    if with_torch:
-        head += ["vs torch f32", "vs torch f64"]
-    head.append("status")
+    """The rows, a column per dtype (and precision) any row has, in TOLERANCE's order."""
+    dtypes = [d for d in TOLERANCE if any(d in r.error for r in rows)]
+    torch_dtypes = [d for d in TOLERANCE if any(d in r.torch_error for r in rows)]
+    head = ["backend", "op", "problems", *(f"rel err {d}" for d in dtypes),
+            *(f"vs torch {d}" for d in torch_dtypes), "status"]
     body = []
     for r in rows:
-        cells = [r.backend, r.op, str(r.problems), _cell(r.error, "float32"), _cell(r.error, "float64")]
-        if with_torch:
-            cells += [_cell(r.torch_error, "float32"), _cell(r.torch_error, "float64")]
+        cells = [r.backend, r.op, str(r.problems), *(_cell(r.error, d) for d in dtypes),
+                 *(_cell(r.torch_error, d) for d in torch_dtypes)]
         cells.append("ok" if r.ok else f"FAIL {r.failure}".strip())
         body.append(cells)
     if markdown:
@@ -293,7 +441,7 @@ def write_report(out: Path, rows: list[Row], facts: dict, bench_outcome: str | N
     env = "\n".join(f"- {k}: {v}" for k, v in facts.items())
     text = (f"# gpuconv selftest: {'PASS' if ok else 'FAIL'}\n\n{env}\n\n"
             f"{ERROR_DEFINITION}; tolerance "
-            f"{TOLERANCE['float32']:g} (float32), {TOLERANCE['float64']:g} (float64); against "
+            + ", ".join(f"{v:g} ({k})" for k, v in TOLERANCE.items()) + "; against "
             f"PyTorch {TORCH_TOLERANCE['float32']:g}, {TORCH_TOLERANCE['float64']:g}.\n\n"
             f"{table(rows, markdown=True)}\n")
     if bench_outcome:
@@ -326,7 +474,8 @@ def main(args) -> int:
     for backend in backends:
         print(f"checking {backend} ...", file=sys.stderr, flush=True)
         begin = time.perf_counter()
-        rows += [check(backend, op, torch if backend == "cuda" else None) for op in OPS]
+        every_kernel = backend == "cuda" or getattr(args, "every_kernel", False)
+        rows += check_backend(backend, every_kernel, torch if backend == "cuda" else None)
         seconds[f"selftest {backend}"] = time.perf_counter() - begin
     print(table(rows))
     print(f"({ERROR_DEFINITION})")

@@ -217,3 +217,11 @@ def test_layers_run_on_cupy_arrays():
     np.testing.assert_allclose(y.get(), want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(layer.backward(cupy.ones_like(y)).get(), dx_want, rtol=1e-5,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "no-such-type", object, (np.True_, 2**31)])
+def test_layer_dtype_must_be_a_supported_float(dtype):
+    """Whatever NumPy makes of it (the last is a ValueError inside np.dtype: found by the fuzzer)."""
+    with pytest.raises(TypeError, match=r"dtype must be one of \('float32', 'float64', 'float16', "
+                                        r"'bfloat16'\), got "):
+        nn.Conv2d(1, 1, 1, dtype=dtype)
