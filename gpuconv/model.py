@@ -354,11 +354,14 @@ def cutlass_report(reports: dict, kind: str):
 
 def measured_ms(results: Path) -> dict[tuple[str, str], float]:
     """(layer, op) → the cuda backend's median ms in a committed GPU report (``gpu-*.json`` of
-    ``gpuconv bench``, schema gpuconv-bench/1), if there is one."""
+    ``gpuconv bench``, schema gpuconv-bench/1), if there is one. Only float32 at the highest
+    precision: the model's FP32 rows (reports of other dtypes are named ``gpu-<dtype>-…``)."""
     found = {}
     for path in sorted(results.glob("gpu-*.json")) + sorted(results.glob("gpu-*/*.json")):
         data = json.loads(path.read_text())
-        if isinstance(data, dict) and data.get("schema") == "gpuconv-bench/1":
+        if (isinstance(data, dict) and data.get("schema") == "gpuconv-bench/1"
+                and data.get("dtype", "float32") == "float32"
+                and data.get("precision", "highest") == "highest"):
             for r in data["results"]:
                 if r["impl"] == "cuda":
                     found[r["shape"], r["op"]] = r["ms"]

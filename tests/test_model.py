@@ -157,6 +157,10 @@ def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
     (tmp_path / "sass-sm_90.json").write_text(json.dumps({"arch": "sm_90", "reports": sass}))
     (tmp_path / "gpu-2027-01-01.json").write_text(json.dumps({"schema": "gpuconv-bench/1", "results": [
         {"impl": "cuda", "shape": "res5_3x3", "op": "fprop", "ms": 1.0}]}))
+    # A float16 bench report is not a measurement of the FP32 rows: ignored.
+    (tmp_path / "gpu-float16-2027-01-02.json").write_text(json.dumps({
+        "schema": "gpuconv-bench/1", "dtype": "float16", "precision": "highest",
+        "results": [{"impl": "cuda", "shape": "res5_3x3", "op": "fprop", "ms": 7.0}]}))
     text, rows = model.table("h100", ["res5_3x3"], tmp_path)
     [fprop] = [r for r in rows if r["op"] == "fprop" and r["math"] == "ffma"]
     assert fprop["kernel"] == kernel
