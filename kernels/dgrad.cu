@@ -127,10 +127,15 @@ struct DgradGradientIterator {
         const int k_live = dy_n != nullptr ? k_remaining : 0;  // a pixel past M loads nothing
         const int p = p0 - krs[i].mid * dp_r, q = q0 - krs[i].lo * dp_s;
         const bool inside = (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q;
-        return {dy_n + (krs[i].hi * P + p) * Q + q, Map::k(i) < k_live && inside};  // int: K·P·Q < 2^31
+        // One int offset (K·P·Q < 2^31) added to the pointer once: one wide multiply-add.
+        return {dy_n + ((krs[i].hi * P + p) * Q + q), Map::k(i) < k_live && inside};
     }
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
-        load_elements(*this, v, k_remaining);
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++) {
+            const ElementSource<T> e = source(i, k_remaining);
+            v[i] = e.valid ? *e.address : T(0);  // its own line: the profile's row of this operand
+        }
     }
     __device__ __forceinline__ void advance() {
 #pragma unroll
@@ -167,7 +172,11 @@ struct DgradFilterIterator {
                 Map::k(0) < k_remaining && Map::x(i) < channels_left};
     }
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
-        load_elements(*this, v, k_remaining);
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++) {
+            const ElementSource<T> e = source(i, k_remaining);
+            v[i] = e.valid ? *e.address : T(0);  // its own line: the profile's row of this operand
+        }
     }
     __device__ __forceinline__ void advance() { krs.add(step, radix_r, radix_s); }
 };

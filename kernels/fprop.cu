@@ -85,10 +85,15 @@ struct FpropActivationIterator {
         // The tap rule of fprop_direct; unsigned compares test 0 <= h < H in one.
         const int h = h0 + crs[i].mid * dil_h, w = w0 + crs[i].lo * dil_w;
         const bool inside = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
-        return {x_n + (crs[i].hi * H + h) * W + w, Map::k(i) < k_live && inside};  // int: C·H·W < 2^31
+        // One int offset (C·H·W < 2^31) added to the pointer once: one wide multiply-add.
+        return {x_n + ((crs[i].hi * H + h) * W + w), Map::k(i) < k_live && inside};
     }
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
-        load_elements(*this, v, k_remaining);
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++) {
+            const ElementSource<T> e = source(i, k_remaining);
+            v[i] = e.valid ? *e.address : T(0);  // its own line: the profile's row of this operand
+        }
     }
     __device__ __forceinline__ void advance() {
 #pragma unroll
@@ -113,7 +118,11 @@ struct FpropFilterIterator {
         return {w_t + i * channel_stride, Map::k(0) < k_remaining && Map::x(i) < channels_left};
     }
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
-        load_elements(*this, v, k_remaining);
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++) {
+            const ElementSource<T> e = source(i, k_remaining);
+            v[i] = e.valid ? *e.address : T(0);  // its own line: the profile's row of this operand
+        }
     }
     __device__ __forceinline__ void advance() { w_t += Tile::BK; }
 };

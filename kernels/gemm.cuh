@@ -37,7 +37,7 @@
 //   static constexpr bool KFast;       // staging order (StagingMap); the one with coalesced reads
 //   ElementSource<T> source(int i, int k_remaining);  // where staged element i of the current
 //                                      // k-tile comes from; invalid (zero) if its k >= k_remaining
-//   void load(T (&v)[ELEMS], int k_remaining);  // the ELEMS elements into registers (load_elements)
+//   void load(T (&v)[ELEMS], int k_remaining);  // the ELEMS elements into registers
 //   void advance();                    // to the next k-tile
 // It reads x, w or dy, gives zero in the padding or outside a stride phase, and steps its
 // reduction coordinates from one k-tile to the next without a division (ReductionDigits).
@@ -129,16 +129,6 @@ struct ElementSource {
     bool valid;
 };
 
-// An iterator's load(): its staged elements of the current k-tile into registers.
-template <class Iter, typename T, int ELEMS>
-__device__ __forceinline__ void load_elements(const Iter& it, T (&v)[ELEMS], int k_remaining) {
-#pragma unroll
-    for (int i = 0; i < ELEMS; i++) {
-        const ElementSource<T> e = it.source(i, k_remaining);
-        v[i] = e.valid ? *e.address : T(0);
-    }
-}
-
 // One k step of the warp-level product: the thread's TM values of A and TN values of B, loaded as
 // 128-bit vectors, and their TM·TN products added to acc in place (k order fixed: deterministic).
 template <class Tile, typename T>
@@ -193,8 +183,10 @@ struct GemmShared {
 
 // How k-tiles reach shared memory: the one part of the main loop that depends on STAGES. Both
 // versions give the loop the same steps, `read` naming the buffer its math reads:
-//   start()   the first k-tile in shared memory and visible to the block (later ones on their way);
-//   fetch()   advance the iterators and issue the global reads of the next k-tile to fetch;
+//   start(reduction, k_tiles)  the first k-tile in shared memory and visible to the block (later
+//             ones on their way);
+//   fetch(k_remaining)  advance the iterators and issue the global reads of the next k-tile to
+//             fetch, which has k_remaining elements of the reduction left;
 //   land()    after the math on `read`: the next k-tile in shared memory, visible, `read` on it;
 //   finish()  nothing in flight any more.
 template <class Tile, class IterA, class IterB, bool Async = (Tile::STAGES > 2)>
@@ -208,22 +200,20 @@ struct GemmStaging<Tile, IterA, IterB, false> {
     GemmShared<Tile>& shared;
     IterA& a;
     IterB& b;
-    int k_remaining;  // the reduction left from the k-tile being fetched on
     int read = 0;
     T a_staged[IterA::Map::ELEMS], b_staged[IterB::Map::ELEMS];
 
-    __device__ __forceinline__ void start(int k_tiles) {
+    __device__ __forceinline__ void start(int reduction, int k_tiles) {
         if (k_tiles == 0) return;
-        a.load(a_staged, k_remaining);
-        b.load(b_staged, k_remaining);
+        a.load(a_staged, reduction);
+        b.load(b_staged, reduction);
         store_staged<typename IterA::Map>(shared.a_tile[0], a_staged);
         store_staged<typename IterB::Map>(shared.b_tile[0], b_staged);
         __syncthreads();
     }
-    __device__ __forceinline__ void fetch() {
+    __device__ __forceinline__ void fetch(int k_remaining) {
         a.advance();  // issue the next tile's global loads now; they land while we multiply
         b.advance();
-        k_remaining -= Tile::BK;
         a.load(a_staged, k_remaining);
         b.load(b_staged, k_remaining);
     }
@@ -247,28 +237,26 @@ struct GemmStaging<Tile, IterA, IterB, true> {
     GemmShared<Tile>& shared;
     IterA& a;
     IterB& b;
-    int k_remaining;
     int read = 0, write = 0;
 
     static __device__ __forceinline__ int next(int stage) { return stage + 1 == STAGES ? 0 : stage + 1; }
-    __device__ __forceinline__ void issue() {
+    __device__ __forceinline__ void issue(int k_remaining) {
         copy_staged_async(shared.a_tile[write], a, k_remaining);
         copy_staged_async(shared.b_tile[write], b, k_remaining);
         cp_async_commit();
         write = next(write);
     }
-    __device__ __forceinline__ void start(int) {
-        issue();
+    __device__ __forceinline__ void start(int reduction, int) {
+        issue(reduction);
 #pragma unroll
-        for (int stage = 1; stage < STAGES - 1; stage++) fetch();
+        for (int stage = 1; stage < STAGES - 1; stage++) fetch(reduction - stage * Tile::BK);
         cp_async_wait<STAGES - 2>();
         __syncthreads();
     }
-    __device__ __forceinline__ void fetch() {
+    __device__ __forceinline__ void fetch(int k_remaining) {
         a.advance();
         b.advance();
-        k_remaining -= Tile::BK;
-        issue();
+        issue(k_remaining);
     }
     __device__ __forceinline__ void land() {
         cp_async_wait<STAGES - 2>();
@@ -287,13 +275,14 @@ __device__ __forceinline__ void implicit_gemm(GemmShared<Tile>& shared, IterA& a
                                               int reduction, const Epilogue& epilogue) {
     typedef typename Tile::Element T;
     T acc[Tile::TM][Tile::TN] = {};
-    GemmStaging<Tile, IterA, IterB> staging{shared, a, b, reduction};
+    GemmStaging<Tile, IterA, IterB> staging{shared, a, b};
     const int k_tiles = (reduction + Tile::BK - 1) / Tile::BK;
-    staging.start(k_tiles);
-    // Every k-tile but the last: fetch one ahead while multiplying this one. The last is peeled
-    // off below, so the loop body holds no branch around its loads and stores.
+    staging.start(reduction, k_tiles);
+    // Every k-tile but the last: fetch one ahead (STAGES - 1 k-tiles ahead of the math) while
+    // multiplying this one. The last is peeled off below, so the loop body holds no branch around
+    // its loads and stores.
     for (int tile = 1; tile < k_tiles; tile++) {
-        staging.fetch();
+        staging.fetch(reduction - (tile + Tile::STAGES - 2) * Tile::BK);
         warp_tile_product<Tile>(acc, shared.a_tile[staging.read], shared.b_tile[staging.read]);
         staging.land();
     }

@@ -82,7 +82,11 @@ struct WgradGradientIterator {
         return {dy_t + i * channel_stride, Map::k(0) < k_remaining && Map::x(i) < channels_left};
     }
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
-        load_elements(*this, v, k_remaining);
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++) {
+            const ElementSource<T> e = source(i, k_remaining);
+            v[i] = e.valid ? *e.address : T(0);  // its own line: the profile's row of this operand
+        }
     }
     // The image pointer moves with n: one multiply a k-tile, not one per element.
     __device__ __forceinline__ void advance() { npq.add(step, P, Q); }
@@ -125,10 +129,15 @@ struct WgradActivationIterator {
         const int pixel = h0 * W + w0;  // may be < 0: only added to a tap that lands inside
         const bool inside = (unsigned)(h0 + tap_h[i]) < (unsigned)H &&
                             (unsigned)(w0 + tap_w[i]) < (unsigned)W;
-        return {x_n + pixel + tap_offset[i], Map::k(0) < k_remaining && Map::x(i) < taps_left && inside};
+        return {x_n + (pixel + tap_offset[i]),
+                Map::k(0) < k_remaining && Map::x(i) < taps_left && inside};
     }
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
-        load_elements(*this, v, k_remaining);
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++) {
+            const ElementSource<T> e = source(i, k_remaining);
+            v[i] = e.valid ? *e.address : T(0);  // its own line: the profile's row of this operand
+        }
     }
     __device__ __forceinline__ void advance() { npq.add(step, P, Q); }
 };

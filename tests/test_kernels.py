@@ -28,6 +28,7 @@ from gpuconv.backends.kernel_backend import (
     emulate_backend,
     wgrad_splits,
 )
+from gpuconv.backends.kernel_backend import kernels_for as instances_for_arch
 from gpuconv.problem import Conv2dProblem, transpose_problem
 
 from problems import (
@@ -129,6 +130,28 @@ def test_a_tile_of_another_dtype_runs_direct():
         assert choose(p64, "128x128x8_8x8") == "direct"
         assert choose(p32, "64x64x8_4x4") == "direct"
         assert choose(p64, "32x32x8_4x4") == choose(p32, "32x32x8_4x4") == "32x32x8_4x4"
+
+
+def test_cp_async_tiles_never_reach_an_sm75_gpu():
+    """A cp.async tile (stages > 2) is compiled for sm_80 and newer only, and a device without
+    cp.async runs its register-staged twin, forced or chosen."""
+    staged = [k for k, t in TILES["fprop"].items() if t.stages > 2]
+    assert staged and all(TILES["fprop"][k].min_arch == 80 for k in staged)
+    for arch, has_staged in (("sm_75", False), ("sm_80", True), ("sm_90", True)):
+        names = [e for es in instances_for_arch(arch).values() for e in es if "implicit_gemm" in e]
+        assert any(e.endswith(", 3>") or e.endswith(", 4>") for e in names) == has_staged, arch
+        # 7 register-staged tiles (5 float32, 2 float64) a op; fprop has 3 activations
+        assert sum(e.endswith(", 2>") for e in names) == 3 * 7 + 7 + 7
+    p = problem(EDGE["odd_channels"], "float32")
+    for choose in (choose_fprop, choose_dgrad, choose_wgrad):
+        assert choose(p, "128x128x8_8x8_s4") == "128x128x8_8x8_s4"
+        assert choose(p, "128x128x8_8x8_s4", cp_async=False) == "128x128x8_8x8"
+        assert choose(p, "32x32x8_4x4_s4", cp_async=False) == "32x32x8_4x4"
+    layers = [Conv2dProblem(32, c, hw, hw, c, 3, 3, hw, hw, dtype=d) for c, hw in ((64, 56), (256, 14))
+              for d in ("float32", "float64")]
+    for q in layers:
+        for op, choose in (("fprop", choose_fprop), ("dgrad", choose_dgrad), ("wgrad", choose_wgrad)):
+            assert TILES[op][choose(q, cp_async=False)].stages == 2, (op, q.describe())
 
 
 def test_auto_picks_the_largest_tile_the_gemm_fills():
