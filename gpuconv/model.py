@@ -305,7 +305,7 @@ def table(gpu_key: str, shapes, results: Path, progress=None) -> tuple[str, list
         for op in ("fprop", "dgrad", "wgrad"):
             if progress:
                 progress(f"{name} {op}")
-            kernel = choose[op](p)
+            kernel = choose[op](p, cp_async=kb.arch_number(gpu.arch) >= 80)  # none on a T4
             row = dict(layer=name, op=op, kernel=kernel, problem=p.describe())
             expression = kb.kernel_name(op, p.dtype, kernel)
             if kernel != "direct" and expression in reports:

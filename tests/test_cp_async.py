@@ -54,7 +54,8 @@ def test_rotation_with_zero_fill(mode):
 
 def test_reading_another_threads_copy_without_a_barrier_is_a_race():
     x = np.ones(64, np.float32)
-    with pytest.raises(RaceError, match=r"(read-after-write|write-after-read) hazard.*rotate_through_shared<false>.*::row"):
+    hazard = r"(read-after-write|write-after-read) hazard.*rotate_through_shared<false>.*::row"
+    with pytest.raises(RaceError, match=hazard):
         module("race").get_function("rotate_through_shared<false>")(
             1, 64, (x, np.zeros(64, np.float32), np.int32(64)))
 
@@ -97,7 +98,8 @@ def test_profile_counts_cp_async_requests():
     mod.reset_counters()
     src = device_empty(3 * 32 * 16, np.uint8)
     src[:] = 0
-    mod.get_function("copy_in_groups<16>")(1, 32, (src, np.ones(32, np.int32), np.zeros(4 * 3 * 512, np.uint8)))
+    seen = np.zeros(4 * 3 * 512, np.uint8)
+    mod.get_function("copy_in_groups<16>")(1, 32, (src, np.ones(32, np.int32), seen))
     rows = cp_async_rows(mod)
     assert (rows["global"]["requests"], rows["global"]["sectors"], rows["global"]["bytes"]) == (3, 48, 16)
     assert (rows["shared"]["requests"], rows["shared"]["wavefronts"]) == (3, 12)

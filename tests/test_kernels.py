@@ -157,20 +157,31 @@ def test_cp_async_tiles_never_reach_an_sm75_gpu():
 def test_auto_picks_the_largest_tile_the_gemm_fills():
     """ResNet-50-like layers at N=32 (float32): fprop and dgrad fill 128×128 tiles; the channel
     sides decide the rest, and a grid too small for the SMs a smaller tile; float64 takes its own
-    tiles; depthwise goes direct."""
+    tiles; depthwise goes direct. The shapes first without cp.async (an sm_75 GPU), then the
+    cp.async twins an sm_80+ GPU takes."""
     big = Conv2dProblem(32, 128, 28, 28, 128, 3, 3, 28, 28, dtype="float32")
-    assert (choose_fprop(big), choose_dgrad(big), choose_wgrad(big)) == ("128x128x8_8x8",) * 3
+    shapes = [choose(big, cp_async=False) for choose in (choose_fprop, choose_dgrad, choose_wgrad)]
+    assert shapes == ["128x128x8_8x8"] * 3
     narrow = Conv2dProblem(32, 64, 56, 56, 64, 3, 3, 56, 56, dtype="float32")  # K = 64
-    assert choose_fprop(narrow) == "128x64x8_8x8" and choose_wgrad(narrow) == "64x128x8_8x8"
+    assert choose_fprop(narrow, cp_async=False) == "128x64x8_8x8"
+    assert choose_wgrad(narrow, cp_async=False) == "64x128x8_8x8"
     # 14×14 pixels, 256 channels: 4 blocks of 128×128 would leave 128 SMs idle; 64×64 gives 16
     few_pixels = Conv2dProblem(1, 256, 14, 14, 256, 3, 3, 14, 14, dtype="float32")
-    assert choose_fprop(few_pixels) == choose_dgrad(few_pixels) == "64x64x8_8x8"
-    assert choose_wgrad(few_pixels) == "128x128x8_8x8"  # split-K fills the GPU
+    assert choose_fprop(few_pixels, cp_async=False) == "64x64x8_8x8"
+    assert choose_dgrad(few_pixels, cp_async=False) == "64x64x8_8x8"
+    assert choose_wgrad(few_pixels, cp_async=False) == "128x128x8_8x8"  # split-K fills the GPU
     small = Conv2dProblem(1, 16, 4, 4, 16, 1, 1, 4, 4, dtype="float32")  # M = 16 pixels
-    assert choose_fprop(small) == "32x32x8_4x4"
+    assert choose_fprop(small, cp_async=False) == "32x32x8_4x4"
     wide64 = Conv2dProblem(32, 64, 56, 56, 256, 1, 1, 56, 56, dtype="float64")
-    assert choose_fprop(wide64) == "64x64x8_4x4"
+    assert choose_fprop(wide64, cp_async=False) == "64x64x8_4x4"
     assert choose_fprop(problem(EDGE["depthwise"], "float32")) == "direct"
+    # sm_80+: the cp.async twin of the tile where there is one and the reduction spans its stages
+    assert (choose_fprop(big), choose_dgrad(big), choose_wgrad(big)) == ("128x128x8_8x8_s3",) * 3
+    assert choose_fprop(narrow) == "128x64x8_8x8"  # no twin
+    assert choose_fprop(few_pixels) == "64x64x8_8x8_s3" and choose_fprop(wide64) == "64x64x8_4x4_s3"
+    assert choose_fprop(small) == "32x32x8_4x4"  # C·R·S = 16: two k-tiles, fewer than 4 stages
+    four_k_tiles = Conv2dProblem(1, 32, 4, 4, 16, 1, 1, 4, 4, dtype="float32")  # C·R·S = 32
+    assert choose_fprop(four_k_tiles) == "32x32x8_4x4_s4"
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -220,8 +220,9 @@ def _choose(op: str, p, kernel: str, cp_async: bool = True) -> str:
     parallelism with data reuse), else the smallest of them; wgrad takes the largest, its split-K
     fills the GPU whatever the tile; a GEMM too small for 64×64 takes 32×32. A forced tile falls
     back to direct only where it cannot run (``launchable``: a dtype it is not built for, or
-    sizes beyond its index range). ``cp_async``: whether the device has it (sm_80+); without it a
-    cp.async tile (``stages`` > 2) runs as its register-staged twin (the name without ``_s3``).
+    sizes beyond its index range). ``cp_async``: whether the device has it (sm_80+): then ``auto``
+    takes the chosen tile's cp.async twin (``cp_async_twin``); without it a cp.async tile
+    (``stages`` > 2) runs as its register-staged twin (the name without ``_s3``).
     """
     M, N = _block_gemm_shape(op, p)
     if kernel == "auto":
@@ -238,6 +239,8 @@ def _choose(op: str, p, kernel: str, cp_async: bool = True) -> str:
                 kernel = fits[0]
             else:
                 kernel = next((k for k in fits if _blocks(op, p, TILES[op][k]) >= H100_SMS), fits[-1])
+        if cp_async:
+            kernel = cp_async_twin(op, p, kernel)
     if kernel in TENSOR_TILES:  # forced, but the problem takes the float32 kernels
         return "direct"
     if kernel in TILES[op] and TILES[op][kernel].stages > 2 and not cp_async:
@@ -246,6 +249,21 @@ def _choose(op: str, p, kernel: str, cp_async: bool = True) -> str:
 
 
 F32_TILES_BY_SIZE = ("128x128x8_8x8", "128x64x8_8x8", "64x128x8_8x8", "64x64x8_8x8")
+
+
+def cp_async_twin(op: str, p, kernel: str) -> str:
+    """The cp.async version of tile ``kernel`` (the same shape, ``stages`` > 2), where TILES has one
+    and the reduction a block runs (wgrad: a split's; dgrad: every tap, a strided layer's phases
+    have fewer) spans at least its stages in k-tiles (a shorter one spends its prologue copying
+    zeros); else ``kernel``. Read from SASS (bench/results/sass-*.md), each twin's
+    main loop is no longer than its register-staged tile's, and its loads have stages - 1 k-tiles of
+    math to land in instead of one."""
+    twins = [k for k, t in TILES[op].items() if t.stages > 2 and k.rsplit("_s", 1)[0] == kernel]
+    if not twins:
+        return kernel
+    tile = TILES[op][twins[0]]
+    reduction = wgrad_splits(p, tile)[1] if op == "wgrad" else p.gemm_shape(op)[2]
+    return twins[0] if reduction >= tile.stages * tile.BK else kernel
 
 
 def _blocks(op: str, p, tile: Tile) -> int:
