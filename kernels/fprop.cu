@@ -10,7 +10,8 @@
 // activation (the fused epilogue). Any stride, asymmetric padding, dilation and groups.
 //
 // fprop_implicit_gemm: the shared main loop of gemm.cuh (block, warp and thread tiles, 128-bit
-// shared loads, double-buffered k-tiles) fed by two iterators: FpropActivationIterator gathers A
+// shared loads, double-buffered k-tiles or, with STAGES 3-4 on sm_80+, a cp.async ring) fed by
+// two iterators: FpropActivationIterator gathers A
 // from x (consecutive threads stage consecutive pixels: loads coalesce along x's rows; each staged
 // element keeps its (c, r, s) and steps it by BK per k-tile, no division), FpropFilterIterator
 // reads B from w (consecutive threads stage consecutive (c,r,s), contiguous in w). A block owns
