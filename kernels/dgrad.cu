@@ -168,8 +168,8 @@ struct DgradFilterIterator {
     }
     __device__ __forceinline__ ElementSource<T> source(int i, int k_remaining) const {
         const int r = first_r + krs.mid * step_r, s = first_s + krs.lo * step_s;
-        return {w_c + krs.hi * filter_stride + r * S + s + i * channel_stride,
-                Map::k(0) < k_remaining && Map::x(i) < channels_left};
+        const T* w_t = w_c + krs.hi * filter_stride + r * S + s;
+        return {w_t + i * channel_stride, Map::k(0) < k_remaining && Map::x(i) < channels_left};
     }
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
 #pragma unroll

@@ -385,6 +385,20 @@ def test_bitwise_deterministic():
         assert first.tobytes() == run_op(be, op, p, a, "relu").tobytes(), (op, kernel)
 
 
+def test_cp_async_twins_sum_in_the_same_order():
+    """A cp.async tile and its register-staged twin reduce in the same k order: bitwise equal
+    results on normal inputs (not only on exact small integers)."""
+    for dtype in ("float32", "float64"):
+        p = problem(EDGE["dilation_stride"], dtype)
+        a = conv_inputs(p, 11, normal)
+        for op, tiles in TILES.items():
+            for kernel, tile in tiles.items():
+                if tile.stages > 2 and dtype in tile.dtypes:
+                    twin = kernel.rsplit("_s", 1)[0]
+                    got = run_op(backend(op, kernel), op, p, a, "relu")
+                    assert got.tobytes() == run_op(backend(op, twin), op, p, a, "relu").tobytes(), kernel
+
+
 def test_emulate_outputs_are_poisoned_before_the_kernel():
     assert np.isnan(emulate_backend()._empty((4, 3), "float32")).all()
 
