@@ -30,10 +30,10 @@ def test_copies_land_at_the_wait_of_their_group(size):
     threads = 32
     n = threads * size
     src = rng.integers(0, 256, 3 * n).astype(np.uint8)
-    valid = (rng.random(threads) < 0.7).astype(np.int32)
+    valid = (rng.random((3, threads)) < 0.7).astype(np.int32)
     seen = np.zeros((4, 3, n), np.uint8)
     module().get_function(f"copy_in_groups<{size}>")(1, threads, (src, valid, seen))
-    copied = np.where(np.repeat(valid, size) != 0, src.reshape(3, n), 0)  # zero-filled if invalid
+    copied = np.where(np.repeat(valid, size, axis=1) != 0, src.reshape(3, n), 0)  # zero if invalid
     in_flight = np.full(n, 0xFF, np.uint8)  # NaN in every float type
     expected = {0: (in_flight, in_flight, in_flight),   # after commit, commit, __syncthreads
                 1: (copied[0], in_flight, in_flight),   # wait_group 1: all but the newest group
@@ -94,12 +94,16 @@ def test_profile_counts_cp_async_requests():
         requests=2, lanes=48, sectors=6, ideal=6, bytes=4)
     assert {k: rows["shared"][k] for k in ("requests", "lanes", "wavefronts", "ideal")} == dict(
         requests=2, lanes=64, wavefronts=2, ideal=2)
-    # 16 bytes a lane, three copies of 32 lanes: 16 sectors and 4 wavefronts (8 lanes a phase) each.
+    # 16 bytes a lane, three copies of 32 lanes, the odd lanes zero-filling the first: its request
+    # holds the 16 even lanes, a half of each of 16 sectors (ideal 8); the other two 16 sectors
+    # each. The shared side: 4 wavefronts (8 lanes a phase) each, zero-fills included.
     mod.reset_counters()
     src = device_empty(3 * 32 * 16, np.uint8)
     src[:] = 0
-    seen = np.zeros(4 * 3 * 512, np.uint8)
-    mod.get_function("copy_in_groups<16>")(1, 32, (src, np.ones(32, np.int32), seen))
+    valid = np.ones((3, 32), np.int32)
+    valid[0, 1::2] = 0
+    mod.get_function("copy_in_groups<16>")(1, 32, (src, valid, np.zeros(4 * 3 * 512, np.uint8)))
     rows = cp_async_rows(mod)
-    assert (rows["global"]["requests"], rows["global"]["sectors"], rows["global"]["bytes"]) == (3, 48, 16)
-    assert (rows["shared"]["requests"], rows["shared"]["wavefronts"]) == (3, 12)
+    assert {k: rows["global"][k] for k in ("requests", "lanes", "sectors", "ideal", "bytes")} == dict(
+        requests=3, lanes=80, sectors=48, ideal=40, bytes=16)
+    assert (rows["shared"]["requests"], rows["shared"]["lanes"], rows["shared"]["wavefronts"]) == (3, 96, 12)

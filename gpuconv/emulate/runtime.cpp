@@ -755,10 +755,11 @@ struct Launch {
 #ifdef GPUCONV_EMULATE_RACE
         shared_access_by(*t, dst, size_t(bytes), true, pc);
 #elif defined(GPUCONV_EMULATE_PROFILE)
+        // A zero-fill reads nothing: its global side is a 0-byte marker, so that the lane's k-th
+        // execution of the instruction stays its k-th global request too.
         auto& accesses = lane_accesses[size_t(t->linear)];
-        if (src_bytes > 0) {
-            accesses.push_back(LaneAccess{pc, reinterpret_cast<uintptr_t>(src), uint32_t(bytes), kGlobal, kCpAsync});
-        }
+        accesses.push_back(LaneAccess{pc, reinterpret_cast<uintptr_t>(src), uint32_t(src_bytes > 0 ? bytes : 0),
+                                      kGlobal, kCpAsync});
         accesses.push_back(LaneAccess{pc, reinterpret_cast<uintptr_t>(dst), uint32_t(bytes), kShared, kCpAsync});
 #endif
         t->async_copies.push_back(
@@ -985,6 +986,7 @@ struct Launch {
                 for (const LaneAccess& access : lane_accesses[size_t(w0 + lane)]) {
                     auto key = std::make_tuple(access.pc, access.space,
                                                executions[std::make_pair(access.pc, access.space)]++);
+                    if (access.size == 0) continue;  // a cp.async zero-fill's global side
                     auto found = index.emplace(key, requests.size());
                     if (found.second) requests.push_back(Request{&access, {}});
                     requests[found.first->second].lanes.emplace_back(lane, &access);

@@ -3,7 +3,7 @@
 #include "common.cuh"
 
 // Each thread owns Bytes bytes of each of three shared regions and copies them from src (region r
-// from src + r·n) in two committed groups and one left open; valid[t] == 0 zero-fills its copies.
+// from src + r·n) in two committed groups and one left open; valid[r][t] == 0 zero-fills its copy.
 // seen[step][region] is the thread's view of the regions after each step (n bytes each).
 template <int Bytes>
 __global__ void copy_in_groups(const unsigned char* __restrict__ src, const int* __restrict__ valid,
@@ -16,7 +16,7 @@ __global__ void copy_in_groups(const unsigned char* __restrict__ src, const int*
                 seen[(step * 3 + r) * n + t * Bytes + b] = regions[r][t * Bytes + b];
     };
     for (int r = 0; r < 3; r++) {
-        cp_async_zfill<Bytes>(&regions[r][t * Bytes], src + r * n + t * Bytes, valid[t] != 0);
+        cp_async_zfill<Bytes>(&regions[r][t * Bytes], src + r * n + t * Bytes, valid[r * blockDim.x + t] != 0);
         if (r < 2) cp_async_commit();
     }
     __syncthreads();
