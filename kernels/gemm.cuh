@@ -278,9 +278,9 @@ __device__ __forceinline__ void implicit_gemm(GemmShared<Tile>& shared, IterA& a
     GemmStaging<Tile, IterA, IterB> staging{shared, a, b};
     const int k_tiles = (reduction + Tile::BK - 1) / Tile::BK;
     staging.start(reduction, k_tiles);
-    // Every k-tile but the last: fetch one ahead (STAGES - 1 k-tiles ahead of the math) while
-    // multiplying this one. The last is peeled off below, so the loop body holds no branch around
-    // its loads and stores.
+    // Every k-tile but the last: fetch the k-tile STAGES - 1 ahead of the one multiplied (k-tile
+    // tile - 1) while multiplying it. The last is peeled off below, so the loop body holds no
+    // branch around its loads and stores.
     for (int tile = 1; tile < k_tiles; tile++) {
         staging.fetch(reduction - (tile + Tile::STAGES - 2) * Tile::BK);
         warp_tile_product<Tile>(acc, shared.a_tile[staging.read], shared.b_tile[staging.read]);
