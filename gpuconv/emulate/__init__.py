@@ -22,6 +22,12 @@ C++ max(NN, 17); ``-arch=sm_XY`` sets ``__CUDA_ARCH__`` (default 800); ``--use_f
 options (``-lineinfo``, ``--fmad=``, ``-Xptxas`` ...) are ignored; any other option is a ValueError.
 ``GPUCONV_EMULATE`` is defined, for emulation paths in ``common.cuh``.
 
+cp.async (``common.cuh``'s ``cp_async_zfill``, ``cp_async_commit``, ``cp_async_wait<N>``) follows
+the PTX ISA per thread: a copy's destination holds NaN bytes (0xFF) from the copy's start until a
+``wait_group N`` lands its committed group (all groups but the N newest); ``__syncthreads`` lands
+nothing, and a copy never waited for never lands. The race detector sees the copy's write at its
+start and again when it lands; asan checks the global read when it lands.
+
 Keywords beyond CuPy's, each with an environment default:
 
 ==============  ===========================  =================================================
