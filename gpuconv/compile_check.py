@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import _paths
-from .backends.kernel_backend import KERNELS, kernels_for, nvrtc_options, source
+from .backends.kernel_backend import kernels_for, nvrtc_options, source
 
 ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 
@@ -117,10 +117,10 @@ def nvrtc_compile(filename: str, arch: str, extra_options=(),
     """(image, log, lowered name → name expression) of one kernels/ source for ``arch``, compiled
     with ``nvrtc_options(arch)`` and ``extra_options``: the cuda backend's compile and the compile
     check's. The image is a cubin for ``sm_XY``, PTX for ``compute_XY``. ``name_expressions``:
-    the instances to compile (default: all of KERNELS[filename])."""
+    the instances to compile (default: all of ``kernels_for(arch)[filename]``)."""
     from cuda.bindings import nvrtc
 
-    expressions = KERNELS[filename] if name_expressions is None else name_expressions
+    expressions = kernels_for(arch)[filename] if name_expressions is None else name_expressions
     prog = _nvrtc_check(nvrtc.nvrtcCreateProgram(source(filename).encode(), filename.encode(),
                                                  0, [], []))
     try:
@@ -170,7 +170,7 @@ def nvcc_version() -> str:
 def compile_nvcc(filename: str, arch: str) -> list[Resources]:
     # Taking each instance's address in host code makes nvcc instantiate and compile it, as
     # NVRTC's name expressions do.
-    instances = ", ".join(f"(void*)({expr})" for expr in KERNELS[filename])
+    instances = ", ".join(f"(void*)({expr})" for expr in kernels_for(arch)[filename])
     wrapper = (f'#include "{_paths.kernels_dir() / filename}"\n'
                f"void* gpuconv_instances[] = {{{instances}}};\n")
     with tempfile.TemporaryDirectory() as tmp:

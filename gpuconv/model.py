@@ -407,7 +407,7 @@ def _simt_rows(gpu, shapes, reports, measured, factors, progress):
         for op in OPS:
             if progress:
                 progress(f"{name} {op}")
-            kernel = choose[op](p)
+            kernel = choose[op](p, cp_async=kb.arch_number(gpu.arch) >= 80)  # none on a T4
             row = dict(layer=name, op=op, math="ffma", kernel=kernel, problem=p.describe())
             expression = kb.kernel_name(op, p.dtype, kernel)
             if kernel != "direct" and expression in reports:

@@ -67,3 +67,49 @@ __device__ __forceinline__ void store_vector16(double* dst, const double* src) {
 __device__ __forceinline__ bool aligned16(const void* p) {
     return reinterpret_cast<unsigned long long>(p) % 16 == 0;
 }
+
+// ---- cp.async (sm_80 and newer): global → shared copies that bypass the registers ------------
+// cp_async_zfill<B>(dst, src, valid) starts copying B bytes (4, 8 or 16; dst and src B-aligned) from
+// global src to shared dst, or writes B zero bytes when !valid (src-size 0: src is not read). The
+// copy lands at an unknown time: it is visible to this thread after cp_async_wait<N>() covers its
+// group, and to the block after that wait and a __syncthreads. cp_async_commit() closes this
+// thread's current group; cp_async_wait<N>() waits until at most the N newest committed groups are
+// still in flight. Templates and inline functions only, so a source compiled for sm_75 that does not
+// use them emits none of these instructions. The emulator (GPUCONV_EMULATE) lands a group's bytes
+// only at the wait that covers it, the destination holding NaN until then, so a missing wait reads
+// NaN on the CPU as it reads stale data on a GPU.
+template <int Bytes>
+__device__ __forceinline__ void cp_async_zfill(void* shared_dst, const void* global_src, bool valid) {
+    static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16, "cp.async copies 4, 8 or 16 bytes");
+#ifdef GPUCONV_EMULATE
+    ::gpuconv_emu::async_copy(shared_dst, global_src, Bytes, valid ? Bytes : 0, __FILE__, __LINE__);
+#else
+    const unsigned dst = (unsigned)__cvta_generic_to_shared(shared_dst);
+    const int src_bytes = valid ? Bytes : 0;
+    // .cg (L2 only) takes 16 bytes alone; .ca (L1 too) all three sizes.
+    if (Bytes == 16) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(global_src),
+                     "r"(src_bytes));
+    } else {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(dst), "l"(global_src),
+                     "n"(Bytes), "r"(src_bytes));
+    }
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef GPUCONV_EMULATE
+    ::gpuconv_emu::async_copy_commit();
+#else
+    asm volatile("cp.async.commit_group;" ::);
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef GPUCONV_EMULATE
+    ::gpuconv_emu::async_copy_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}

@@ -123,14 +123,18 @@ struct DgradGradientIterator {
             krs[i] = ReductionDigits::of(Map::k(i), radix_r, radix_s);
         step = ReductionDigits::of(Tile::BK, radix_r, radix_s);
     }
-    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
+    __device__ __forceinline__ ElementSource<T> source(int i, int k_remaining) const {
         const int k_live = dy_n != nullptr ? k_remaining : 0;  // a pixel past M loads nothing
+        const int p = p0 - krs[i].mid * dp_r, q = q0 - krs[i].lo * dp_s;
+        const bool inside = (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q;
+        // One int offset (K·P·Q < 2^31) added to the pointer once: one wide multiply-add.
+        return {dy_n + ((krs[i].hi * P + p) * Q + q), Map::k(i) < k_live && inside};
+    }
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
 #pragma unroll
         for (int i = 0; i < Map::ELEMS; i++) {
-            const int p = p0 - krs[i].mid * dp_r, q = q0 - krs[i].lo * dp_s;
-            const bool inside = (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q;
-            v[i] = Map::k(i) < k_live && inside
-                       ? dy_n[(krs[i].hi * P + p) * Q + q] : T(0);  // int: K·P·Q < 2^31
+            const ElementSource<T> e = source(i, k_remaining);
+            v[i] = e.valid ? *e.address : T(0);  // its own line: the profile's row of this operand
         }
     }
     __device__ __forceinline__ void advance() {
@@ -162,13 +166,17 @@ struct DgradFilterIterator {
         krs = ReductionDigits::of(Map::k(0), radix_r, radix_s);
         step = ReductionDigits::of(Tile::BK, radix_r, radix_s);
     }
-    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
-        const bool live = Map::k(0) < k_remaining;
+    __device__ __forceinline__ ElementSource<T> source(int i, int k_remaining) const {
         const int r = first_r + krs.mid * step_r, s = first_s + krs.lo * step_s;
         const T* w_t = w_c + krs.hi * filter_stride + r * S + s;
+        return {w_t + i * channel_stride, Map::k(0) < k_remaining && Map::x(i) < channels_left};
+    }
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
 #pragma unroll
-        for (int i = 0; i < Map::ELEMS; i++)
-            v[i] = live && Map::x(i) < channels_left ? w_t[i * channel_stride] : T(0);
+        for (int i = 0; i < Map::ELEMS; i++) {
+            const ElementSource<T> e = source(i, k_remaining);
+            v[i] = e.valid ? *e.address : T(0);  // its own line: the profile's row of this operand
+        }
     }
     __device__ __forceinline__ void advance() { krs.add(step, radix_r, radix_s); }
 };
@@ -252,14 +260,15 @@ struct DgradEpilogue {
     }
 };
 
-template <typename T, int BM, int BN, int BK, int WM, int WN, int TM, int TN>
-__global__ void __launch_bounds__(GemmTile<T, BM, BN, BK, WM, WN, TM, TN>::THREADS, 1)
+template <typename T, int BM, int BN, int BK, int WM, int WN, int TM, int TN,
+          int STAGES>
+__global__ void __launch_bounds__(GemmTile<T, BM, BN, BK, WM, WN, TM, TN, STAGES>::THREADS, 1)
 dgrad_implicit_gemm(const T* __restrict__ dy, const T* __restrict__ w, const T* __restrict__ bias,
                     T* __restrict__ dx,
                     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                     int stride_h, int stride_w, int pad_top, int pad_left,
                     int dil_h, int dil_w, int groups) {
-    typedef GemmTile<T, BM, BN, BK, WM, WN, TM, TN> Tile;
+    typedef GemmTile<T, BM, BN, BK, WM, WN, TM, TN, STAGES> Tile;
     const int C_per_group = C / groups, K_per_group = K / groups;
     // This block's phase: rows h ≡ phase_h (mod stride_h), columns w ≡ phase_w (mod stride_w),
     // i.e. h = phase_h + i·stride_h for i in [0, Hp) (Hp = 0 when phase_h >= H).

@@ -10,7 +10,8 @@
 // activation (the fused epilogue). Any stride, asymmetric padding, dilation and groups.
 //
 // fprop_implicit_gemm: the shared main loop of gemm.cuh (block, warp and thread tiles, 128-bit
-// shared loads, double-buffered k-tiles) fed by two iterators: FpropActivationIterator gathers A
+// shared loads, double-buffered k-tiles or, with STAGES 3-4 on sm_80+, a cp.async ring) fed by
+// two iterators: FpropActivationIterator gathers A
 // from x (consecutive threads stage consecutive pixels: loads coalesce along x's rows; each staged
 // element keeps its (c, r, s) and steps it by BK per k-tile, no division), FpropFilterIterator
 // reads B from w (consecutive threads stage consecutive (c,r,s), contiguous in w). A block owns
@@ -80,15 +81,19 @@ struct FpropActivationIterator {
         for (int i = 0; i < Map::ELEMS; i++) crs[i] = ReductionDigits::of(Map::k(i), R, S);
         step = ReductionDigits::of(Tile::BK, R, S);
     }
-    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
+    __device__ __forceinline__ ElementSource<T> source(int i, int k_remaining) const {
         const int k_live = x_n != nullptr ? k_remaining : 0;  // a pixel past M loads nothing
+        // The tap rule of fprop_direct; unsigned compares test 0 <= h < H in one.
+        const int h = h0 + crs[i].mid * dil_h, w = w0 + crs[i].lo * dil_w;
+        const bool inside = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
+        // One int offset (C·H·W < 2^31) added to the pointer once: one wide multiply-add.
+        return {x_n + ((crs[i].hi * H + h) * W + w), Map::k(i) < k_live && inside};
+    }
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
 #pragma unroll
         for (int i = 0; i < Map::ELEMS; i++) {
-            // The tap rule of fprop_direct; unsigned compares test 0 <= h < H in one.
-            const int h = h0 + crs[i].mid * dil_h, w = w0 + crs[i].lo * dil_w;
-            const bool inside = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
-            v[i] = Map::k(i) < k_live && inside
-                       ? x_n[(crs[i].hi * H + h) * W + w] : T(0);  // int: C·H·W < 2^31
+            const ElementSource<T> e = source(i, k_remaining);
+            v[i] = e.valid ? *e.address : T(0);  // its own line: the profile's row of this operand
         }
     }
     __device__ __forceinline__ void advance() {
@@ -110,11 +115,15 @@ struct FpropFilterIterator {
     __device__ FpropFilterIterator(const T* w_g, int k_base, int K_per_group, int CRS)
         : w_t(w_g + (index_t)(k_base + Map::x(0)) * CRS + Map::k(0)),
           channel_stride((index_t)Map::STEP * CRS), channels_left(K_per_group - k_base) {}
+    __device__ __forceinline__ ElementSource<T> source(int i, int k_remaining) const {
+        return {w_t + i * channel_stride, Map::k(0) < k_remaining && Map::x(i) < channels_left};
+    }
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
-        const bool live = Map::k(0) < k_remaining;
 #pragma unroll
-        for (int i = 0; i < Map::ELEMS; i++)
-            v[i] = live && Map::x(i) < channels_left ? w_t[i * channel_stride] : T(0);
+        for (int i = 0; i < Map::ELEMS; i++) {
+            const ElementSource<T> e = source(i, k_remaining);
+            v[i] = e.valid ? *e.address : T(0);  // its own line: the profile's row of this operand
+        }
     }
     __device__ __forceinline__ void advance() { w_t += Tile::BK; }
 };
@@ -187,14 +196,15 @@ struct FpropEpilogue {
     }
 };
 
-template <typename T, int Activation, int BM, int BN, int BK, int WM, int WN, int TM, int TN>
-__global__ void __launch_bounds__(GemmTile<T, BM, BN, BK, WM, WN, TM, TN>::THREADS, 1)
+template <typename T, int Activation, int BM, int BN, int BK, int WM, int WN, int TM, int TN,
+          int STAGES>
+__global__ void __launch_bounds__(GemmTile<T, BM, BN, BK, WM, WN, TM, TN, STAGES>::THREADS, 1)
 fprop_implicit_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                     T* __restrict__ y,
                     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                     int stride_h, int stride_w, int pad_top, int pad_left,
                     int dil_h, int dil_w, int groups) {
-    typedef GemmTile<T, BM, BN, BK, WM, WN, TM, TN> Tile;
+    typedef GemmTile<T, BM, BN, BK, WM, WN, TM, TN, STAGES> Tile;
     const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
     const index_t PQ = (index_t)P * Q, M = N * PQ;
     // blockIdx.y enumerates (group, tile of BN channels within the group).

@@ -11,39 +11,46 @@
 //           TM/V + TN/V 128-bit shared loads (LDS.128) feeding TM·TN FMAs.
 //
 // Shared memory holds A k-major (a_tile[k][m]) and B (b_tile[k][n]), each row padded by V elements
-// (16 bytes), double-buffered. Bank conflicts, worked out (4-byte banks, 32 of them):
+// (16 bytes), in STAGES buffers. Bank conflicts, worked out (4-byte banks, 32 of them):
 //   - main-loop loads: a warp's LDS.128 of a_tile[k] reads LANES_M distinct 16-byte vectors that
 //     lie side by side (≤ 32 consecutive words), each 8-lane phase at most that: one wavefront per
 //     phase, the ideal. b_tile likewise with LANES_N.
-//   - staging stores along the tile's row (StagingMap with KFast = false): 32 lanes store 32
-//     consecutive elements of one row: conflict-free for 4-byte T; 8-byte T: 16 lanes a phase, 32
-//     consecutive words.
+//   - staging stores (or cp.async writes, the same addresses) along the tile's row (StagingMap with
+//     KFast = false): 32 lanes store 32 consecutive elements of one row: conflict-free for 4-byte
+//     T; 8-byte T: 16 lanes a phase, 32 consecutive words.
 //   - staging stores along the reduction (KFast = true, BK = 8): a warp stores 8 rows k × 4 columns
 //     x (float) or, per 16-lane phase, 8 × 2 (double). The word of (k, x) is k·(BX + V) + x
 //     (times 2 for double); BX is a multiple of 32 words' worth, so the bank is 4k + x (float) or
 //     4k + 2x (+1) (double): all 32 banks distinct. The padding of V elements is what spreads the
 //     rows; it also keeps every row 16-byte aligned for LDS.128.
 //
-// Pipeline: the next k-tile's global loads go into registers before the current tile's math and
-// are stored to the other shared buffer after it, so the loads' latency hides behind the FMAs; one
-// __syncthreads per k-tile.
+// Pipeline (GemmStaging), one __syncthreads per k-tile either way:
+//   - STAGES = 2: the next k-tile's global loads go into registers before the current tile's math
+//     and are stored to the other shared buffer after it, so the loads' latency hides behind the
+//     FMAs.
+//   - STAGES = 3 or 4 (sm_80+): cp.async copies global → shared with no register round trip, into a
+//     ring of STAGES buffers, as CUTLASS's multistage main loop: STAGES - 1 k-tiles are in flight
+//     before the first math, and each k-tile waits for its oldest copy group, so a load has
+//     STAGES - 1 k-tiles of math to land in, not one.
 //
 // An operand is fed by an *iterator* (one per op and operand, in the op's .cu file):
 //   static constexpr bool KFast;       // staging order (StagingMap); the one with coalesced reads
-//   void load(T (&v)[ELEMS], int k_remaining);  // this thread's ELEMS elements of the current
-//                                      // k-tile; an element whose k >= k_remaining is zero
+//   ElementSource<T> source(int i, int k_remaining);  // where staged element i of the current
+//                                      // k-tile comes from; invalid (zero) if its k >= k_remaining
+//   void load(T (&v)[ELEMS], int k_remaining);  // the ELEMS elements into registers
 //   void advance();                    // to the next k-tile
-// It reads x, w or dy, writes zero in the padding or outside a stride phase, and steps its
+// It reads x, w or dy, gives zero in the padding or outside a stride phase, and steps its
 // reduction coordinates from one k-tile to the next without a division (ReductionDigits).
 // The epilogue is a functor called with the finished accumulators; Tile::row / Tile::col say which
 // output element each accumulator holds.
 #pragma once
 #include "common.cuh"
 
-template <typename T, int BM_, int BN_, int BK_, int WM_, int WN_, int TM_, int TN_>
+template <typename T, int BM_, int BN_, int BK_, int WM_, int WN_, int TM_, int TN_, int STAGES_ = 2>
 struct GemmTile {
     typedef T Element;
     static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_, TM = TM_, TN = TN_;
+    static constexpr int STAGES = STAGES_;  // shared buffers of k-tiles: see the pipeline above
     static constexpr int V = 16 / sizeof(T);  // elements per 128-bit shared load
     static constexpr int PAD = V;             // row padding: see the bank-conflict note above
     static constexpr int LANES_M = WM / TM, LANES_N = WN / TN;
@@ -53,6 +60,7 @@ struct GemmTile {
     static_assert(TM % V == 0 && TN % V == 0, "thread tiles are whole V×V sub-tiles");
     static_assert(BM % WM == 0 && BN % WN == 0 && WM % TM == 0 && WN % TN == 0, "tiles nest");
     static_assert(BK == 8, "the KFast staging's bank-conflict analysis assumes BK = 8");
+    static_assert(STAGES >= 2 && STAGES <= 4, "2 (registers) or 3-4 (cp.async) stages");
 
     // The output element accumulator acc[i][j] of this thread holds: (row(i), col(j)) of the tile.
     static __device__ __forceinline__ int row(int i) {
@@ -112,6 +120,15 @@ struct ReductionDigits {
     }
 };
 
+// Where a staged element comes from: its address in x, w or dy, valid = false where the element is
+// zero (padding, outside a stride phase, past the tile's edge or the reduction); the address is
+// then not read.
+template <typename T>
+struct ElementSource {
+    const T* address;
+    bool valid;
+};
+
 // One k step of the warp-level product: the thread's TM values of A and TN values of B, loaded as
 // 128-bit vectors, and their TM·TN products added to acc in place (k order fixed: deterministic).
 template <class Tile, typename T>
@@ -143,13 +160,112 @@ __device__ __forceinline__ void store_staged(T (&tile)[BK][BX], const T (&v)[Map
     for (int i = 0; i < Map::ELEMS; i++) tile[Map::k(i)][Map::x(i)] = v[i];
 }
 
-// The shared memory of the main loop: both operand tiles, double-buffered. The kernel declares it
-// (`__shared__ __align__(16) GemmShared<Tile> shared;`), so that its static shared memory is its
+// Start the cp.async copies of a thread's staged elements of the iterator's current k-tile into
+// their places in a shared operand tile (zero-filled where invalid).
+template <class Iter, int BK, int BX, typename T>
+__device__ __forceinline__ void copy_staged_async(T (&tile)[BK][BX], const Iter& it, int k_remaining) {
+    typedef typename Iter::Map Map;
+#pragma unroll
+    for (int i = 0; i < Map::ELEMS; i++) {
+        const ElementSource<T> e = it.source(i, k_remaining);
+        cp_async_zfill<sizeof(T)>(&tile[Map::k(i)][Map::x(i)], e.address, e.valid);
+    }
+}
+
+// The shared memory of the main loop: both operand tiles, STAGES buffers each. The kernel declares
+// it (`__shared__ __align__(16) GemmShared<Tile> shared;`), so that its static shared memory is its
 // own: a __shared__ inside implicit_gemm would belong to no kernel in particular.
 template <class Tile>
 struct GemmShared {
-    typename Tile::Element a_tile[2][Tile::BK][Tile::BM + Tile::PAD];
-    typename Tile::Element b_tile[2][Tile::BK][Tile::BN + Tile::PAD];
+    typename Tile::Element a_tile[Tile::STAGES][Tile::BK][Tile::BM + Tile::PAD];
+    typename Tile::Element b_tile[Tile::STAGES][Tile::BK][Tile::BN + Tile::PAD];
+};
+
+// How k-tiles reach shared memory: the one part of the main loop that depends on STAGES. Both
+// versions give the loop the same steps, `read` naming the buffer its math reads:
+//   start(reduction, k_tiles)  the first k-tile in shared memory and visible to the block (later
+//             ones on their way);
+//   fetch(k_remaining)  advance the iterators and issue the global reads of the next k-tile to
+//             fetch, which has k_remaining elements of the reduction left;
+//   land()    after the math on `read`: the next k-tile in shared memory, visible, `read` on it;
+//   finish()  nothing in flight any more.
+template <class Tile, class IterA, class IterB, bool Async = (Tile::STAGES > 2)>
+struct GemmStaging;
+
+// STAGES = 2: through registers. fetch() loads k-tile t + 1 while the math runs on k-tile t; land()
+// stores it to the other buffer, which was last read before the previous barrier.
+template <class Tile, class IterA, class IterB>
+struct GemmStaging<Tile, IterA, IterB, false> {
+    typedef typename Tile::Element T;
+    GemmShared<Tile>& shared;
+    IterA& a;
+    IterB& b;
+    int read = 0;
+    T a_staged[IterA::Map::ELEMS], b_staged[IterB::Map::ELEMS];
+
+    __device__ __forceinline__ void start(int reduction, int k_tiles) {
+        if (k_tiles == 0) return;
+        a.load(a_staged, reduction);
+        b.load(b_staged, reduction);
+        store_staged<typename IterA::Map>(shared.a_tile[0], a_staged);
+        store_staged<typename IterB::Map>(shared.b_tile[0], b_staged);
+        __syncthreads();
+    }
+    __device__ __forceinline__ void fetch(int k_remaining) {
+        a.advance();  // issue the next tile's global loads now; they land while we multiply
+        b.advance();
+        a.load(a_staged, k_remaining);
+        b.load(b_staged, k_remaining);
+    }
+    __device__ __forceinline__ void land() {
+        store_staged<typename IterA::Map>(shared.a_tile[read ^ 1], a_staged);
+        store_staged<typename IterB::Map>(shared.b_tile[read ^ 1], b_staged);
+        __syncthreads();
+        read ^= 1;
+    }
+    __device__ __forceinline__ void finish() {}
+};
+
+// STAGES = 3 or 4: cp.async into a ring of STAGES buffers, one commit group per k-tile. start()
+// issues k-tiles 0 .. STAGES-2; while the math runs on k-tile t, fetch() issues k-tile t + STAGES-1
+// into the buffer k-tile t - 1 left (read by every thread before the last barrier), and land()
+// waits until only the STAGES - 2 newest groups are in flight: k-tile t + 1 has landed. Past the
+// reduction's end the copies zero-fill (k_remaining <= 0), so the loop holds no branch around them.
+template <class Tile, class IterA, class IterB>
+struct GemmStaging<Tile, IterA, IterB, true> {
+    static constexpr int STAGES = Tile::STAGES;
+    GemmShared<Tile>& shared;
+    IterA& a;
+    IterB& b;
+    int read = 0, write = 0;
+
+    static __device__ __forceinline__ int next(int stage) { return stage + 1 == STAGES ? 0 : stage + 1; }
+    __device__ __forceinline__ void issue(int k_remaining) {
+        copy_staged_async(shared.a_tile[write], a, k_remaining);
+        copy_staged_async(shared.b_tile[write], b, k_remaining);
+        cp_async_commit();
+        write = next(write);
+    }
+    __device__ __forceinline__ void start(int reduction, int) {
+        issue(reduction);
+#pragma unroll
+        for (int stage = 1; stage < STAGES - 1; stage++) fetch(reduction - stage * Tile::BK);
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+    }
+    __device__ __forceinline__ void fetch(int k_remaining) {
+        a.advance();
+        b.advance();
+        issue(k_remaining);
+    }
+    __device__ __forceinline__ void land() {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        read = next(read);
+    }
+    // The copies past the reduction's end: a shared-memory epilogue (after its own barrier) may
+    // then reuse the buffers.
+    __device__ __forceinline__ void finish() { cp_async_wait<0>(); }
 };
 
 // The main loop: acc = A·B over a reduction of `reduction` elements (acc starts at zero), then
@@ -158,36 +274,19 @@ template <class Tile, class IterA, class IterB, class Epilogue>
 __device__ __forceinline__ void implicit_gemm(GemmShared<Tile>& shared, IterA& a, IterB& b,
                                               int reduction, const Epilogue& epilogue) {
     typedef typename Tile::Element T;
-    constexpr int BK = Tile::BK, BM = Tile::BM, BN = Tile::BN;
-    typedef StagingMap<BK, BM, Tile::THREADS, IterA::KFast> MapA;
-    typedef StagingMap<BK, BN, Tile::THREADS, IterB::KFast> MapB;
-    auto& a_tile = shared.a_tile;
-    auto& b_tile = shared.b_tile;
     T acc[Tile::TM][Tile::TN] = {};
-    T a_staged[MapA::ELEMS], b_staged[MapB::ELEMS];
-    const int k_tiles = (reduction + BK - 1) / BK;
-    if (k_tiles > 0) {
-        a.load(a_staged, reduction);
-        b.load(b_staged, reduction);
-        store_staged<MapA>(a_tile[0], a_staged);
-        store_staged<MapB>(b_tile[0], b_staged);
-        __syncthreads();
-    }
-    // Every k-tile but the last: load the next one while multiplying this one. The last is
-    // peeled off below, so the loop body holds no branch around its loads and stores.
-    int buffer = 0;
+    GemmStaging<Tile, IterA, IterB> staging{shared, a, b};
+    const int k_tiles = (reduction + Tile::BK - 1) / Tile::BK;
+    staging.start(reduction, k_tiles);
+    // Every k-tile but the last: fetch the k-tile STAGES - 1 ahead of the one multiplied (k-tile
+    // tile - 1) while multiplying it. The last is peeled off below, so the loop body holds no
+    // branch around its loads and stores.
     for (int tile = 1; tile < k_tiles; tile++) {
-        a.advance();  // issue the next tile's global loads now; they land while we multiply
-        b.advance();
-        a.load(a_staged, reduction - tile * BK);
-        b.load(b_staged, reduction - tile * BK);
-        warp_tile_product<Tile>(acc, a_tile[buffer], b_tile[buffer]);
-        // The other buffer was last read before the previous barrier: free to overwrite.
-        store_staged<MapA>(a_tile[buffer ^ 1], a_staged);
-        store_staged<MapB>(b_tile[buffer ^ 1], b_staged);
-        __syncthreads();
-        buffer ^= 1;
+        staging.fetch(reduction - (tile + Tile::STAGES - 2) * Tile::BK);
+        warp_tile_product<Tile>(acc, shared.a_tile[staging.read], shared.b_tile[staging.read]);
+        staging.land();
     }
-    if (k_tiles > 0) warp_tile_product<Tile>(acc, a_tile[buffer], b_tile[buffer]);
+    if (k_tiles > 0) warp_tile_product<Tile>(acc, shared.a_tile[staging.read], shared.b_tile[staging.read]);
+    staging.finish();
     epilogue(acc);
 }

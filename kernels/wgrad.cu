@@ -77,12 +77,16 @@ struct WgradGradientIterator {
           step(ReductionDigits::of(Tile::BK, P_, Q_)) {
         dy_k = dy_g + (index_t)(k_base + Map::x(0)) * P * Q;
     }
-    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
-        const bool live = Map::k(0) < k_remaining;
+    __device__ __forceinline__ ElementSource<T> source(int i, int k_remaining) const {
         const T* dy_t = dy_k + npq.hi * image_stride + npq.mid * Q + npq.lo;
+        return {dy_t + i * channel_stride, Map::k(0) < k_remaining && Map::x(i) < channels_left};
+    }
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
 #pragma unroll
-        for (int i = 0; i < Map::ELEMS; i++)
-            v[i] = live && Map::x(i) < channels_left ? dy_t[i * channel_stride] : T(0);
+        for (int i = 0; i < Map::ELEMS; i++) {
+            const ElementSource<T> e = source(i, k_remaining);
+            v[i] = e.valid ? *e.address : T(0);  // its own line: the profile's row of this operand
+        }
     }
     // The image pointer moves with n: one multiply a k-tile, not one per element.
     __device__ __forceinline__ void advance() { npq.add(step, P, Q); }
@@ -118,17 +122,21 @@ struct WgradActivationIterator {
             tap_offset[i] = (crs.hi * H + tap_h[i]) * W + tap_w[i];
         }
     }
-    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
-        const bool live = Map::k(0) < k_remaining;
+    __device__ __forceinline__ ElementSource<T> source(int i, int k_remaining) const {
         // Tap (0, 0) of output pixel (p, q) reads x at (h0, w0); tap (r, s) adds its shift.
         const int h0 = npq.mid * stride_h - pad_top, w0 = npq.lo * stride_w - pad_left;
         const T* x_n = x_g + npq.hi * image_stride;
         const int pixel = h0 * W + w0;  // may be < 0: only added to a tap that lands inside
+        const bool inside = (unsigned)(h0 + tap_h[i]) < (unsigned)H &&
+                            (unsigned)(w0 + tap_w[i]) < (unsigned)W;
+        return {x_n + (pixel + tap_offset[i]),
+                Map::k(0) < k_remaining && Map::x(i) < taps_left && inside};
+    }
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
 #pragma unroll
         for (int i = 0; i < Map::ELEMS; i++) {
-            const bool inside = (unsigned)(h0 + tap_h[i]) < (unsigned)H &&
-                                (unsigned)(w0 + tap_w[i]) < (unsigned)W;
-            v[i] = live && Map::x(i) < taps_left && inside ? x_n[pixel + tap_offset[i]] : T(0);
+            const ElementSource<T> e = source(i, k_remaining);
+            v[i] = e.valid ? *e.address : T(0);  // its own line: the profile's row of this operand
         }
     }
     __device__ __forceinline__ void advance() { npq.add(step, P, Q); }
@@ -167,13 +175,14 @@ struct WgradEpilogue {
 };
 
 // Assumes P·Q + BK < 2^31 and chunk + BK < 2^31 (checked on the host).
-template <typename T, int BM, int BN, int BK, int WM, int WN, int TM, int TN>
-__global__ void __launch_bounds__(GemmTile<T, BM, BN, BK, WM, WN, TM, TN>::THREADS, 1)
+template <typename T, int BM, int BN, int BK, int WM, int WN, int TM, int TN,
+          int STAGES>
+__global__ void __launch_bounds__(GemmTile<T, BM, BN, BK, WM, WN, TM, TN, STAGES>::THREADS, 1)
 wgrad_implicit_gemm(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ partial,
                     int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                     int stride_h, int stride_w, int pad_top, int pad_left,
                     int dil_h, int dil_w, int groups, index_t chunk) {
-    typedef GemmTile<T, BM, BN, BK, WM, WN, TM, TN> Tile;
+    typedef GemmTile<T, BM, BN, BK, WM, WN, TM, TN, STAGES> Tile;
     const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
     // blockIdx.x: tile of BN taps (c,r,s); blockIdx.y: (group, tile of BM output channels).
     const int k_tiles = (K_per_group + BM - 1) / BM;

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpuconv import _paths
 from gpuconv.emulate import (
     DeadlockError,
     DivergenceError,
@@ -27,7 +28,8 @@ CORRECT = ["transpose<16>", "block_sum<float, 256>", "block_sum<double, 64>", "w
            "histogram<32>", "gemm64", "barriers"]
 BUGS = ["sum_missing_barrier", "read_past_end", "tile_off_by_one", "divergent_barrier",
         "read_uninitialised", "shuffle_wrong_mask", "spin_on_other_block", "barrier_versus_shuffle",
-        "sum_missing_barrier_in_template<64>", "read_uninitialised_in_template<float>"]
+        "sum_missing_barrier_in_template<64>", "read_uninitialised_in_template<float>",
+        "stage_without_cp_async_wait<false>", "stage_without_cp_async_wait<true>"]
 MODES = ["plain", "race", "coverage", "asan"]
 SCHEDULES = ["forward", "reverse", "random"]
 
@@ -40,7 +42,8 @@ def module(file: str, mode: str = "plain", schedule: str = "forward", **settings
     if key not in _modules:
         names = CORRECT if file == "correct.cu" else BUGS
         _modules[key] = Module(path=KERNELS / file, name_expressions=names, mode=mode,
-                               schedule=schedule, seed=7, **settings)
+                               schedule=schedule, seed=7, options=(f"-I{_paths.kernels_dir()}",),
+                               **settings)
     return _modules[key]
 
 
@@ -122,6 +125,18 @@ def test_off_by_one_inside_2d_shared_array_under_bounds_check():
 def test_divergent_barrier():
     with pytest.raises(DivergenceError, match=r"divergent __syncthreads.*bugs.cu:\d+.*bugs.cu:\d+"):
         bug("divergent_barrier")(1, 32, (np.zeros(32, np.float32),))
+
+
+@pytest.mark.parametrize("mode", ["plain", "race"])
+def test_missing_cp_async_wait_reads_nan(mode):
+    """The copy never lands without its wait (a barrier is not one): every neighbour read is NaN,
+    while the twin that waits gives the exact rotation."""
+    x = np.arange(1, 65, dtype=np.float32)
+    out = np.zeros(64, np.float32)
+    bug("stage_without_cp_async_wait<false>", mode)(1, 64, (x, out))
+    assert np.isnan(out).all()
+    bug("stage_without_cp_async_wait<true>", mode)(1, 64, (x, out))
+    assert np.array_equal(out, np.roll(x, -1))
 
 
 @pytest.mark.parametrize("kernel", ["read_uninitialised", "read_uninitialised_in_template<float>"])

@@ -28,6 +28,7 @@ from gpuconv.backends.kernel_backend import (
     emulate_backend,
     wgrad_splits,
 )
+from gpuconv.backends.kernel_backend import kernels_for as instances_for_arch
 from gpuconv.problem import Conv2dProblem, transpose_problem
 
 from problems import (
@@ -131,24 +132,55 @@ def test_a_tile_of_another_dtype_runs_direct():
         assert choose(p64, "32x32x8_4x4") == choose(p32, "32x32x8_4x4") == "32x32x8_4x4"
 
 
+def test_cp_async_tiles_never_reach_an_sm75_gpu():
+    """A cp.async tile (stages > 2) is compiled for sm_80 and newer only, and a device without
+    cp.async runs its register-staged twin, forced or chosen."""
+    staged = [k for k, t in TILES["fprop"].items() if t.stages > 2]
+    assert staged and all(TILES["fprop"][k].min_arch == 80 for k in staged)
+    for arch, has_staged in (("sm_75", False), ("sm_80", True), ("sm_90", True)):
+        names = [e for es in instances_for_arch(arch).values() for e in es if "implicit_gemm" in e]
+        assert any(e.endswith(", 3>") or e.endswith(", 4>") for e in names) == has_staged, arch
+        # 7 register-staged tiles (5 float32, 2 float64) a op; fprop has 3 activations
+        assert sum(e.endswith(", 2>") for e in names) == 3 * 7 + 7 + 7
+    p = problem(EDGE["odd_channels"], "float32")
+    for choose in (choose_fprop, choose_dgrad, choose_wgrad):
+        assert choose(p, "128x128x8_8x8_s4") == "128x128x8_8x8_s4"
+        assert choose(p, "128x128x8_8x8_s4", cp_async=False) == "128x128x8_8x8"
+        assert choose(p, "32x32x8_4x4_s4", cp_async=False) == "32x32x8_4x4"
+    layers = [Conv2dProblem(32, c, hw, hw, c, 3, 3, hw, hw, dtype=d) for c, hw in ((64, 56), (256, 14))
+              for d in ("float32", "float64")]
+    for q in layers:
+        for op, choose in (("fprop", choose_fprop), ("dgrad", choose_dgrad), ("wgrad", choose_wgrad)):
+            assert TILES[op][choose(q, cp_async=False)].stages == 2, (op, q.describe())
+
+
 def test_auto_weighs_issue_cost_against_wave_quantization():
-    """ResNet-50-like layers (float32): the tile whose busiest H100 SM issues least. The model's
-    own picks are checked in tests/test_model.py; these are worked by hand from ISSUE_PER_FMA."""
+    """ResNet-50-like layers (float32), on a GPU without cp.async first: the tile whose busiest
+    H100 SM issues least. The model's own picks are checked in tests/test_model.py; these are
+    worked by hand from ISSUE_PER_FMA. Then sm_80+: the pick's cp.async twin where it has one."""
     # 128×128: 196 blocks, 2 a busiest SM × 16384 × 1.37; 64×128: 392, 3 × 8192 × 1.44: cheaper.
     big = Conv2dProblem(32, 128, 28, 28, 128, 3, 3, 28, 28, dtype="float32")
-    assert choose_fprop(big) == choose_dgrad(big) == "64x128x8_8x8"
+    assert choose_fprop(big, cp_async=False) == choose_dgrad(big, cp_async=False) == "64x128x8_8x8"
     # 100352 pixels, 64 channels: 128×64 tiles quantize as well as 64×64 ones and issue less.
     narrow = Conv2dProblem(32, 64, 56, 56, 64, 3, 3, 56, 56, dtype="float32")
-    assert choose_fprop(narrow) == "128x64x8_8x8"
+    assert choose_fprop(narrow, cp_async=False) == "128x64x8_8x8"
     # 14×14 pixels, 256 channels: every tile gives each SM at most one block, so the smallest
     # block (32×32 × 2.24 against 64×64 × 1.61) wins.
     few_pixels = Conv2dProblem(1, 256, 14, 14, 256, 3, 3, 14, 14, dtype="float32")
-    assert choose_fprop(few_pixels) == choose_dgrad(few_pixels) == "32x32x8_4x4"
+    assert (choose_fprop(few_pixels, cp_async=False) == choose_dgrad(few_pixels, cp_async=False)
+            == "32x32x8_4x4")
     small = Conv2dProblem(1, 16, 4, 4, 16, 1, 1, 4, 4, dtype="float32")  # M = 16 pixels
-    assert choose_fprop(small) == "32x32x8_4x4"
+    assert choose_fprop(small, cp_async=False) == "32x32x8_4x4"
     wide64 = Conv2dProblem(32, 64, 56, 56, 256, 1, 1, 56, 56, dtype="float64")
-    assert choose_fprop(wide64) == "64x64x8_4x4"
+    assert choose_fprop(wide64, cp_async=False) == "64x64x8_4x4"
     assert choose_fprop(problem(EDGE["depthwise"], "float32")) == "direct"
+    # sm_80+: the cp.async twin of the tile where there is one and the reduction spans its stages
+    assert choose_fprop(big) == "64x128x8_8x8"  # no twin
+    assert choose_fprop(narrow) == "128x64x8_8x8"  # no twin
+    assert choose_fprop(few_pixels) == "32x32x8_4x4_s4" and choose_fprop(wide64) == "64x64x8_4x4_s3"
+    assert choose_fprop(small) == "32x32x8_4x4"  # C·R·S = 16: two k-tiles, fewer than 4 stages
+    four_k_tiles = Conv2dProblem(1, 32, 4, 4, 16, 1, 1, 4, 4, dtype="float32")  # C·R·S = 32
+    assert choose_fprop(four_k_tiles) == "32x32x8_4x4_s4"
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -350,6 +382,20 @@ def test_bitwise_deterministic():
         be = backend(op, kernel, schedule="random")  # the thread order must not matter either
         first = run_op(be, op, p, a, "relu")
         assert first.tobytes() == run_op(be, op, p, a, "relu").tobytes(), (op, kernel)
+
+
+def test_cp_async_twins_sum_in_the_same_order():
+    """A cp.async tile and its register-staged twin reduce in the same k order: bitwise equal
+    results on normal inputs (not only on exact small integers)."""
+    for dtype in ("float32", "float64"):
+        p = problem(EDGE["dilation_stride"], dtype)
+        a = conv_inputs(p, 11, normal)
+        for op, tiles in TILES.items():
+            for kernel, tile in tiles.items():
+                if tile.stages > 2 and dtype in tile.dtypes:
+                    twin = kernel.rsplit("_s", 1)[0]
+                    got = run_op(backend(op, kernel), op, p, a, "relu")
+                    assert got.tobytes() == run_op(backend(op, twin), op, p, a, "relu").tobytes(), kernel
 
 
 def test_emulate_outputs_are_poisoned_before_the_kernel():

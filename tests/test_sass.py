@@ -52,7 +52,7 @@ __global__ void division(const long long* a, float* out, long long d, int n) {
 def analyze_planted(monkeypatch, code: str, expression: str, arch: str = "sm_80") -> sass.LoopReport:
     """Compile ``code`` through compile_check.nvrtc_compile, the cuda backend's options and all."""
     monkeypatch.setattr(compile_check, "source", lambda filename: code)
-    monkeypatch.setitem(compile_check.KERNELS, "planted.cu", [expression])
+    monkeypatch.setitem(KERNELS, "planted.cu", [expression])  # what kernels_for(arch) lists
     cubin, log, names = compile_check.nvrtc_compile("planted.cu", arch, ("-Xptxas=-v",))
     (report,) = sass.analyze_cubin(cubin, arch, names, {expression: 256}, ptxas_log=log)
     return report

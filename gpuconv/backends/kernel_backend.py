@@ -70,7 +70,9 @@ class Tile:
     """Tile shape of an implicit-GEMM kernel (kernels/gemm.cuh): a BM×BN tile of its GEMM output
     per block, BK reduction steps staged at a time, BM/WM × BN/WN warps of WM×WN, a TM×TN register
     tile per thread (whole 16-byte sub-tiles: 4×4 floats or 2×2 doubles), so
-    (BM/WM)·(BN/WN)·32 threads a block. ``dtypes``: the dtypes it is instantiated for."""
+    (BM/WM)·(BN/WN)·32 threads a block. ``stages``: k-tiles in shared memory, 2 staged through
+    registers, 3 or 4 copied by cp.async (sm_80 and newer: ``min_arch``). ``dtypes``: the dtypes it
+    is instantiated for."""
 
     BM: int
     BN: int
@@ -80,13 +82,20 @@ class Tile:
     TM: int
     TN: int
     dtypes: tuple[str, ...] = ("float32", "float64")
+    stages: int = 2
 
     @property
     def threads(self) -> int:
         return (self.BM // self.WM) * (self.BN // self.WN) * 32
 
+    @property
+    def min_arch(self) -> int:
+        """The compute capability its kernels need: 80 for cp.async (stages > 2), else 75."""
+        return 80 if self.stages > 2 else 75
+
     def template_args(self) -> str:
-        return f"{self.BM}, {self.BN}, {self.BK}, {self.WM}, {self.WN}, {self.TM}, {self.TN}"
+        return (f"{self.BM}, {self.BN}, {self.BK}, {self.WM}, {self.WN}, {self.TM}, {self.TN}, "
+                f"{self.stages}")
 
 
 F32 = ("float32",)
@@ -94,7 +103,8 @@ F32 = ("float32",)
 # fprop M = N·P·Q, N = K/groups; dgrad M = N·H·W per stride phase, N = C/groups; wgrad M = K/groups,
 # N = C/groups·R·S). Every one is compiled, checked and tested. float32 takes 8×8 thread tiles (four
 # 4×4 sub-tiles: 64 FFMAs per 4 LDS.128) in warps of 32×64 as CUTLASS's SIMT kernels do; float64
-# 4×4 (2×2 sub-tiles of double2), its registers being twice as wide.
+# 4×4 (2×2 sub-tiles of double2), its registers being twice as wide. A name ending in _s3 or _s4
+# is the tile before it with a 3- or 4-stage cp.async pipeline (sm_80+), as CUTLASS's SIMT kernels.
 _TILES = {
     "128x128x8_8x8": Tile(BM=128, BN=128, BK=8, WM=32, WN=64, TM=8, TN=8, dtypes=F32),  # 256 thr
     "128x64x8_8x8": Tile(BM=128, BN=64, BK=8, WM=32, WN=64, TM=8, TN=8, dtypes=F32),    # 128 thr
@@ -102,6 +112,12 @@ _TILES = {
     "64x64x8_8x8": Tile(BM=64, BN=64, BK=8, WM=32, WN=64, TM=8, TN=8, dtypes=F32),      # 64 thr
     "64x64x8_4x4": Tile(BM=64, BN=64, BK=8, WM=32, WN=16, TM=4, TN=4, dtypes=("float64",)),
     "32x32x8_4x4": Tile(BM=32, BN=32, BK=8, WM=32, WN=16, TM=4, TN=4),  # 64 thr; narrow layers
+    "128x128x8_8x8_s3": Tile(BM=128, BN=128, BK=8, WM=32, WN=64, TM=8, TN=8, dtypes=F32, stages=3),
+    "128x128x8_8x8_s4": Tile(BM=128, BN=128, BK=8, WM=32, WN=64, TM=8, TN=8, dtypes=F32, stages=4),
+    "64x64x8_8x8_s3": Tile(BM=64, BN=64, BK=8, WM=32, WN=64, TM=8, TN=8, dtypes=F32, stages=3),
+    "64x64x8_4x4_s3": Tile(BM=64, BN=64, BK=8, WM=32, WN=16, TM=4, TN=4, dtypes=("float64",),
+                           stages=3),
+    "32x32x8_4x4_s4": Tile(BM=32, BN=32, BK=8, WM=32, WN=16, TM=4, TN=4, stages=4),
 }
 TILES = {op: _TILES for op in ("fprop", "dgrad", "wgrad")}
 
@@ -193,7 +209,7 @@ def _block_gemm_shape(op: str, p) -> tuple[int, int]:
     return M, N
 
 
-def _choose(op: str, p, kernel: str) -> str:
+def _choose(op: str, p, kernel: str, cp_async: bool = True) -> str:
     """'direct' or the TILES[op] name to run ``p`` with (``choose_fprop`` and friends).
 
     ``auto`` goes direct when the GEMM's channel side (fprop K/groups, dgrad C/groups, wgrad
@@ -203,7 +219,9 @@ def _choose(op: str, p, kernel: str) -> str:
     limiting terms for these tiles (``gpuconv.model``; tests/test_model.py checks the picks
     against the whole model's on the benchmark layers). A forced tile falls back to direct only
     where it cannot run (``launchable``: a dtype it is not built for, or sizes beyond its index
-    range).
+    range). ``cp_async``: whether the device has it (sm_80+): then ``auto`` takes the chosen
+    tile's cp.async twin (``cp_async_twin``); without it a cp.async tile (``stages`` > 2) runs as
+    its register-staged twin (the name without ``_s3``).
     """
     M, N = _block_gemm_shape(op, p)
     if kernel == "auto":
@@ -212,9 +230,13 @@ def _choose(op: str, p, kernel: str) -> str:
             return "direct"
         runnable = [k for k, tile in TILES[op].items()
                     if k in ISSUE_PER_FMA and p.dtype in tile.dtypes and launchable(op, p, k)]
-        return min(runnable, key=lambda k: busiest_sm_cost(op, p, k), default="direct")
+        kernel = min(runnable, key=lambda k: busiest_sm_cost(op, p, k), default="direct")
+        if cp_async and kernel != "direct":
+            kernel = cp_async_twin(op, p, kernel)
     if kernel in TENSOR_TILES:  # forced, but the problem takes the float32 kernels
         return "direct"
+    if kernel in TILES[op] and TILES[op][kernel].stages > 2 and not cp_async:
+        kernel = kernel.rsplit("_s", 1)[0]
     return kernel if kernel == "direct" or launchable(op, p, kernel) else "direct"
 
 
@@ -243,24 +265,39 @@ def busiest_sm_cost(op: str, p, kernel: str) -> float:
     return ceil_div(_blocks(op, p, tile), H100_SMS) * tile.BM * tile.BN * reduction * clocks_per_fma
 
 
+def cp_async_twin(op: str, p, kernel: str) -> str:
+    """The cp.async version of tile ``kernel`` (the same shape, ``stages`` > 2), where TILES has one
+    and the reduction a block runs (wgrad: a split's; dgrad: every tap, a strided layer's phases
+    have fewer) spans at least its stages in k-tiles (a shorter one spends its prologue copying
+    zeros); else ``kernel``. Read from SASS (bench/results/sass-*.md), each twin's
+    main loop is no longer than its register-staged tile's, and its loads have stages - 1 k-tiles of
+    math to land in instead of one."""
+    twins = [k for k, t in TILES[op].items() if t.stages > 2 and k.rsplit("_s", 1)[0] == kernel]
+    if not twins:
+        return kernel
+    tile = TILES[op][twins[0]]
+    reduction = wgrad_splits(p, tile)[1] if op == "wgrad" else p.gemm_shape(op)[2]
+    return twins[0] if reduction >= tile.stages * tile.BK else kernel
+
+
 def _blocks(op: str, p, tile: Tile) -> int:
     grid, _ = launch_config(0, op, tile, p)
     return math.prod(grid)
 
 
-def choose_fprop(p, kernel: str = "auto") -> str:
+def choose_fprop(p, kernel: str = "auto", cp_async: bool = True) -> str:
     """'direct' or the TILES['fprop'] name to run ``p`` with (see ``_choose``)."""
-    return _choose("fprop", p, kernel)
+    return _choose("fprop", p, kernel, cp_async)
 
 
-def choose_dgrad(p, kernel: str = "auto") -> str:
+def choose_dgrad(p, kernel: str = "auto", cp_async: bool = True) -> str:
     """'direct' or the TILES['dgrad'] name to run ``p`` with (see ``_choose``)."""
-    return _choose("dgrad", p, kernel)
+    return _choose("dgrad", p, kernel, cp_async)
 
 
-def choose_wgrad(p, kernel: str = "auto") -> str:
+def choose_wgrad(p, kernel: str = "auto", cp_async: bool = True) -> str:
     """'direct' or the TILES['wgrad'] name to run ``p`` with (see ``_choose``)."""
-    return _choose("wgrad", p, kernel)
+    return _choose("wgrad", p, kernel, cp_async)
 
 
 def launchable(op: str, p, kernel: str) -> bool:
@@ -339,9 +376,19 @@ def arch_number(arch: str) -> int:
     return int(arch.split("_")[1])
 
 
+# Instances that need a newer GPU than the rest of their source: the cp.async tiles (Tile.min_arch).
+INSTANCE_MIN_ARCH = {kernel_name(op, dtype, name, activation): tile.min_arch
+                     for op, tiles in TILES.items() for name, tile in tiles.items() if tile.stages > 2
+                     for dtype in tile.dtypes
+                     for activation in (ACTIVATION_IDS if op == "fprop" else (None,))}
+
+
 def kernels_for(arch: str) -> dict[str, list[str]]:
-    """KERNELS without the sources ``arch`` cannot compile (MIN_ARCH)."""
-    return {f: es for f, es in KERNELS.items() if arch_number(arch) >= MIN_ARCH.get(f, 0)}
+    """KERNELS without the sources and instances ``arch`` cannot compile (MIN_ARCH,
+    INSTANCE_MIN_ARCH)."""
+    cc = arch_number(arch)
+    return {f: [e for e in es if cc >= INSTANCE_MIN_ARCH.get(e, 0)]
+            for f, es in KERNELS.items() if cc >= MIN_ARCH.get(f, 0)}
 
 
 THREADS_PER_BLOCK = 256
@@ -454,7 +501,8 @@ class KernelBackend:
 
     def __init__(self, name: str, xp, get_function, on_device, poison_outputs: bool = False,
                  fprop_kernel: str = "auto", dgrad_kernel: str = "auto",
-                 wgrad_kernel: str = "auto", allocate=None, tensor_cores=lambda: True):
+                 wgrad_kernel: str = "auto", allocate=None, tensor_cores=lambda: True,
+                 cp_async=lambda: True):
         self._kernels = dict(fprop=fprop_kernel, dgrad=dgrad_kernel, wgrad=wgrad_kernel)
         for op, kernel in self._kernels.items():
             if kernel not in KERNEL_CHOICES[op]:
@@ -464,6 +512,7 @@ class KernelBackend:
         self._get_function, self._on_device = get_function, on_device
         self._poison = poison_outputs
         self._tensor_cores = tensor_cores  # () -> whether the current device runs fprop_tc.cu
+        self._cp_async = cp_async  # () -> whether it runs the cp.async tiles (Tile.min_arch)
 
     # -- plumbing ----------------------------------------------------------------------------
     def _empty(self, shape, dtype):
@@ -483,7 +532,7 @@ class KernelBackend:
     @_on_input_device
     def fprop(self, p, x, w, bias, activation):
         y = self._empty(p.y_shape, p.dtype)
-        kernel = choose_fprop(p, self._kernels["fprop"])
+        kernel = choose_fprop(p, self._kernels["fprop"], self._cp_async())
         self._launch("fprop.cu", kernel_name("fprop", p.dtype, kernel, activation), y.size,
                      (x, w, _pointer(bias), y) + conv_args(p), "fprop", TILES["fprop"].get(kernel), p)
         return y
@@ -506,7 +555,7 @@ class KernelBackend:
     @_on_input_device
     def dgrad(self, p, dy, w, bias=None):
         dx = self._empty(p.x_shape, p.dtype)
-        kernel = choose_dgrad(p, self._kernels["dgrad"])
+        kernel = choose_dgrad(p, self._kernels["dgrad"], self._cp_async())
         self._launch("dgrad.cu", kernel_name("dgrad", p.dtype, kernel), dx.size,
                      (dy, w, _pointer(bias), dx) + conv_args(p), "dgrad", TILES["dgrad"].get(kernel), p)
         return dx
@@ -514,7 +563,7 @@ class KernelBackend:
     @_on_input_device
     def wgrad(self, p, x, dy):
         dw = self._empty(p.w_shape, p.dtype)
-        kernel = choose_wgrad(p, self._kernels["wgrad"])
+        kernel = choose_wgrad(p, self._kernels["wgrad"], self._cp_async())
         name = kernel_name("wgrad", p.dtype, kernel)
         if kernel == "direct":
             self._launch("wgrad.cu", name, dw.size, (x, dy, dw) + conv_args(p))
@@ -686,7 +735,8 @@ def cuda_backend(poison_outputs: bool = False, fprop_kernel: str = "auto",
     check_nvrtc(cupy.cuda.runtime.driverGetVersion())
     return KernelBackend("cuda", cupy, _current_device_function, _array_device, poison_outputs,
                          fprop_kernel, dgrad_kernel, wgrad_kernel,
-                         tensor_cores=lambda: int(cupy.cuda.Device().compute_capability) >= 80)
+                         tensor_cores=lambda: int(cupy.cuda.Device().compute_capability) >= 80,
+                         cp_async=lambda: int(cupy.cuda.Device().compute_capability) >= 80)
 
 
 def check_nvrtc(driver_version: int) -> None:

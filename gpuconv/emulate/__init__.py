@@ -22,6 +22,12 @@ C++ max(NN, 17); ``-arch=sm_XY`` sets ``__CUDA_ARCH__`` (default 800); ``--use_f
 options (``-lineinfo``, ``--fmad=``, ``-Xptxas`` ...) are ignored; any other option is a ValueError.
 ``GPUCONV_EMULATE`` is defined, for emulation paths in ``common.cuh``.
 
+cp.async (``common.cuh``'s ``cp_async_zfill``, ``cp_async_commit``, ``cp_async_wait<N>``) follows
+the PTX ISA per thread: a copy's destination holds NaN bytes (0xFF) from the copy's start until a
+``wait_group N`` lands its committed group (all groups but the N newest); ``__syncthreads`` lands
+nothing, and a copy never waited for never lands. The race detector sees the copy's write at its
+start and again when it lands; asan checks the global read when it lands.
+
 Keywords beyond CuPy's, each with an environment default:
 
 ==============  ===========================  =================================================
@@ -49,7 +55,8 @@ headers of the -I folders, compiler version and mode.
 Findings raise ``EmulationError`` subclasses carrying the report: ``RaceError``, ``DivergenceError``
 (``__syncthreads`` from two call sites in one phase; exited threads count as arrived, as on sm_70+),
 ``WarpError`` (mask rule, width, reading an inactive lane), ``DeadlockError`` (nothing runnable, or no
-progress for ``watchdog`` seconds), ``SanitizerError`` (asan), ``LaunchError``, ``CompileError``.
+progress for ``watchdog`` seconds), ``AddressError`` (a cp.async outside shared memory or misaligned),
+``SanitizerError`` (asan), ``LaunchError``, ``CompileError``.
 
 Profile: kernels of a ``Module(..., mode="profile")`` run as in ``plain`` mode (the same results,
 bitwise) while every global and shared memory access is recorded. A *warp-level request* is the
@@ -85,6 +92,7 @@ import numpy as np
 from . import _build, _launch
 from ._errors import (
     STATUS_ERRORS,
+    AddressError,
     CompileError,
     DeadlockError,
     DivergenceError,
@@ -96,7 +104,7 @@ from ._errors import (
 )
 
 __all__ = [
-    "CompileError", "DeadlockError", "DivergenceError", "EmulationError", "FileCoverage",
+    "AddressError", "CompileError", "DeadlockError", "DivergenceError", "EmulationError", "FileCoverage",
     "Function", "LaunchError", "Module", "RaceError", "SanitizerError", "WarpError",
     "coverage_report", "device_empty",
 ]
@@ -105,6 +113,8 @@ _SHARED_LIMIT = 48 * 1024            # static + dynamic without the opt-in attri
 _SHARED_OPT_IN_LIMIT = 227 * 1024    # sm_90's largest opt-in
 _EXTERN_C_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\([^)]*\)\s+)?void\s+(\w+)')
 _coverage_libraries: dict[Path, ctypes.CDLL] = {}
+# The profile's access kinds, by runtime.cpp's Kind numbers.
+PROFILE_KINDS = ("load", "store", "atomic", "cp.async")
 
 
 def _setting(value, variable: str, default, choices=None):
@@ -195,7 +205,8 @@ class Module:
         """Profile mode: the memory traffic of this module's launches since it was compiled or since
         ``reset_counters()`` (Modules of the same text and options share one library and its
         counters), one dict per (file, line, space, kind) with keys ``file``, ``line``,
-        ``space`` ('global' or 'shared'), ``kind`` ('load', 'store' or 'atomic'), ``bytes`` (per
+        ``space`` ('global' or 'shared'), ``kind`` ('load', 'store', 'atomic' or 'cp.async': its
+        global read and its shared write are counted at the instruction), ``bytes`` (per
         lane per access), ``requests`` (warp-level), ``lanes`` (lane accesses), ``sectors``
         (global; 0 for shared), ``wavefronts`` (shared; 0 for global) and ``ideal`` (the sectors
         or wavefronts of perfectly coalesced, conflict-free requests for the same bytes)."""
@@ -204,7 +215,7 @@ class Module:
         lines = _source_lines(self._build.library, tuple(int(r.pc) for r in rows))
         merged: dict[tuple, dict] = {}
         for row, (file, line) in zip(rows, lines):
-            space, kind = ("global", "shared")[row.space], ("load", "store", "atomic")[row.kind]
+            space, kind = ("global", "shared")[row.space], PROFILE_KINDS[row.kind]
             entry = merged.setdefault((file, line, space, kind), dict(
                 file=file, line=line, space=space, kind=kind, bytes=0, requests=0, lanes=0,
                 sectors=0, wavefronts=0, ideal=0))

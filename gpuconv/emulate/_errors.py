@@ -30,9 +30,15 @@ class RaceError(EmulationError):
     """A shared-memory hazard (RAW, WAR, WAW) between threads with no barrier in between."""
 
 
+class AddressError(EmulationError):
+    """An address the instruction cannot take on a GPU: a cp.async destination outside shared
+    memory, or a cp.async address not aligned to its size."""
+
+
 class SanitizerError(EmulationError):
     """AddressSanitizer or the bounds checker stopped the kernel (asan mode)."""
 
 
 # run_grid's status codes (emu_runtime.h: Status) -> exception classes.
-STATUS_ERRORS = {1: LaunchError, 2: DeadlockError, 3: DivergenceError, 4: WarpError, 5: RaceError}
+STATUS_ERRORS = {1: LaunchError, 2: DeadlockError, 3: DivergenceError, 4: WarpError, 5: RaceError,
+                 6: AddressError}

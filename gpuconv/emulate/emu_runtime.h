@@ -60,6 +60,7 @@ enum Status : int32_t {
     kDivergence = 3,       // __syncthreads from different call sites in one phase
     kWarpError = 4,        // warp intrinsic: mask rule broken, bad width, inactive source lane
     kRace = 5,             // shared-memory hazard (race mode)
+    kAddress = 6,          // an address the instruction cannot take (cp.async outside shared memory)
 };
 
 enum ShuffleMode : int32_t { kShflIdx = 0, kShflUp = 1, kShflDown = 2, kShflXor = 3 };
@@ -101,6 +102,14 @@ uint16_t float_to_bfloat16(float v);
 uint32_t float_to_tf32(float v);
 float half_to_float(uint16_t h);
 float bits_to_float(uint32_t bits);
+
+// cp.async (kernels/common.cuh), per thread as in the PTX ISA: async_copy starts a copy of `bytes`
+// from global src (its first src_bytes; the rest zero) to shared dst in the thread's open group,
+// async_copy_commit closes that group, async_copy_wait(n) lands every committed group but the n
+// newest. A copy's destination holds NaN bytes from its start until it lands.
+void async_copy(void* dst, const void* src, int bytes, int src_bytes, const char* file, int line);
+void async_copy_commit();
+void async_copy_wait(int newest_in_flight);
 
 // Profile mode: an atomic access by the running thread (pc: the return address into its caller).
 void profile_atomic(const void* address, size_t size, void* pc);

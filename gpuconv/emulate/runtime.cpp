@@ -44,7 +44,6 @@
 #include <string>
 #include <thread>
 #include <tuple>
-#include <unordered_map>
 #include <vector>
 
 #ifdef __SANITIZE_ADDRESS__
@@ -180,6 +179,14 @@ struct MmaOperands {
     float c[4];
 };
 
+// One cp.async in flight: it belongs to group `group` (the thread's committed groups when it started).
+struct AsyncCopy {
+    char* dst;
+    const char* src;
+    uint32_t bytes, src_bytes, group;
+    uintptr_t pc;  // the return address into the kernel, for the race detector's report
+};
+
 struct Thread {
     ThreadIndex index;
     int linear;
@@ -189,6 +196,8 @@ struct Thread {
     int line;
     WarpOp op;
     int barrier_result;
+    uint32_t committed_groups;            // cp.async groups this thread has committed
+    std::vector<AsyncCopy> async_copies;  // started, not yet landed, in issue order
 };
 
 struct Warp {
@@ -212,7 +221,7 @@ struct ByteShadow {
 #ifdef GPUCONV_EMULATE_PROFILE
 // ---- profile: what a GPU's memory system would do with each warp-level access ------------------
 enum Space : uint8_t { kGlobal = 0, kShared = 1 };
-enum Kind : uint8_t { kLoad = 0, kStore = 1, kAtomic = 2 };
+enum Kind : uint8_t { kLoad = 0, kStore = 1, kAtomic = 2, kCpAsync = 3 };  // PROFILE_KINDS in Python
 
 // One lane's access, in the order the lane made it.
 struct LaneAccess {
@@ -723,6 +732,60 @@ struct Launch {
 #endif
     }
 
+    // ---- cp.async ------------------------------------------------------------------------------
+    // A copy starts: its destination turns to NaN bytes (on a GPU it holds stale or partial data
+    // until the wait), and the race detector sees a write there now, as the hardware may write any
+    // time before the wait; the profile counts the global read and the shared write here, at the
+    // instruction. The bytes move when a wait covers the copy's group (land_async_copies).
+    void async_copy(char* dst, const char* src, int bytes, int src_bytes, const char* file, int line,
+                    uintptr_t pc) {
+        Thread* t = current();
+        if (shared_offset(dst) == SIZE_MAX || shared_offset(dst + bytes - 1) == SIZE_MAX) {
+            fail(kAddress, "%s: %s: cp.async at %s:%d writes %d bytes at %p, which are not all in "
+                 "shared memory", where().c_str(), thread_name(*t).c_str(), file, line, bytes,
+                 static_cast<void*>(dst));
+        }
+        if (reinterpret_cast<uintptr_t>(dst) % uintptr_t(bytes) != 0 ||
+            (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % uintptr_t(bytes) != 0)) {
+            fail(kAddress, "%s: %s: cp.async at %s:%d copies %d bytes from %p to %p; both addresses "
+                 "must be %d-byte aligned", where().c_str(), thread_name(*t).c_str(), file, line,
+                 bytes, static_cast<const void*>(src), static_cast<void*>(dst), bytes);
+        }
+        fill_bytes(dst, dst + bytes, 0xff);  // NaN in every float type
+#ifdef GPUCONV_EMULATE_RACE
+        shared_access_by(*t, dst, size_t(bytes), true, pc);
+#elif defined(GPUCONV_EMULATE_PROFILE)
+        // A zero-fill reads nothing: its global side is a 0-byte marker, so that the lane's k-th
+        // execution of the instruction stays its k-th global request too.
+        auto& accesses = lane_accesses[size_t(t->linear)];
+        accesses.push_back(LaneAccess{pc, reinterpret_cast<uintptr_t>(src), uint32_t(src_bytes > 0 ? bytes : 0),
+                                      kGlobal, kCpAsync});
+        accesses.push_back(LaneAccess{pc, reinterpret_cast<uintptr_t>(dst), uint32_t(bytes), kShared, kCpAsync});
+#endif
+        t->async_copies.push_back(
+            AsyncCopy{dst, src, uint32_t(bytes), uint32_t(src_bytes), t->committed_groups, pc});
+    }
+
+    // cp.async.wait_group n: every copy of the committed groups but the n newest lands, in issue
+    // order, as this thread's write to shared memory now (read of global memory: under asan the
+    // memcpy is checked).
+    void land_async_copies(int newest_in_flight) {
+        Thread* t = current();
+        auto in_flight = t->async_copies.begin();
+        for (const AsyncCopy& c : t->async_copies) {
+            if (c.group + uint32_t(newest_in_flight) >= t->committed_groups) {
+                *in_flight++ = c;
+                continue;
+            }
+            std::memcpy(c.dst, c.src, c.src_bytes);
+            std::memset(c.dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+#ifdef GPUCONV_EMULATE_RACE
+            shared_access_by(*t, c.dst, c.bytes, true, c.pc);
+#endif
+        }
+        t->async_copies.erase(in_flight, t->async_copies.end());
+    }
+
     // The source lane of shfl.sync, from the PTX ISA pseudocode (c = segment mask << 8 | clamp).
     static int shuffle_source(const WarpOp& op, int lane) {
         int segment_mask = (op.c >> 8) & 31, clamp = op.c & 31, b = op.b & 31;
@@ -916,11 +979,14 @@ struct Launch {
         };
         for (int w0 = 0; w0 < thread_count; w0 += 32) {
             std::vector<Request> requests;
-            std::map<std::pair<uintptr_t, uint32_t>, size_t> index;  // (pc, k) -> request
+            // (pc, space, k) -> request: a cp.async is one instruction with a global and a shared side
+            std::map<std::tuple<uintptr_t, Space, uint32_t>, size_t> index;
             for (int lane = 0; lane < 32 && w0 + lane < thread_count; ++lane) {
-                std::unordered_map<uintptr_t, uint32_t> executions;
+                std::map<std::pair<uintptr_t, Space>, uint32_t> executions;
                 for (const LaneAccess& access : lane_accesses[size_t(w0 + lane)]) {
-                    auto key = std::make_pair(access.pc, executions[access.pc]++);
+                    auto key = std::make_tuple(access.pc, access.space,
+                                               executions[std::make_pair(access.pc, access.space)]++);
+                    if (access.size == 0) continue;  // a cp.async zero-fill's global side
                     auto found = index.emplace(key, requests.size());
                     if (found.second) requests.push_back(Request{&access, {}});
                     requests[found.first->second].lanes.emplace_back(lane, &access);
@@ -1132,6 +1198,15 @@ void warp_ldmatrix(int matrices, bool trans, const void* row, uint32_t out[4], c
     t_launch->warp_op(op, file, line);
     std::memcpy(out, result, sizeof(uint32_t) * size_t(matrices));
 }
+
+void async_copy(void* dst, const void* src, int bytes, int src_bytes, const char* file, int line) {
+    t_launch->async_copy(static_cast<char*>(dst), static_cast<const char*>(src), bytes, src_bytes,
+                         file, line, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
+}
+
+void async_copy_commit() { ++t_launch->current()->committed_groups; }
+
+void async_copy_wait(int newest_in_flight) { t_launch->land_async_copies(newest_in_flight); }
 
 // ---- conversions to the tensor cores' input types (kernels/mma.cuh's emulation path) -----------
 float bits_to_float(uint32_t bits) {

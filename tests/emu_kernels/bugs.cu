@@ -1,4 +1,5 @@
 // Kernels with one planted bug each; tests/test_emulator.py checks that the emulator catches it.
+#include "common.cuh"  // cp.async
 
 // The reduction of correct.cu without the barrier inside the loop: a read-after-write race on
 // `partial` that forward order may hide (race mode reports it).
@@ -95,4 +96,19 @@ __global__ void read_uninitialised_in_template(const T* x, T* out) {
     if (t < 32) staged[t] = x[t];
     __syncthreads();
     out[t] = staged[t];
+}
+
+// out[t] = x[(t + 1) mod blockDim.x] staged by cp.async. WaitForCopy = false is the bug: the copy is
+// committed but never waited for, and the barrier alone does not make it land, so the neighbour's
+// element is still in flight (NaN under the emulator, stale data on a GPU). <true> is its correct
+// twin.
+template <bool WaitForCopy>
+__global__ void stage_without_cp_async_wait(const float* x, float* out) {
+    __shared__ float row[64];
+    const int t = threadIdx.x;
+    cp_async_zfill<4>(&row[t], x + t, true);
+    cp_async_commit();
+    if (WaitForCopy) cp_async_wait<0>();
+    __syncthreads();
+    out[t] = row[(t + 1) % blockDim.x];
 }
