@@ -309,14 +309,17 @@ __device__ __forceinline__ void store_through_shared(
 // 1, or V in one 128-bit load and store (then step is 1 and dst, src and len are whole vectors).
 // The warp's stores start on dst's sector, so that each covers whole sectors but the run's first
 // and last. With step > 1 a store's 32 values span step times their bytes: above the ideal, which
-// counts the bytes alone, but in the fewest sectors that span allows.
+// counts the bytes alone, but in the fewest sectors that span allows. Lanes past either end of
+// the run repeat its first or last value (the same value to the same address: no extra sector,
+// no branch), so every lane takes part in every store, as the profile's grouping assumes.
 template <int Width, int Activation, typename T>
 __device__ __forceinline__ void store_run(T* dst, int step, const T* src, int len, bool has_bias,
                                           T bias) {
     static_assert(Width == 1 || Width * sizeof(T) == 16, "a lane stores a value or a vector");
     const int lead = sector_lead(dst) / step;  // values of dst's sector before dst
-    for (int t = (int)(threadIdx.x % 32) * Width - lead; t < len; t += 32 * Width) {
-        if (t < 0) continue;
+    for (int first = -lead; first < len; first += 32 * Width) {  // one warp store each
+        int t = first + (int)(threadIdx.x % 32) * Width;
+        t = t < 0 ? 0 : t > len - Width ? len - Width : t;
         T v[Width];
         if constexpr (Width == 1) v[0] = src[t];
         else load_vector16(v, src + t);
