@@ -225,6 +225,8 @@ struct DgradEpilogue {
             store_through_shared<Tile, true>(acc, shared, *this);
             return;
         }
+        T b[Tile::TN] = {};
+        if (bias != nullptr) load_tile_bias<Tile>(b, bias, c_first, channels_left);
 #pragma unroll
         for (int u = 0; u < Tile::TM / V; u++) {  // rows are multiples of V: all in or all out
             if (Tile::row(u * V) >= pixels) continue;
@@ -244,7 +246,7 @@ struct DgradEpilogue {
 #pragma unroll
                 for (int v = 0; v < V; v++) {
                     out[v] = acc[u * V + v][jj];
-                    if (bias != nullptr) out[v] += bias[c];  // (no + 0: -0 stays -0)
+                    if (bias != nullptr) out[v] += b[jj];  // (no + 0: -0 stays -0)
                 }
                 store_vector16(at(n, i, j, c), out);
             }

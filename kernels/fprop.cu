@@ -148,11 +148,6 @@ struct FpropEpilogue {
           pixels((int)(M - m_base < Tile::BM ? M - m_base : Tile::BM)),
           direct_store(PQ_ % SECTOR == 0 && sector_lead(y_) == 0),
           vector_store(PQ_ % V == 0 && aligned16(y_)) {}
-    __device__ __forceinline__ T value(const T (&acc)[Tile::TM][Tile::TN], int i, int j) const {
-        T v = acc[i][j];
-        if (bias != nullptr) v += bias[k_first + Tile::col(j)];
-        return activate<Activation>(v);
-    }
     // Fully unrolled, so acc stays in registers (a loop left rolled would index it dynamically).
     template <class Shared>
     __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN],
@@ -161,6 +156,8 @@ struct FpropEpilogue {
             store_through_shared<Tile, true>(acc, shared, *this);
             return;
         }
+        T b[Tile::TN] = {};
+        if (bias != nullptr) load_tile_bias<Tile>(b, bias, k_first, channels_left);
 #pragma unroll
         for (int u = 0; u < Tile::TM / V; u++) {  // P·Q is a multiple of V: all in or all out
             if (Tile::row(u * V) >= pixels) continue;
@@ -175,7 +172,11 @@ struct FpropEpilogue {
                 if (Tile::col(j) >= channels_left) continue;
                 T out[V];
 #pragma unroll
-                for (int v = 0; v < V; v++) out[v] = value(acc, u * V + v, j);
+                for (int v = 0; v < V; v++) {
+                    out[v] = acc[u * V + v][j];
+                    if (bias != nullptr) out[v] += b[j];  // (no + 0: -0 stays -0)
+                    out[v] = activate<Activation>(out[v]);
+                }
                 store_vector16(&y[((index_t)n * K + k_first + Tile::col(j)) * PQ + pq], out);
             }
         }

@@ -332,3 +332,26 @@ __device__ __forceinline__ void store_run(T* dst, int step, const T* src, int le
         else store_vector16(dst + t, v);
     }
 }
+
+// The bias of this thread's TN tile columns, bias[first + Tile::col(j)], for the epilogues that
+// store straight from the accumulators; columns from `columns` on are left alone. A sub-tile's V
+// columns are V consecutive channels: one 128-bit load where aligned, so that a warp's load is
+// LANES_N·V consecutive values (a value a lane would spread 32 distinct bytes over 128).
+template <class Tile>
+__device__ __forceinline__ void load_tile_bias(typename Tile::Element (&b)[Tile::TN],
+                                               const typename Tile::Element* bias, int first,
+                                               int columns) {
+    constexpr int V = Tile::V;
+    const bool vector = aligned16(bias + first);
+#pragma unroll
+    for (int u = 0; u < Tile::TN / V; u++) {
+        const int col = Tile::col(u * V);
+        if (vector && col + V <= columns) {
+            load_vector16(&b[u * V], &bias[first + col]);
+            continue;
+        }
+#pragma unroll
+        for (int v = 0; v < V; v++)
+            if (col + v < columns) b[u * V + v] = bias[first + col + v];
+    }
+}
