@@ -184,7 +184,8 @@ struct DgradFilterIterator {
 //    128-bit when stride_w = 1 and W is a multiple of V (dx 16-byte aligned), else a value a lane.
 //    With stride_w > 1 a row's pixels lie stride_w apart in dx: a warp's store spans stride_w
 //    times its bytes, inherent to storing one phase (the other phases' blocks fill the gaps).
-// The block's first pixel is decoded here, before the main loop.
+// The block's first pixel (for the runs) and each sub-tile's (for the direct way) are decoded
+// here, before the main loop.
 template <class Tile>
 struct DgradEpilogue {
     typedef typename Tile::Element T;
@@ -193,6 +194,7 @@ struct DgradEpilogue {
     const T* bias;
     int row_pixels, image_rows;      // pixels j of a row, rows i of an image
     int n_first, i_first, j_first;   // the block's first pixel
+    int n_sub[Tile::TM / Tile::V], i_sub[Tile::TM / Tile::V], j_sub[Tile::TM / Tile::V];
     int phase_h, phase_w, stride_h, stride_w, H, W, C, c_first, channels_left, pixels;
     bool direct_store, vector_store;
 
@@ -211,6 +213,13 @@ struct DgradEpilogue {
         n_first = row / image_rows;
         i_first = row % image_rows;
         j_first = m_base % row_pixels;
+#pragma unroll
+        for (int u = 0; u < Tile::TM / V; u++) {  // each sub-tile's first pixel, for the direct way
+            const int m = m_base + Tile::row(u * V), sub_row = m / row_pixels;
+            n_sub[u] = sub_row / image_rows;
+            i_sub[u] = sub_row % image_rows;
+            j_sub[u] = m % row_pixels;
+        }
     }
     // Pixel (n, i, j) of channel c in dx.
     __device__ __forceinline__ T* at(int n, int i, int j, int c) const {
@@ -230,14 +239,7 @@ struct DgradEpilogue {
 #pragma unroll
         for (int u = 0; u < Tile::TM / V; u++) {  // rows are multiples of V: all in or all out
             if (Tile::row(u * V) >= pixels) continue;
-            int n = n_first, i = i_first, j = j_first + Tile::row(u * V);
-            while (j >= row_pixels) {  // the sub-tile's row: BM / row_pixels steps at most
-                j -= row_pixels;
-                if (++i == image_rows) {
-                    i = 0;
-                    n++;
-                }
-            }
+            const int n = n_sub[u], i = i_sub[u], j = j_sub[u];
 #pragma unroll
             for (int jj = 0; jj < Tile::TN; jj++) {
                 if (Tile::col(jj) >= channels_left) continue;

@@ -129,15 +129,17 @@ struct FpropFilterIterator {
 //    pixels at a time, in runs of one image each (contiguous in y), the stores starting on the
 //    run's sector: 128-bit when P·Q is a multiple of V (and y 16-byte aligned), else one value a
 //    lane. The bias is then one value a channel, read by the whole warp at once.
-// The block's first pixel is decoded here, before the main loop: a 64-bit division is a
-// subroutine call, and after the main loop it would run with every accumulator live.
+// The block's first pixel (for the runs) and each sub-tile's (for the direct way) are decoded
+// here, before the main loop: a 64-bit division is a subroutine call, and after the main loop it
+// would run with every accumulator live.
 template <class Tile, int Activation>
 struct FpropEpilogue {
     typedef typename Tile::Element T;
     static constexpr int V = Tile::V, SECTOR = SECTOR_BYTES / sizeof(T);
     T* y;
     const T* bias;
-    index_t PQ, pq_first;   // pq_first: the block's first pixel is (n_first, pq_first)
+    index_t PQ, pq_first;   // the block's first pixel is (n_first, pq_first)
+    index_t n_sub[Tile::TM / Tile::V], pq_sub[Tile::TM / Tile::V];  // each sub-tile's first
     int K, k_first, channels_left, n_first, pixels;  // pixels: of the tile inside M
     bool direct_store, vector_store;
 
@@ -147,7 +149,14 @@ struct FpropEpilogue {
           channels_left(channels_left_), n_first((int)(m_base / PQ_)),
           pixels((int)(M - m_base < Tile::BM ? M - m_base : Tile::BM)),
           direct_store(PQ_ % SECTOR == 0 && sector_lead(y_) == 0),
-          vector_store(PQ_ % V == 0 && aligned16(y_)) {}
+          vector_store(PQ_ % V == 0 && aligned16(y_)) {
+#pragma unroll
+        for (int u = 0; u < Tile::TM / V; u++) {
+            const index_t m = m_base + Tile::row(u * V);
+            n_sub[u] = m / PQ;
+            pq_sub[u] = m % PQ;
+        }
+    }
     // Fully unrolled, so acc stays in registers (a loop left rolled would index it dynamically).
     template <class Shared>
     __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN],
@@ -161,12 +170,7 @@ struct FpropEpilogue {
 #pragma unroll
         for (int u = 0; u < Tile::TM / V; u++) {  // P·Q is a multiple of V: all in or all out
             if (Tile::row(u * V) >= pixels) continue;
-            int n = n_first;
-            index_t pq = pq_first + Tile::row(u * V);
-            while (pq >= PQ) {  // the sub-tile's image: BM / P·Q steps at most
-                pq -= PQ;
-                n++;
-            }
+            const index_t n = n_sub[u], pq = pq_sub[u];
 #pragma unroll
             for (int j = 0; j < Tile::TN; j++) {
                 if (Tile::col(j) >= channels_left) continue;

@@ -246,7 +246,7 @@ struct StagedTile {
                   "a line spans whole rows of the 32 banks");
 
     // The most slices (a divisor of SLICES) whose lines fit in `capacity` elements.
-    static constexpr int slices_per_pass(int capacity) {
+    static constexpr __host__ __device__ int slices_per_pass(int capacity) {
         int best = 1;
         for (int d = 1; d <= SLICES; d++)
             if (SLICES % d == 0 && d * SLICE_LINES * LINE_STRIDE <= capacity) best = d;
@@ -317,6 +317,7 @@ __device__ __forceinline__ void store_run(T* dst, int step, const T* src, int le
                                           T bias) {
     static_assert(Width == 1 || Width * sizeof(T) == 16, "a lane stores a value or a vector");
     const int lead = sector_lead(dst) / step;  // values of dst's sector before dst
+#pragma unroll 1  // one store a trip: the epilogue's code stays small
     for (int first = -lead; first < len; first += 32 * Width) {  // one warp store each
         int t = first + (int)(threadIdx.x % 32) * Width;
         t = t < 0 ? 0 : t > len - Width ? len - Width : t;
