@@ -230,29 +230,14 @@ struct DgradEpilogue {
     template <class Shared>
     __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN],
                                                Shared& shared) const {
-        if (!direct_store) {
+        if (direct_store)
+            store_direct<Tile, ACTIVATION_NONE>(acc, bias, c_first, pixels, channels_left, *this);
+        else
             store_through_shared<Tile, true>(acc, shared, *this);
-            return;
-        }
-        T b[Tile::TN] = {};
-        if (bias != nullptr) load_tile_bias<Tile>(b, bias, c_first, channels_left);
-#pragma unroll
-        for (int u = 0; u < Tile::TM / V; u++) {  // rows are multiples of V: all in or all out
-            if (Tile::row(u * V) >= pixels) continue;
-            const int n = n_sub[u], i = i_sub[u], j = j_sub[u];
-#pragma unroll
-            for (int jj = 0; jj < Tile::TN; jj++) {
-                if (Tile::col(jj) >= channels_left) continue;
-                const int c = c_first + Tile::col(jj);
-                T out[V];
-#pragma unroll
-                for (int v = 0; v < V; v++) {
-                    out[v] = acc[u * V + v][jj];
-                    if (bias != nullptr) out[v] += b[jj];  // (no + 0: -0 stays -0)
-                }
-                store_vector16(at(n, i, j, c), out);
-            }
-        }
+    }
+    // Where pixel row u·V of input channel c_first + col goes (store_direct).
+    __device__ __forceinline__ T* direct_at(int u, int col) const {
+        return at(n_sub[u], i_sub[u], j_sub[u], c_first + col);
     }
     // Input channel c_first + col of the tile's pixels, staged[t] being pixel t: one run a row.
     __device__ __forceinline__ void store_line(int col, const T* staged) const {

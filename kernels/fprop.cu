@@ -157,33 +157,17 @@ struct FpropEpilogue {
             pq_sub[u] = m % PQ;
         }
     }
-    // Fully unrolled, so acc stays in registers (a loop left rolled would index it dynamically).
     template <class Shared>
     __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN],
                                                Shared& shared) const {
-        if (!direct_store) {
+        if (direct_store)
+            store_direct<Tile, Activation>(acc, bias, k_first, pixels, channels_left, *this);
+        else
             store_through_shared<Tile, true>(acc, shared, *this);
-            return;
-        }
-        T b[Tile::TN] = {};
-        if (bias != nullptr) load_tile_bias<Tile>(b, bias, k_first, channels_left);
-#pragma unroll
-        for (int u = 0; u < Tile::TM / V; u++) {  // P·Q is a multiple of V: all in or all out
-            if (Tile::row(u * V) >= pixels) continue;
-            const index_t n = n_sub[u], pq = pq_sub[u];
-#pragma unroll
-            for (int j = 0; j < Tile::TN; j++) {
-                if (Tile::col(j) >= channels_left) continue;
-                T out[V];
-#pragma unroll
-                for (int v = 0; v < V; v++) {
-                    out[v] = acc[u * V + v][j];
-                    if (bias != nullptr) out[v] += b[j];  // (no + 0: -0 stays -0)
-                    out[v] = activate<Activation>(out[v]);
-                }
-                store_vector16(&y[((index_t)n * K + k_first + Tile::col(j)) * PQ + pq], out);
-            }
-        }
+    }
+    // Where pixel row u·V of output channel k_first + col goes (store_direct).
+    __device__ __forceinline__ T* direct_at(int u, int col) const {
+        return &y[(n_sub[u] * K + k_first + col) * PQ + pq_sub[u]];
     }
     // Output channel k_first + col of the tile's pixels, staged[t] being pixel t: one run an image.
     __device__ __forceinline__ void store_line(int col, const T* staged) const {

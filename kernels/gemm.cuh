@@ -356,3 +356,34 @@ __device__ __forceinline__ void load_tile_bias(typename Tile::Element (&b)[Tile:
             if (col + v < columns) b[u * V + v] = bias[first + col + v];
     }
 }
+
+// The direct way of the epilogues whose lines run along M (fprop, dgrad): a V×V sub-tile's V rows
+// are V consecutive outputs of each of its columns, stored as one 128-bit vector a column straight
+// from the accumulators (+ bias[first + column] when there is a bias, then Activation).
+// out.direct_at(u, col) is where row u·V of tile column col goes; rows from `rows` on and columns
+// from `columns` on are outside the output.
+template <class Tile, int Activation, class Output>
+__device__ __forceinline__ void store_direct(
+    const typename Tile::Element (&acc)[Tile::TM][Tile::TN], const typename Tile::Element* bias,
+    int first, int rows, int columns, const Output& out) {
+    typedef typename Tile::Element T;
+    constexpr int V = Tile::V;
+    T b[Tile::TN] = {};
+    if (bias != nullptr) load_tile_bias<Tile>(b, bias, first, columns);
+#pragma unroll
+    for (int u = 0; u < Tile::TM / V; u++) {  // rows come in whole vectors: all in or all out
+        if (Tile::row(u * V) >= rows) continue;
+#pragma unroll
+        for (int j = 0; j < Tile::TN; j++) {
+            if (Tile::col(j) >= columns) continue;
+            T column[V];
+#pragma unroll
+            for (int v = 0; v < V; v++) {
+                column[v] = acc[u * V + v][j];
+                if (bias != nullptr) column[v] += b[j];  // (no + 0: -0 stays -0)
+                column[v] = activate<Activation>(column[v]);
+            }
+            store_vector16(out.direct_at(u, Tile::col(j)), column);
+        }
+    }
+}
