@@ -181,80 +181,88 @@ struct DgradFilterIterator {
     __device__ __forceinline__ void advance() { krs.add(step, radix_r, radix_s); }
 };
 
-// The bias and the store of dx[n, c, phase_h + i·stride_h, phase_w + j·stride_w]. Each V×V
-// sub-tile's rows are V consecutive pixels of the phase. With stride_w = 1 and W a multiple of V
-// (and dx 16-byte aligned) they are side by side in one row of dx and aligned: one 128-bit store
-// per channel, whole 32-byte sectors a warp. Otherwise one store per element, the pixel stepped
-// from the sub-tile's first, which is decoded here, before the main loop.
+// The bias and the store of dx[n, c, phase_h + i·stride_h, phase_w + j·stride_w]. The phase's
+// pixels are walked as *rows* (n, i) of ROW pixels j: with stride 1 a row is a whole image (its
+// H·W pixels are contiguous in dx), otherwise one row of the phase (Wp pixels, stride_w apart).
+// One of two ways, the block's choice (FpropEpilogue's, with rows for images):
+//  - direct, when stride_w = 1, W is a multiple of a sector's elements and dx starts a sector:
+//    each V×V sub-tile's rows are V consecutive pixels of one row of dx and the LANES_M lanes of a
+//    channel store LANES_M·V of them from a sector boundary: one 128-bit store a lane and channel;
+//  - through shared memory otherwise: a warp stores one channel's pixels at a time, one run a row,
+//    128-bit when stride_w = 1 and W is a multiple of V (dx 16-byte aligned), else a value a lane.
+//    With stride_w > 1 a row's pixels lie stride_w apart in dx: a warp's store spans stride_w
+//    times its bytes, inherent to storing one phase (the other phases' blocks fill the gaps).
+// The block's first pixel (for the runs) and each sub-tile's (for the direct way) are decoded
+// here, before the main loop.
 template <class Tile>
 struct DgradEpilogue {
     typedef typename Tile::Element T;
-    static constexpr int SUB_M = Tile::TM / Tile::V;
+    static constexpr int V = Tile::V, SECTOR = SECTOR_BYTES / sizeof(T);
     T* dx;
     const T* bias;
-    int m_base, M, Hp, Wp, n[SUB_M], i[SUB_M], j[SUB_M];
-    int phase_h, phase_w, stride_h, stride_w, H, W, C, c_first, channels_left;
-    bool vector_store;
+    int row_pixels, image_rows;      // pixels j of a row, rows i of an image
+    int n_first, i_first, j_first;   // the block's first pixel
+    int n_sub[Tile::TM / Tile::V], i_sub[Tile::TM / Tile::V], j_sub[Tile::TM / Tile::V];
+    int phase_h, phase_w, stride_h, stride_w, H, W, C, c_first, channels_left, pixels;
+    bool direct_store, vector_store;
 
-    __device__ DgradEpilogue(T* dx_, const T* bias_, int m_base_, int M_, int Hp_, int Wp_,
+    __device__ DgradEpilogue(T* dx_, const T* bias_, int m_base, int M, int Hp, int Wp,
                              int phase_h_, int phase_w_, int stride_h_, int stride_w_, int H_,
                              int W_, int C_, int c_first_, int channels_left_)
-        : dx(dx_), bias(bias_), m_base(m_base_), M(M_), Hp(Hp_), Wp(Wp_), phase_h(phase_h_),
-          phase_w(phase_w_), stride_h(stride_h_), stride_w(stride_w_), H(H_), W(W_), C(C_),
-          c_first(c_first_), channels_left(channels_left_),
-          vector_store(stride_w_ == 1 && W_ % Tile::V == 0 && aligned16(dx_)) {
+        : dx(dx_), bias(bias_), phase_h(phase_h_), phase_w(phase_w_), stride_h(stride_h_),
+          stride_w(stride_w_), H(H_), W(W_), C(C_), c_first(c_first_),
+          channels_left(channels_left_), pixels(M - m_base < Tile::BM ? M - m_base : Tile::BM),
+          direct_store(stride_w_ == 1 && W_ % SECTOR == 0 && sector_lead(dx_) == 0),
+          vector_store(stride_w_ == 1 && W_ % V == 0 && aligned16(dx_)) {
+        const bool whole_image = stride_h_ == 1 && stride_w_ == 1;
+        row_pixels = whole_image ? Hp * Wp : Wp;
+        image_rows = whole_image ? 1 : Hp;
+        const int row = m_base / row_pixels;
+        n_first = row / image_rows;
+        i_first = row % image_rows;
+        j_first = m_base % row_pixels;
 #pragma unroll
-        for (int u = 0; u < SUB_M; u++) {
-            const int m = m_base + Tile::row(u * Tile::V), ij = m % (Hp * Wp);
-            n[u] = m / (Hp * Wp);
-            i[u] = ij / Wp;
-            j[u] = ij % Wp;
+        for (int u = 0; u < Tile::TM / V; u++) {  // each sub-tile's first pixel, for the direct way
+            const int m = m_base + Tile::row(u * V), sub_row = m / row_pixels;
+            n_sub[u] = sub_row / image_rows;
+            i_sub[u] = sub_row % image_rows;
+            j_sub[u] = m % row_pixels;
         }
     }
+    // Pixel (n, i, j) of channel c in dx.
+    __device__ __forceinline__ T* at(int n, int i, int j, int c) const {
+        return dx + (((index_t)n * C + c) * H + phase_h + i * stride_h) * W + phase_w +
+               (index_t)j * stride_w;
+    }
     // A phase with no taps still lands here (acc = 0): its pixels get the bias alone.
-    __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN]) const {
-#pragma unroll
-        for (int u = 0; u < SUB_M; u++) {
-            if (vector_store) {  // M is a multiple of V too: the sub-tile is all in or all out
-                if (m_base + Tile::row(u * Tile::V) >= M) continue;
-                const index_t hw = (index_t)(phase_h + i[u] * stride_h) * W + j[u];
-#pragma unroll
-                for (int jj = 0; jj < Tile::TN; jj++) {
-                    if (Tile::col(jj) >= channels_left) continue;
-                    const int c = c_first + Tile::col(jj);
-                    T out[Tile::V];
-#pragma unroll
-                    for (int v = 0; v < Tile::V; v++) {
-                        out[v] = acc[u * Tile::V + v][jj];
-                        if (bias != nullptr) out[v] += bias[c];  // (no + 0: -0 stays -0)
-                    }
-                    store_vector16(&dx[((index_t)n[u] * C + c) * H * W + hw], out);
-                }
-                continue;
-            }
-            int n_t = n[u], i_t = i[u], j_t = j[u];
-#pragma unroll
-            for (int v = 0; v < Tile::V; v++) {
-                const int t = u * Tile::V + v;
-                if (m_base + Tile::row(t) < M) {
-                    const index_t hw =
-                        (index_t)(phase_h + i_t * stride_h) * W + phase_w + j_t * stride_w;
-#pragma unroll
-                    for (int jj = 0; jj < Tile::TN; jj++) {
-                        if (Tile::col(jj) >= channels_left) continue;
-                        const int c = c_first + Tile::col(jj);
-                        T value = acc[t][jj];
-                        if (bias != nullptr) value += bias[c];
-                        dx[((index_t)n_t * C + c) * H * W + hw] = value;
-                    }
-                }
-                if (++j_t == Wp) {
-                    j_t = 0;
-                    if (++i_t == Hp) {
-                        i_t = 0;
-                        n_t++;
-                    }
-                }
+    template <class Shared>
+    __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN],
+                                               Shared& shared) const {
+        if (direct_store)
+            store_direct<Tile, ACTIVATION_NONE>(acc, bias, c_first, pixels, channels_left, *this);
+        else
+            store_through_shared<Tile, true>(acc, shared, *this);
+    }
+    // Where pixel row u·V of input channel c_first + col goes (store_direct).
+    __device__ __forceinline__ T* direct_at(int u, int col) const {
+        return at(n_sub[u], i_sub[u], j_sub[u], c_first + col);
+    }
+    // Input channel c_first + col of the tile's pixels, staged[t] being pixel t: one run a row.
+    __device__ __forceinline__ void store_line(int col, const T* staged) const {
+        if (col >= channels_left) return;
+        const int c = c_first + col;
+        const bool has_bias = bias != nullptr;
+        const T b = has_bias ? bias[c] : T(0);
+        int n = n_first, i = i_first, j = j_first;
+        for (int t = 0; t < pixels; j = 0) {
+            const int run = row_pixels - j < pixels - t ? row_pixels - j : pixels - t;
+            T* dst = at(n, i, j, c);
+            if (vector_store) store_run<V, ACTIVATION_NONE>(dst, 1, staged + t, run, has_bias, b);
+            else store_run<1, ACTIVATION_NONE>(dst, stride_w, staged + t, run, has_bias, b);
+            t += run;
+            if (++i == image_rows) {
+                i = 0;
+                n++;
             }
         }
     }

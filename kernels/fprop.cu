@@ -128,70 +128,69 @@ struct FpropFilterIterator {
     __device__ __forceinline__ void advance() { w_t += Tile::BK; }
 };
 
-// Bias, activation and the store of y[n, k, p, q] for this thread's accumulators. Each V×V
-// sub-tile's rows are V consecutive pixels. When P·Q is a multiple of V (and y 16-byte aligned),
-// those V pixels lie in one image, side by side and aligned: one 128-bit store per channel, so a
-// warp's store covers whole 32-byte sectors. Otherwise one store per element, the pixel stepped
-// from the sub-tile's first, which is decoded here, before the main loop: 64-bit division is a
-// subroutine call, and registers live across one spill.
+// Bias, activation and the store of y[n, k, p, q], one of two ways (the block's choice, so that
+// every thread meets store_through_shared's barriers):
+//  - direct, when P·Q is a multiple of a sector's elements and y starts a sector: each V×V
+//    sub-tile's rows are V consecutive pixels of one image, and the LANES_M lanes of a channel
+//    store LANES_M·V consecutive pixels from a multiple of LANES_M·V: whole sectors, one 128-bit
+//    store a lane and channel straight from the accumulators;
+//  - through shared memory otherwise (store_through_shared, gemm.cuh): a warp stores one channel's
+//    pixels at a time, in runs of one image each (contiguous in y), the stores starting on the
+//    run's sector: 128-bit when P·Q is a multiple of V (and y 16-byte aligned), else one value a
+//    lane. The bias is then one value a channel, read by the whole warp at once.
+// The block's first pixel (for the runs) and each sub-tile's (for the direct way) are decoded
+// here, before the main loop: a 64-bit division is a subroutine call, and after the main loop it
+// would run with every accumulator live.
 template <class Tile, int Activation>
 struct FpropEpilogue {
     typedef typename Tile::Element T;
-    static constexpr int V = Tile::V, SUB_M = Tile::TM / V;
+    static constexpr int V = Tile::V, SECTOR = SECTOR_BYTES / sizeof(T);
     T* y;
     const T* bias;
-    index_t m_base, M, PQ, n[SUB_M], pq[SUB_M];
-    int K, k_first, channels_left;  // k_first: the block's first output channel (of all groups)
-    bool vector_store;
+    index_t PQ, pq_first;   // the block's first pixel is (n_first, pq_first)
+    index_t n_sub[Tile::TM / Tile::V], pq_sub[Tile::TM / Tile::V];  // each sub-tile's first
+    int K, k_first, channels_left, n_first, pixels;  // pixels: of the tile inside M
+    bool direct_store, vector_store;
 
-    __device__ FpropEpilogue(T* y_, const T* bias_, index_t m_base_, index_t M_, index_t PQ_, int K_,
+    __device__ FpropEpilogue(T* y_, const T* bias_, index_t m_base, index_t M, index_t PQ_, int K_,
                              int k_first_, int channels_left_)
-        : y(y_), bias(bias_), m_base(m_base_), M(M_), PQ(PQ_), K(K_), k_first(k_first_),
-          channels_left(channels_left_), vector_store(PQ_ % V == 0 && aligned16(y_)) {
+        : y(y_), bias(bias_), PQ(PQ_), pq_first(m_base % PQ_), K(K_), k_first(k_first_),
+          channels_left(channels_left_), n_first((int)(m_base / PQ_)),
+          pixels((int)(M - m_base < Tile::BM ? M - m_base : Tile::BM)),
+          direct_store(PQ_ % SECTOR == 0 && sector_lead(y_) == 0),
+          vector_store(PQ_ % V == 0 && aligned16(y_)) {
 #pragma unroll
-        for (int u = 0; u < SUB_M; u++) {
+        for (int u = 0; u < Tile::TM / V; u++) {
             const index_t m = m_base + Tile::row(u * V);
-            n[u] = m / PQ;
-            pq[u] = m % PQ;
+            n_sub[u] = m / PQ;
+            pq_sub[u] = m % PQ;
         }
     }
-    __device__ __forceinline__ T value(const T (&acc)[Tile::TM][Tile::TN], int i, int j) const {
-        T v = acc[i][j];
-        if (bias != nullptr) v += bias[k_first + Tile::col(j)];
-        return activate<Activation>(v);
+    template <class Shared>
+    __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN],
+                                               Shared& shared) const {
+        if (direct_store)
+            store_direct<Tile, Activation>(acc, bias, k_first, pixels, channels_left, *this);
+        else
+            store_through_shared<Tile, true>(acc, shared, *this);
     }
-    // Fully unrolled, so acc stays in registers (a loop left rolled would index it dynamically).
-    __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN]) const {
-#pragma unroll
-        for (int u = 0; u < SUB_M; u++) {
-            if (vector_store) {  // M is a multiple of V too: the sub-tile is all in or all out
-                if (m_base + Tile::row(u * V) >= M) continue;
-#pragma unroll
-                for (int j = 0; j < Tile::TN; j++) {
-                    if (Tile::col(j) >= channels_left) continue;
-                    T out[V];
-#pragma unroll
-                    for (int v = 0; v < V; v++) out[v] = value(acc, u * V + v, j);
-                    store_vector16(&y[(n[u] * K + k_first + Tile::col(j)) * PQ + pq[u]], out);
-                }
-                continue;
-            }
-            index_t n_i = n[u], pq_i = pq[u];
-#pragma unroll
-            for (int v = 0; v < V; v++) {
-                const int i = u * V + v;
-                if (m_base + Tile::row(i) < M) {
-#pragma unroll
-                    for (int j = 0; j < Tile::TN; j++) {
-                        if (Tile::col(j) >= channels_left) continue;
-                        y[(n_i * K + k_first + Tile::col(j)) * PQ + pq_i] = value(acc, i, j);
-                    }
-                }
-                if (++pq_i == PQ) {
-                    pq_i = 0;
-                    n_i++;
-                }
-            }
+    // Where pixel row u·V of output channel k_first + col goes (store_direct).
+    __device__ __forceinline__ T* direct_at(int u, int col) const {
+        return &y[(n_sub[u] * K + k_first + col) * PQ + pq_sub[u]];
+    }
+    // Output channel k_first + col of the tile's pixels, staged[t] being pixel t: one run an image.
+    __device__ __forceinline__ void store_line(int col, const T* staged) const {
+        if (col >= channels_left) return;
+        const int k = k_first + col;
+        const bool has_bias = bias != nullptr;
+        const T b = has_bias ? bias[k] : T(0);
+        T* image = y + ((index_t)n_first * K + k) * PQ;  // channel k of the run's image
+        index_t pq = pq_first;
+        for (int t = 0; t < pixels; pq = 0, image += (index_t)K * PQ) {
+            const int run = (int)(PQ - pq < pixels - t ? PQ - pq : pixels - t);
+            if (vector_store) store_run<V, Activation>(image + pq, 1, staged + t, run, has_bias, b);
+            else store_run<1, Activation>(image + pq, 1, staged + t, run, has_bias, b);
+            t += run;
         }
     }
 };

@@ -287,6 +287,202 @@ __device__ __forceinline__ void implicit_gemm(GemmShared<Tile>& shared, IterA& a
         staging.land();
     }
     if (k_tiles > 0) warp_tile_product<Tile>(acc, shared.a_tile[staging.read], shared.b_tile[staging.read]);
-    staging.finish();
-    epilogue(acc);
+    staging.finish();  // every copy has landed: none can overwrite what the epilogue stages
+    epilogue(acc, shared);  // the operand tiles are free now: an epilogue may stage through them
+}
+
+// ---- The epilogue through shared memory --------------------------------------------------------
+//
+// implicit_gemm ends with epilogue(acc, shared): once every warp is past its last k-tile the
+// operand tiles are free, and an epilogue may stage the block's output tile through them. Why:
+// in the thread tiles above, a warp's store of one accumulator is LANES_N columns × LANES_M rows,
+// V elements apart, which covers whole 32-byte sectors only when the output's rows start on sector
+// boundaries (fprop: P·Q a multiple of a sector's elements; dgrad: W, and stride 1 along it;
+// wgrad: C/groups·R·S). store_through_shared re-lays the tile so that a warp stores along the
+// output's contiguous dimension: one *line* at a time (an output channel of y or dx, whose
+// *positions* are the tile's rows M: AlongM; a row k of dw, whose positions are the tile's
+// columns N), its lanes on consecutive positions. The op's store_line cuts the line into *runs*,
+// stretches contiguous in memory (an image, a row of a stride phase), and store_run starts each
+// run's warp stores on a sector boundary: only a run's first and last store touch a partial
+// sector, which is the ideal for any P·Q and alignment whenever a run spans more than one store.
+//
+// The block tile does not fit in the operand tiles (128×128 floats are 64 KiB), so it goes in
+// passes. A *slice* is every thread's accumulators of one thread-tile column j (AlongM: TM values
+// of one output channel a thread) or row i: SLICE_LINES lines (one per warp and lane across the
+// lines) of POSITIONS values. A pass stages as many slices as fit, a thread writing each V×V
+// sub-tile as one 16-byte vector (STS.128), then each warp stores whole lines from shared memory.
+//
+// Bank conflicts (4-byte banks; a 16-byte access is served in phases of 8 lanes). lane_m is the
+// fastest lane coordinate, so a phase's 8 lanes are PHASE_LINES lines × 8/PHASE_LINES vectors of
+// consecutive positions: 32/PHASE_LINES consecutive words of each of its lines. A line is POSITIONS
+// (a multiple of 32 words) plus a pad of 32/PHASE_LINES words (mod 32), so the phase's lines lie
+// side by side across the 32 banks: conflict-free, and every vector stays 16-byte aligned (the pad
+// is a multiple of 4 words). E.g. fprop, 128×128 float: PHASE_LINES = 2 (lanes 0-3 along M, 4-7
+// the next channel), pad 16; wgrad: PHASE_LINES = 4, pad 8. Reading a line back, a warp's lanes
+// take consecutive positions: 32 consecutive words a phase, conflict-free too.
+
+// The unit global memory is served in; where p lies in its sector, in elements of T.
+constexpr int SECTOR_BYTES = 32;
+template <typename T>
+__device__ __forceinline__ int sector_lead(const T* p) {
+    return (int)(reinterpret_cast<unsigned long long>(p) % SECTOR_BYTES / sizeof(T));
+}
+
+template <class Tile, bool AlongM>
+struct StagedTile {
+    static constexpr int V = Tile::V;
+    static constexpr int POSITIONS = AlongM ? Tile::BM : Tile::BN;
+    static constexpr int LANES_LINE = AlongM ? Tile::LANES_N : Tile::LANES_M;  // lanes across lines
+    static constexpr int WARPS_LINE = AlongM ? Tile::WARPS_N : Tile::WARPS_M;
+    static constexpr int WARP_LINES = AlongM ? Tile::WN : Tile::WM;
+    static constexpr int SLICE_LINES = WARPS_LINE * LANES_LINE;
+    static constexpr int SLICES = AlongM ? Tile::TN : Tile::TM;
+    static constexpr int PHASE_M = Tile::LANES_M < 8 ? Tile::LANES_M : 8;  // lane_m values a phase
+    static constexpr int PHASE_LINES = AlongM ? 8 / PHASE_M : PHASE_M;
+    static constexpr int PAD = (32 / PHASE_LINES) % 32 * 4 / (int)sizeof(typename Tile::Element);
+    static constexpr int LINE_STRIDE = POSITIONS + PAD;
+    static_assert(POSITIONS * sizeof(typename Tile::Element) % 128 == 0,
+                  "a line spans whole rows of the 32 banks");
+
+    // The most slices (a divisor of SLICES) whose lines fit in `capacity` elements.
+    static constexpr __host__ __device__ int slices_per_pass(int capacity) {
+        int best = 1;
+        for (int d = 1; d <= SLICES; d++)
+            if (SLICES % d == 0 && d * SLICE_LINES * LINE_STRIDE <= capacity) best = d;
+        return best;
+    }
+    // The tile row (AlongM: column) held by line `line` of a pass whose first slice is `first`:
+    // Tile::row / Tile::col of the warp and lane that staged it.
+    static __device__ __forceinline__ int line_index(int first, int line) {
+        const int s = first + line / SLICE_LINES, warp = line % SLICE_LINES / LANES_LINE,
+                  lane = line % LANES_LINE;
+        return warp * WARP_LINES + (s / V) * (LANES_LINE * V) + lane * V + s % V;
+    }
+};
+
+// The block's output tile through `shared` (the main loop's, about to be overwritten): for every
+// line, out.store_line(line, staged), called by all lanes of one warp, with `line` the tile column
+// (AlongM) or row and `staged` its POSITIONS values, position t being tile row (column) t.
+template <class Tile, bool AlongM, class Shared, class Output>
+__device__ __forceinline__ void store_through_shared(
+    const typename Tile::Element (&acc)[Tile::TM][Tile::TN], Shared& shared, const Output& out) {
+    typedef typename Tile::Element T;
+    typedef StagedTile<Tile, AlongM> Staged;
+    constexpr int V = Tile::V, SLICE_ELEMS = Staged::SLICE_LINES * Staged::LINE_STRIDE;
+    static_assert(SLICE_ELEMS * sizeof(T) <= sizeof(Shared), "a slice fits in the operand tiles");
+    constexpr int PER_PASS = Staged::slices_per_pass(sizeof(Shared) / sizeof(T));
+    T* lines = reinterpret_cast<T*>(&shared);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int my_line = AlongM ? (warp / Tile::WARPS_M) * Tile::LANES_N + lane / Tile::LANES_M
+                               : (warp % Tile::WARPS_M) * Tile::LANES_M + lane % Tile::LANES_M;
+    __syncthreads();  // every warp is past its last k-tile's reads of the operand tiles
+#pragma unroll
+    for (int pass = 0; pass < Staged::SLICES / PER_PASS; pass++) {
+#pragma unroll
+        for (int q = 0; q < PER_PASS; q++) {
+            const int s = pass * PER_PASS + q;
+            T* line = lines + (q * Staged::SLICE_LINES + my_line) * Staged::LINE_STRIDE;
+            if constexpr (AlongM) {
+#pragma unroll
+                for (int u = 0; u < Tile::TM / V; u++) {
+                    T column[V];
+#pragma unroll
+                    for (int v = 0; v < V; v++) column[v] = acc[u * V + v][s];
+                    store_vector16(&line[Tile::row(u * V)], column);
+                }
+            } else {
+#pragma unroll
+                for (int u = 0; u < Tile::TN / V; u++)
+                    store_vector16(&line[Tile::col(u * V)], &acc[s][u * V]);
+            }
+        }
+        __syncthreads();
+        for (int l = warp; l < PER_PASS * Staged::SLICE_LINES; l += Tile::THREADS / 32)
+            out.store_line(Staged::line_index(pass * PER_PASS, l), lines + l * Staged::LINE_STRIDE);
+        if (pass + 1 < Staged::SLICES / PER_PASS) __syncthreads();  // the next pass overwrites
+    }
+}
+
+// One run of a staged line: src[0, len) (+ bias when has_bias, then Activation) to dst[0],
+// dst[step], ..., dst[(len-1)·step], by the lanes of a warp, Width consecutive values a lane:
+// 1, or V in one 128-bit load and store (then step is 1 and dst, src and len are whole vectors).
+// The warp's stores start on dst's sector, so that each covers whole sectors but the run's first
+// and last. With step > 1 a store's 32 values span step times their bytes: above the ideal, which
+// counts the bytes alone, but in the fewest sectors that span allows. Lanes past either end of
+// the run repeat its first or last value (the same value to the same address: no extra sector,
+// no branch), so every lane takes part in every store, as the profile's grouping assumes.
+template <int Width, int Activation, typename T>
+__device__ __forceinline__ void store_run(T* dst, int step, const T* src, int len, bool has_bias,
+                                          T bias) {
+    static_assert(Width == 1 || Width * sizeof(T) == 16, "a lane stores a value or a vector");
+    const int lead = sector_lead(dst) / step;  // values of dst's sector before dst
+#pragma unroll 1  // one store a trip: the epilogue's code stays small
+    for (int first = -lead; first < len; first += 32 * Width) {  // one warp store each
+        int t = first + (int)(threadIdx.x % 32) * Width;
+        t = t < 0 ? 0 : t > len - Width ? len - Width : t;
+        T v[Width];
+        if constexpr (Width == 1) v[0] = src[t];
+        else load_vector16(v, src + t);
+#pragma unroll
+        for (int w = 0; w < Width; w++) {
+            if (has_bias) v[w] += bias;  // (no + 0: -0 stays -0)
+            v[w] = activate<Activation>(v[w]);
+        }
+        if constexpr (Width == 1) dst[(index_t)t * step] = v[0];
+        else store_vector16(dst + t, v);
+    }
+}
+
+// The bias of this thread's TN tile columns, bias[first + Tile::col(j)], for the epilogues that
+// store straight from the accumulators; columns from `columns` on are left alone. A sub-tile's V
+// columns are V consecutive channels: one 128-bit load where aligned, so that a warp's load is
+// LANES_N·V consecutive values (a value a lane would spread 32 distinct bytes over 128).
+template <class Tile>
+__device__ __forceinline__ void load_tile_bias(typename Tile::Element (&b)[Tile::TN],
+                                               const typename Tile::Element* bias, int first,
+                                               int columns) {
+    constexpr int V = Tile::V;
+    const bool vector = aligned16(bias + first);
+#pragma unroll
+    for (int u = 0; u < Tile::TN / V; u++) {
+        const int col = Tile::col(u * V);
+        if (vector && col + V <= columns) {
+            load_vector16(&b[u * V], &bias[first + col]);
+            continue;
+        }
+#pragma unroll
+        for (int v = 0; v < V; v++)
+            if (col + v < columns) b[u * V + v] = bias[first + col + v];
+    }
+}
+
+// The direct way of the epilogues whose lines run along M (fprop, dgrad): a V×V sub-tile's V rows
+// are V consecutive outputs of each of its columns, stored as one 128-bit vector a column straight
+// from the accumulators (+ bias[first + column] when there is a bias, then Activation).
+// out.direct_at(u, col) is where row u·V of tile column col goes; rows from `rows` on and columns
+// from `columns` on are outside the output.
+template <class Tile, int Activation, class Output>
+__device__ __forceinline__ void store_direct(
+    const typename Tile::Element (&acc)[Tile::TM][Tile::TN], const typename Tile::Element* bias,
+    int first, int rows, int columns, const Output& out) {
+    typedef typename Tile::Element T;
+    constexpr int V = Tile::V;
+    T b[Tile::TN] = {};
+    if (bias != nullptr) load_tile_bias<Tile>(b, bias, first, columns);
+#pragma unroll
+    for (int u = 0; u < Tile::TM / V; u++) {  // rows come in whole vectors: all in or all out
+        if (Tile::row(u * V) >= rows) continue;
+#pragma unroll
+        for (int j = 0; j < Tile::TN; j++) {
+            if (Tile::col(j) >= columns) continue;
+            T column[V];
+#pragma unroll
+            for (int v = 0; v < V; v++) {
+                column[v] = acc[u * V + v][j];
+                if (bias != nullptr) column[v] += b[j];  // (no + 0: -0 stays -0)
+                column[v] = activate<Activation>(column[v]);
+            }
+            store_vector16(out.direct_at(u, Tile::col(j)), column);
+        }
+    }
 }

@@ -142,35 +142,45 @@ struct WgradActivationIterator {
     __device__ __forceinline__ void advance() { npq.add(step, P, Q); }
 };
 
-// This split's partial dw tile into its slice of the workspace (dw's layout). A V×V sub-tile's
-// columns are V consecutive taps of one row: when C/groups·R·S is a multiple of V (and the
-// workspace 16-byte aligned) they are aligned, one 128-bit store each, and a warp's store covers
-// whole 32-byte sectors; otherwise one store per element.
+// This split's partial dw tile into its slice of the workspace (dw's layout: rows k of CRS taps).
+// A V×V sub-tile's columns are V consecutive taps of one row. When C/groups·R·S is a multiple of a
+// sector's elements (and the workspace starts a sector) the LANES_N lanes of a row store LANES_N·V
+// consecutive taps from a sector boundary: whole sectors, one 128-bit store a lane and row,
+// straight from the accumulators. Otherwise through shared memory (store_through_shared, gemm.cuh):
+// a warp stores one row's taps at a time from its first sector, 128-bit when CRS is a multiple
+// of V (workspace 16-byte aligned), else one value a lane.
 template <class Tile>
 struct WgradEpilogue {
     typedef typename Tile::Element T;
-    static constexpr int V = Tile::V;
+    static constexpr int V = Tile::V, SECTOR = SECTOR_BYTES / sizeof(T);
     T* out;  // the block's first element: partial[z][g·K/groups + k_base][crs_base]
     int CRS, rows_left, cols_left;
 
-    __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN]) const {
-        const bool vector_store = CRS % V == 0 && aligned16(out);
+    template <class Shared>
+    __device__ __forceinline__ void operator()(const T (&acc)[Tile::TM][Tile::TN],
+                                               Shared& shared) const {
+        if (CRS % SECTOR != 0 || sector_lead(out) != 0) {
+            store_through_shared<Tile, false>(acc, shared, *this);
+            return;
+        }
 #pragma unroll
         for (int i = 0; i < Tile::TM; i++) {
             if (Tile::row(i) >= rows_left) continue;
-            T* row = out + (index_t)Tile::row(i) * CRS;
 #pragma unroll
-            for (int u = 0; u < Tile::TN / V; u++) {
-                const int col = Tile::col(u * V);
-                if (vector_store) {  // cols_left is a multiple of V too: all in or all out
-                    if (col < cols_left) store_vector16(&row[col], &acc[i][u * V]);
-                    continue;
-                }
-#pragma unroll
-                for (int v = 0; v < V; v++)
-                    if (col + v < cols_left) row[col + v] = acc[i][u * V + v];
-            }
+            for (int u = 0; u < Tile::TN / V; u++)  // cols_left is a multiple of V: all in or out
+                if (Tile::col(u * V) < cols_left)
+                    store_vector16(&out[(index_t)Tile::row(i) * CRS + Tile::col(u * V)],
+                                   &acc[i][u * V]);
         }
+    }
+    // Row `row` of the tile, staged[t] being tap crs_base + t: one run.
+    __device__ __forceinline__ void store_line(int row, const T* staged) const {
+        if (row >= rows_left) return;
+        T* dst = out + (index_t)row * CRS;
+        const int taps = cols_left < Tile::BN ? cols_left : Tile::BN;
+        if (CRS % V == 0 && aligned16(out))
+            store_run<V, ACTIVATION_NONE>(dst, 1, staged, taps, false, T(0));
+        else store_run<1, ACTIVATION_NONE>(dst, 1, staged, taps, false, T(0));
     }
 };
 

@@ -39,6 +39,15 @@ EDGE = {
     "kernel_eq_input": dict(x=(2, 2, 4, 5), w=(3, 2, 4, 5)),
     # the seeds' second layer: 4x4 stride 2
     "seed_4x4_s2": dict(x=(3, 5, 8, 8), w=(6, 5, 4, 4), stride=2),
+    # the epilogues' direct 128-bit stores (whole sectors from the accumulators): fprop P·Q = 64,
+    # dgrad stride 1 with W = 8, wgrad C/groups·R·S = 72; two groups, 6 channels of a tile each
+    "epilogue_aligned": dict(x=(2, 16, 8, 8), w=(12, 8, 3, 3), groups=2, padding=1),
+    # the epilogues through shared memory, 128-bit: fprop P·Q = 36 (three images in one tile),
+    # dgrad stride (2, 1): runs are phase rows of W = 12, wgrad C·R·S = 12
+    "epilogue_vector": dict(x=(3, 4, 6, 12), w=(5, 4, 3, 1), stride=(2, 1), padding=(1, 0)),
+    # ... and a value a lane: fprop P·Q = 169 (odd: each channel's run starts mid-sector, and
+    # 128-pixel tiles cut images), dgrad stride 1 over whole 13×13 images, wgrad C·R·S = 27
+    "epilogue_odd": dict(x=(2, 3, 13, 13), w=(6, 3, 3, 3), padding=1),
 }
 
 # Channels that fill the 64×64 tiles, the ones 'auto' picks on real layers (GPU tests; the emulator

@@ -253,7 +253,7 @@ def test_kernel_line_coverage(capsys):
     from gpuconv._paths import kernels_dir
     from gpuconv.emulate import coverage_report
 
-    for name in ("dilation_stride", "odd_channels", "big_pad", "groups"):
+    for name in ("dilation_stride", "odd_channels", "big_pad", "groups", "epilogue_aligned"):
         every_kernel(dict(mode="coverage"), name)
         every_tensor_core_kernel(dict(mode="coverage"), name)
     files = sorted(kernels_dir().glob("*.cu")) + [kernels_dir() / h for h in ("common.cuh", "gemm.cuh")]
