@@ -413,10 +413,11 @@ def launch_threads() -> dict[str, int]:
             for dtype in CTYPES:
                 for activation in ACTIVATION_IDS if op == "fprop" else (None,):
                     threads[kernel_name(op, dtype, tile_name, activation)] = tile.threads
-    for tile_name, tile in TENSOR_TILES.items():
-        for kind in TENSOR_KINDS:
-            for activation in ACTIVATION_IDS:
-                threads[tensor_kernel_name(kind, tile_name, activation)] = tile.threads
+    for op, tiles in TENSOR_TILES.items():
+        for tile_name, tile in tiles.items():
+            for kind in TENSOR_KINDS:
+                for activation in ACTIVATION_IDS if op == "fprop" else (None,):
+                    threads[tensor_kernel_name(op, kind, tile_name, activation)] = tile.threads
     return threads
 
 

@@ -87,6 +87,16 @@ def run_op(impl, op, p, a, activation=None):
     return impl.wgrad(p, a["x"], a["dy"])
 
 
+def run_tensor_op(be, op, p, a, activation=None, precision="highest"):
+    """``op`` of a kernel backend's tensor-core kernels on ``a`` (``run_op``'s arrays), or None where
+    none takes ``p``."""
+    if op == "fprop":
+        return be.fprop_tensor_cores(p, a["x"], a["w"], a["bias_k"], activation, precision)
+    if op == "dgrad":
+        return be.dgrad_tensor_cores(p, a["dy"], a["w"], a["bias_c"], precision)
+    return be.wgrad_tensor_cores(p, a["x"], a["dy"], precision)
+
+
 def rel_err(a, b) -> float:
     """max |a - b| / max |b|, in float64 (0 for empty arrays)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

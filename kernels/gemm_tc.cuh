@@ -1,0 +1,222 @@
+// gemm_tc.cuh: the tensor-core main loop that fprop_tc.cu, dgrad_tc.cu and wgrad_tc.cu share: the
+// implicit GEMM of gemm.cuh (the same iterators, the same register-staged double-buffered k-tiles,
+// one barrier a k-tile, the last peeled) with the warp's product on mma.sync instead of FFMA. It is
+// a loop of its own rather than a policy of implicit_gemm so that the SIMT kernels' code stays as
+// measured. sm_80+ only (mma.cuh): a source that includes it is compiled for those architectures
+// alone (MIN_ARCH in gpuconv/backends/kernel_backend.py).
+//
+// Kinds: float16 and bfloat16 (m16n8k16, shared tiles hold the arrays' own 16-bit patterns) and
+// float32 in TF32 (m16n8k8, each element rounded by cvt.rna once, when staged); float32
+// accumulation in every kind.
+//
+// Tiles: a block computes BM×BN of one group's GEMM output, (BM/WM)·(BN/WN) warps of WM×WN, each
+// warp WM/16 × WN/8 mma tiles of 16×8. Accumulator c[2h + e] of mma tile (i, j) is row
+// i·16 + 8h + g, column j·8 + 2t + e of the warp tile (g = lane / 4, t = lane % 4: PTX's layout);
+// TensorTile::row and ::col say which element of the block tile that is.
+//
+// Shared memory: each operand tile is laid out as its iterator stages it (StagingMap), so a warp's
+// staging store is 32 consecutive elements of one row:
+//   KFast iterator (consecutive threads, consecutive k): rows of x (m for A, n for B), k
+//     contiguous: tile[x][k], padded by 16 bytes. ldmatrix (no .trans) reads 8×8 blocks of it as
+//     the fragments need them: A's are row-major, B's column-major, both k-contiguous.
+//   otherwise (consecutive threads, consecutive x): tile[k][x], padded by 8 elements;
+//     ldmatrix.trans turns its 8×8 blocks into the same fragments.
+// fprop and dgrad stage A k-major ([k][m]) and B n-major ([n][k]); wgrad both k-contiguous.
+// Bank conflicts, worked out (32 banks of 4 bytes), BK = 32, BX a multiple of 64:
+//   - ldmatrix: each 8-lane phase reads eight 16-byte rows. [k][x] rows are (BX + 8)·2 bytes =
+//     BX/2 + 4 words apart, 4 mod 32: the 8 rows start at banks 4i, all 32 banks once. [x][k] rows
+//     are (BK + 8)·2 = 80 bytes = 20 words apart: banks 20i mod 32 = {0, 20, 8, 28, 16, 4, 24, 12},
+//     four banks each, all distinct.
+//   - TF32 fragment loads (lane (g, t) reads element (x + g, k + t)): [k][x] rows are BX + 8 words,
+//     8 mod 32: bank 8t + g; [x][k] rows BK + 4 words, 4 mod 32: bank 4g + t; all 32 distinct.
+//   - staging stores: 32 consecutive elements of one row, 64 or 128 consecutive bytes.
+#pragma once
+#include "gemm.cuh"
+#include "mma.cuh"
+
+template <int Kind>
+struct TensorStorage {
+    typedef unsigned short type;  // float16 / bfloat16 bits
+};
+template <>
+struct TensorStorage<TENSOR_TF32> {
+    typedef float type;
+};
+
+template <int Kind, int BM_, int BN_, int BK_, int WM_, int WN_>
+struct TensorTile {
+    typedef typename TensorStorage<Kind>::type Element;
+    static constexpr int KIND = Kind;
+    static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_;
+    static constexpr int MMA_K = Kind == TENSOR_TF32 ? 8 : 16;  // k of one mma
+    static constexpr int FRAGS_M = WM / 16, FRAGS_N = WN / 8;    // mma tiles of a warp
+    static constexpr int WARPS_M = BM / WM, WARPS_N = BN / WN;
+    static constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0, "tiles nest");
+    static_assert(BK == 32 && BM % 64 == 0 && BN % 64 == 0,
+                  "the bank-conflict analysis above assumes these");
+
+    // Row and column in the block tile of accumulator acc[i][j][2h + e] of this thread.
+    static __device__ __forceinline__ int row(int i, int h) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        return (warp % WARPS_M) * WM + i * 16 + h * 8 + lane / 4;
+    }
+    static __device__ __forceinline__ int col(int j, int e) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        return (warp / WARPS_M) * WN + j * 8 + 2 * (lane % 4) + e;
+    }
+};
+
+// One operand's BK×BX tile in shared memory, laid out as its iterator stages it (see above).
+template <typename T, int BK, int BX, bool KFast>
+struct OperandTile;
+template <typename T, int BK, int BX>
+struct OperandTile<T, BK, BX, true> {  // tile[x][k]
+    T data[BX][BK + 16 / sizeof(T)];
+    __device__ __forceinline__ T& at(int k, int x) { return data[x][k]; }
+    __device__ __forceinline__ const T& at(int k, int x) const { return data[x][k]; }
+    // The 16-byte row of 8×8 block (k0.., x0..) that lane row `row` gives ldmatrix: a row of x.
+    __device__ __forceinline__ const T* matrix_row(int k0, int x0, int row) const { return &data[x0 + row][k0]; }
+};
+template <typename T, int BK, int BX>
+struct OperandTile<T, BK, BX, false> {  // tile[k][x]
+    T data[BK][BX + 8];
+    __device__ __forceinline__ T& at(int k, int x) { return data[k][x]; }
+    __device__ __forceinline__ const T& at(int k, int x) const { return data[k][x]; }
+    __device__ __forceinline__ const T* matrix_row(int k0, int x0, int row) const { return &data[k0 + row][x0]; }
+};
+
+// The shared memory of the main loop, both operands double-buffered. The kernel declares it
+// (`__shared__ __align__(16) TensorShared<...> shared;`), as GemmShared.
+template <class Tile, class IterA, class IterB>
+struct TensorShared {
+    typedef typename Tile::Element T;
+    OperandTile<T, Tile::BK, Tile::BM, IterA::KFast> a_tile[2];
+    OperandTile<T, Tile::BK, Tile::BN, IterB::KFast> b_tile[2];
+};
+
+// A staged element as shared memory holds it: half types unchanged, float rounded to TF32.
+__device__ __forceinline__ unsigned short staged(unsigned short v) { return v; }
+__device__ __forceinline__ float staged(float v) { return __uint_as_float(to_tf32(v)); }
+
+// Store a thread's staged elements (registers) to their places in an operand tile.
+template <class Map, class Operand, typename T>
+__device__ __forceinline__ void store_operand(Operand& tile, const T (&v)[Map::ELEMS]) {
+#pragma unroll
+    for (int i = 0; i < Map::ELEMS; i++) tile.at(Map::k(i), Map::x(i)) = staged(v[i]);
+}
+
+// A's fragments of the 16×MMA_K block at rows m, reduction k0 of a_tile, and B's of two 8-column
+// blocks at columns n, n + 8 (b[0], b[1]): the PTX layouts. Half types by ldmatrix.x4, lane l
+// giving row l % 8 of 8×8 matrix l / 8: A's matrices are a0..a3 = (m 0-7, k 0-7), (m 8-15,
+// k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15); B's (k 0-7, n 0-7), (k 8-15, n 0-7) (b[0]) and the
+// same of n + 8 (b[1]). .trans where the tile is k-major. TF32 by direct loads of lane (g, t):
+// a = (g, t), (g+8, t), (g, t+4), (g+8, t+4) as (m, k); b = (k t, n g), (k t+4, n g).
+template <int Kind, bool KFast, class Operand>
+__device__ __forceinline__ void load_a_fragment(unsigned (&a)[4], const Operand& tile, int k0, int m) {
+    const int lane = threadIdx.x % 32;
+    if (Kind == TENSOR_TF32) {
+        const int g = lane / 4, t = lane % 4;
+        a[0] = __float_as_uint(float(tile.at(k0 + t, m + g)));
+        a[1] = __float_as_uint(float(tile.at(k0 + t, m + g + 8)));
+        a[2] = __float_as_uint(float(tile.at(k0 + t + 4, m + g)));
+        a[3] = __float_as_uint(float(tile.at(k0 + t + 4, m + g + 8)));
+    } else {
+        const int matrix = lane / 8;
+        ldmatrix_x4<!KFast>(a, tile.matrix_row(k0 + (matrix / 2) * 8, m + (matrix % 2) * 8, lane % 8));
+    }
+}
+template <int Kind, bool KFast, class Operand>
+__device__ __forceinline__ void load_b_fragments(unsigned (&b0)[2], unsigned (&b1)[2], const Operand& tile,
+                                                 int k0, int n) {
+    const int lane = threadIdx.x % 32;
+    if (Kind == TENSOR_TF32) {
+        const int g = lane / 4, t = lane % 4;
+        b0[0] = __float_as_uint(float(tile.at(k0 + t, n + g)));
+        b0[1] = __float_as_uint(float(tile.at(k0 + t + 4, n + g)));
+        b1[0] = __float_as_uint(float(tile.at(k0 + t, n + 8 + g)));
+        b1[1] = __float_as_uint(float(tile.at(k0 + t + 4, n + 8 + g)));
+    } else {
+        const int matrix = lane / 8;
+        unsigned r[4];
+        ldmatrix_x4<!KFast>(r, tile.matrix_row(k0 + (matrix % 2) * 8, n + (matrix / 2) * 8, lane % 8));
+        b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
+    }
+}
+
+// One k-tile of the warp's product: acc[i][j] (the 16×8 mma tile i, j of the warp) += A·B over the
+// tile's BK, in k order (deterministic).
+template <class Tile, class IterA, class IterB>
+__device__ __forceinline__ void warp_mma_product(float (&acc)[Tile::FRAGS_M][Tile::FRAGS_N][4],
+                                                 const TensorShared<Tile, IterA, IterB>& shared, int buffer) {
+    constexpr int Kind = Tile::KIND;
+    const int warp = threadIdx.x / 32;
+    const int warp_m = (warp % Tile::WARPS_M) * Tile::WM, warp_n = (warp / Tile::WARPS_M) * Tile::WN;
+#pragma unroll
+    for (int kk = 0; kk < Tile::BK; kk += Tile::MMA_K) {
+        unsigned a[Tile::FRAGS_M][4], b[Tile::FRAGS_N][2];
+#pragma unroll
+        for (int i = 0; i < Tile::FRAGS_M; i++)
+            load_a_fragment<Kind, IterA::KFast>(a[i], shared.a_tile[buffer], kk, warp_m + i * 16);
+#pragma unroll
+        for (int j = 0; j < Tile::FRAGS_N; j += 2)
+            load_b_fragments<Kind, IterB::KFast>(b[j], b[j + 1], shared.b_tile[buffer], kk, warp_n + j * 8);
+#pragma unroll
+        for (int i = 0; i < Tile::FRAGS_M; i++)
+#pragma unroll
+            for (int j = 0; j < Tile::FRAGS_N; j++) {
+                if (Kind == TENSOR_TF32) mma_m16n8k8_tf32(acc[i][j], a[i], b[j], acc[i][j]);
+                else mma_m16n8k16<Kind == TENSOR_BFLOAT16>(acc[i][j], a[i], b[j], acc[i][j]);
+            }
+    }
+}
+
+// The main loop: acc = A·B over a reduction of `reduction` elements (acc starts at zero), then
+// epilogue(acc), as gemm.cuh's implicit_gemm: the next k-tile's global loads in flight during this
+// one's mma, stored to the other buffer after it; one barrier a k-tile, the last peeled. A
+// reduction of 0 gives the epilogue zeros.
+template <class Tile, class IterA, class IterB, class Epilogue>
+__device__ __forceinline__ void tensor_implicit_gemm(TensorShared<Tile, IterA, IterB>& shared, IterA& a,
+                                                     IterB& b, int reduction, const Epilogue& epilogue) {
+    typedef typename Tile::Element T;
+    typedef typename IterA::Map MapA;
+    typedef typename IterB::Map MapB;
+    constexpr int BK = Tile::BK;
+    float acc[Tile::FRAGS_M][Tile::FRAGS_N][4] = {};
+    T a_staged[MapA::ELEMS], b_staged[MapB::ELEMS];
+    const int k_tiles = (reduction + BK - 1) / BK;
+    if (k_tiles > 0) {
+        a.load(a_staged, reduction);
+        b.load(b_staged, reduction);
+        store_operand<MapA>(shared.a_tile[0], a_staged);
+        store_operand<MapB>(shared.b_tile[0], b_staged);
+        __syncthreads();
+    }
+    int buffer = 0;
+    for (int tile = 1; tile < k_tiles; tile++) {
+        a.advance();
+        b.advance();
+        a.load(a_staged, reduction - tile * BK);
+        b.load(b_staged, reduction - tile * BK);
+        warp_mma_product<Tile>(acc, shared, buffer);
+        // The other buffer was last read before the previous barrier: free to overwrite.
+        store_operand<MapA>(shared.a_tile[buffer ^ 1], a_staged);
+        store_operand<MapB>(shared.b_tile[buffer ^ 1], b_staged);
+        __syncthreads();
+        buffer ^= 1;
+    }
+    if (k_tiles > 0) warp_mma_product<Tile>(acc, shared, buffer);
+    epilogue(acc);
+}
+
+// An element of an input (x, w, dy, bias) as float, and a float rounded once to the output's type.
+__device__ __forceinline__ float to_float(int kind, unsigned short v) {
+    return kind == TENSOR_BFLOAT16 ? bfloat16_bits_to_float(v) : half_bits_to_float(v);
+}
+__device__ __forceinline__ float to_float(int, float v) { return v; }
+template <int Kind>
+__device__ __forceinline__ typename TensorStorage<Kind>::type rounded(float v) {
+    if (Kind == TENSOR_TF32) return v;  // float32 output
+    return (unsigned short)((Kind == TENSOR_BFLOAT16 ? pack_bfloat162(v, 0.0f) : pack_half2(v, 0.0f))
+                            & 0xffffu);
+}

@@ -1,0 +1,75 @@
+// wgrad_tc.cu: the weight gradient dw = conv2d_weight(x, dy) on tensor cores, for float16 and
+// bfloat16 (float32 accumulation) and float32 in TF32: the implicit GEMM of wgrad_implicit_gemm
+// (wgrad.cu: M = K/groups output channels, N = C/groups·R·S taps, reduction N·P·Q pixels, split-K
+// over blockIdx.z), with the same iterators reading dy and x where they lie (NCHW, no transpose
+// kernel), on gemm_tc.cuh's tensor-core main loop. sm_80+ only; an older GPU runs wgrad.cu.
+//
+// Each split writes its float32 partial tile to its slice of a float32 workspace
+// partial[splits][K][C/groups·R·S] (TF32 with one split: dw itself), and wgrad_tensor_reduce sums
+// the slices in the fixed order z = 0, 1, ... and rounds once to dw's type: no float atomics,
+// bitwise reproducible, and a half-type dw is rounded once, not once per split.
+#include "wgrad.cu"
+#include "gemm_tc.cuh"
+
+template <class Tile>
+struct WgradTensorEpilogue {
+    float* out;  // the block's first element: partial[z][g·K/groups + k_base][crs_base]
+    int CRS, rows_left, cols_left;
+
+    __device__ __forceinline__ void operator()(const float (&acc)[Tile::FRAGS_M][Tile::FRAGS_N][4]) const {
+#pragma unroll
+        for (int i = 0; i < Tile::FRAGS_M; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = Tile::row(i, h);
+                if (row >= rows_left) continue;
+#pragma unroll
+                for (int j = 0; j < Tile::FRAGS_N; j++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                        if (Tile::col(j, e) < cols_left)
+                            out[(index_t)row * CRS + Tile::col(j, e)] = acc[i][j][2 * h + e];
+            }
+    }
+};
+
+// Assumes P·Q + BK < 2^31 and chunk + BK < 2^31 (checked on the host), as wgrad_implicit_gemm.
+template <int Kind, int BM, int BN, int BK, int WM, int WN>
+__global__ void __launch_bounds__(TensorTile<Kind, BM, BN, BK, WM, WN>::THREADS, 1)
+wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
+                  const typename TensorStorage<Kind>::type* __restrict__ dy, float* __restrict__ partial,
+                  int N, int C, int H, int W, int K, int R, int S, int P, int Q,
+                  int stride_h, int stride_w, int pad_top, int pad_left,
+                  int dil_h, int dil_w, int groups, index_t chunk) {
+    typedef TensorTile<Kind, BM, BN, BK, WM, WN> Tile;
+    const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
+    // The block's tile and split, as wgrad_implicit_gemm.
+    const int k_tiles = (K_per_group + BM - 1) / BM;
+    const int g = blockIdx.y / k_tiles, k_base = (blockIdx.y % k_tiles) * BM;
+    const int crs_base = blockIdx.x * BN;
+    const index_t npq = (index_t)N * P * Q, red_begin = blockIdx.z * chunk;
+    const int reduction = (int)((red_begin + chunk < npq ? red_begin + chunk : npq) - red_begin);
+    typedef WgradGradientIterator<Tile> IterA;
+    typedef WgradActivationIterator<Tile> IterB;
+    IterA a(dy + (index_t)g * K_per_group * P * Q, red_begin + IterA::Map::k(0), k_base, K_per_group, K, P, Q);
+    IterB b(x + (index_t)g * C_per_group * H * W, red_begin + IterB::Map::k(0), crs_base, CRS, C, H, W, R, S,
+            P, Q, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w);
+    const WgradTensorEpilogue<Tile> epilogue{
+        partial + (index_t)blockIdx.z * K * CRS + (index_t)(g * K_per_group + k_base) * CRS + crs_base, CRS,
+        K_per_group - k_base, CRS - crs_base};
+    __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;
+    tensor_implicit_gemm<Tile>(shared, a, b, reduction, epilogue);
+}
+
+// dw[i] = Σ_z partial[z][i] in float32, summed in the order z = 0, 1, ..., splits-1 (bitwise
+// reproducible), rounded once to dw's type.
+template <int Kind>
+__global__ void wgrad_tensor_reduce(const float* __restrict__ partial,
+                                    typename TensorStorage<Kind>::type* __restrict__ dw, index_t size,
+                                    int splits) {
+    for (index_t i = global_thread_index(); i < size; i += grid_stride()) {
+        float acc = partial[i];
+        for (int z = 1; z < splits; z++) acc += partial[z * size + i];
+        dw[i] = rounded<Kind>(acc);
+    }
+}
