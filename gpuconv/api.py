@@ -198,7 +198,8 @@ def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, gro
 def _dgrad(be, p, precision, dy, w, bias):
     tensor_cores = getattr(be, "dgrad_tensor_cores", None)  # as conv2d's
     if tensor_cores is not None and p.N > 0:
-        dx = tensor_cores(p, *(_contiguous(be, a) for a in (dy, w, bias)), check_precision(precision, p.dtype))
+        dx = tensor_cores(p, *(_contiguous(be, a) for a in (dy, w, bias)),
+                          check_precision(precision, p.dtype))
         if dx is not None:
             return dx
     p, a, dtype = _computed(be, p, precision, dy=dy, w=w, bias=bias)

@@ -195,7 +195,8 @@ def every_tensor_core_kernel(emulate_options, name):
                 if dtype not in tile.dtypes:
                     continue
                 for activation in ACTIVATIONS if op == "fprop" else [None]:
-                    got = run_tensor_op(backend(op, kernel, **emulate_options), op, p, a, activation, precision)
+                    be = backend(op, kernel, **emulate_options)
+                    got = run_tensor_op(be, op, p, a, activation, precision)
                     want = run_op(ref, op, p, {k: v if v is None else v.astype(np.float64)
                                                for k, v in a.items()}, activation)
                     # float16 rounding: half an ulp, 2^-11 relative or 2^-25 among the subnormals

@@ -113,8 +113,10 @@ def test_schedules_agree(op, kind, schedule):
 
 
 SANITIZED = [(mode, op, kind, kernel) for op in OPS
-             for mode, kind, kernel in (("race", "float16", "128x128x32_tc"), ("race", "tf32", "64x64x32_tc"),
-                                        ("asan", "float16", "64x64x32_tc"), ("asan", "bfloat16", "128x128x32_tc"))]
+             for mode, kind, kernel in (("race", "float16", "128x128x32_tc"),
+                                        ("race", "tf32", "64x64x32_tc"),
+                                        ("asan", "float16", "64x64x32_tc"),
+                                        ("asan", "bfloat16", "128x128x32_tc"))]
 
 
 @pytest.mark.parametrize("mode, op, kind, kernel", SANITIZED)
@@ -132,7 +134,8 @@ def test_wgrad_split_k_is_bitwise_deterministic():
     rng = np.random.default_rng(11)
     for kind in ("float16", "tf32"):
         q = dataclasses.replace(p, dtype=dtype_of(kind))
-        a = {k: rng.standard_normal(s).astype(KINDS[kind][0]) for k, s in (("x", q.x_shape), ("dy", q.y_shape))}
+        a = {k: rng.standard_normal(s).astype(KINDS[kind][0])
+             for k, s in (("x", q.x_shape), ("dy", q.y_shape))}
         runs = [run_tensor_cores("wgrad", q, a, kind, schedule=s, seed=1)
                 for s in ("forward", "reverse", "random")]
         assert all(np.array_equal(r, runs[0]) for r in runs[1:])
@@ -160,7 +163,8 @@ def test_random_half_inputs_are_as_accurate_as_pytorch(op, dtype):
         ours, want = gc.conv2d_input(p.x_shape, w, dy, **kw, backend="emulate"), ref.dgrad(p, f64(dy), f64(w))
         theirs = torch.nn.grad.conv2d_input(p.x_shape, f32(w), f32(dy), **kw)
     else:
-        ours, want = gc.conv2d_weight(x, p.w_shape, dy, **kw, backend="emulate"), ref.wgrad(p, f64(x), f64(dy))
+        ours = gc.conv2d_weight(x, p.w_shape, dy, **kw, backend="emulate")
+        want = ref.wgrad(p, f64(x), f64(dy))
         theirs = torch.nn.grad.conv2d_weight(f32(x), p.w_shape, f32(dy), **kw)
     cast = {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     pytorch = np.abs(theirs.to(cast).to(torch.float64).numpy() - want).max()

@@ -327,7 +327,8 @@ def _instances(op: str, activations=(None,)) -> list[str]:
 def _tensor_instances(op: str) -> list[str]:
     kernels = [tensor_kernel_name(op, kind, k, a) for kind in TENSOR_KINDS
                for a in (ACTIVATION_IDS if op == "fprop" else (None,))
-               for k, tile in TENSOR_TILES[op].items() if (kind if kind != "tf32" else "float32") in tile.dtypes]
+               for k, tile in TENSOR_TILES[op].items()
+               if (kind if kind != "tf32" else "float32") in tile.dtypes]
     return kernels + ([f"wgrad_tensor_reduce<{k}>" for k in TENSOR_KINDS.values()] if op == "wgrad" else [])
 
 
