@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -50,6 +51,7 @@ from .backends.kernel_backend import (
     BIAS_GRAD_THREADS,
     CTYPES,
     KERNELS,
+    STAGING_FLAGS,
     TENSOR_KINDS,
     TENSOR_TILES,
     THREADS_PER_BLOCK,
@@ -417,7 +419,9 @@ def launch_threads() -> dict[str, int]:
         for tile_name, tile in tiles.items():
             for kind in TENSOR_KINDS:
                 for activation in ACTIVATION_IDS if op == "fprop" else (None,):
-                    threads[tensor_kernel_name(op, kind, tile_name, activation)] = tile.threads
+                    for staging in itertools.product((False, True), repeat=len(STAGING_FLAGS[op])):
+                        name = tensor_kernel_name(op, kind, tile_name, activation, staging)
+                        threads[name] = tile.threads
     return threads
 
 

@@ -4,9 +4,145 @@
 // the same iterators gathering A from x and B from w where they lie (NCHW, no transpose kernel),
 // on gemm_tc.cuh's tensor-core main loop. sm_80+ only; an older GPU runs fprop.cu in float32.
 // A block owns BM pixels × BN output channels of one group; FpropTensorEpilogue adds the bias and
-// applies the activation in float32, then rounds once to y's type.
+// applies the activation in float32, then rounds once to y's type. VectorW (the host's choice,
+// where C/groups·R·S is a multiple of 16 bytes' elements and w is 16-byte aligned): B is read 16
+// bytes a load (FpropFilterVectorIterator), otherwise an element a load.
 #include "fprop.cu"
 #include "gemm_tc.cuh"
+
+// FpropFilterIterator with 128-bit loads: B[(c,r,s), k] = w[k, (c,r,s)], each thread a run of
+// VEC consecutive (c,r,s) of one output channel (w's rows are contiguous along C·R·S) per load
+// (VectorStagingMap). Assumes C/groups·R·S a multiple of VEC and w 16-byte aligned (the host
+// checks: the kernel's VectorW), so every run is whole inside the reduction or wholly past it.
+template <class Tile>
+struct FpropFilterVectorIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = true;
+    typedef VectorStagingMap<Tile::BK, Tile::BN, Tile::THREADS, 16 / sizeof(T)> Map;
+    static constexpr int VEC = Map::VEC;
+    const T* w_t;             // w[k_base + Map::x(0), this thread's first (c,r,s)]
+    index_t channel_stride;   // Map::STEP output channels: STEP·C·R·S elements
+    int channels_left;
+
+    __device__ FpropFilterVectorIterator(const T* w_g, int k_base, int K_per_group, int CRS)
+        : w_t(w_g + (index_t)(k_base + Map::x(0)) * CRS + Map::k(0)),
+          channel_stride((index_t)Map::STEP * CRS), channels_left(K_per_group - k_base) {}
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
+        const bool live = Map::k(0) < k_remaining;
+        const T* w_u = w_t;
+#pragma unroll
+        for (int u = 0; u < Map::ELEMS / VEC; u++, w_u += channel_stride) {
+            if (live && Map::x(u * VEC) < channels_left) {
+                load16(&v[u * VEC], w_u);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; e++) v[u * VEC + e] = T(0);
+            }
+        }
+    }
+    __device__ __forceinline__ void advance() { w_t += Tile::BK; }
+};
+
+// The tap-major iterators: the reduction in the order (r, s, c) rather than (c, r, s), a k-tile
+// being BK channels of one tap (TapMajorDigits; C/groups a multiple of BK, checked on the host).
+// A pixel's tap then lands inside x or in the padding for the whole k-tile: one bounds check a
+// k-tile instead of one an element, and the staged elements of a thread lie a fixed stride apart
+// (STEP channels), so an element costs an address and a load, no digits of its own.
+// A[m, (r,s,c)] = x[n, c, h0 + r·dil_h, w0 + s·dil_w], staged as FpropActivationIterator's.
+template <class Tile>
+struct FpropTapActivationIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = false;  // consecutive threads, consecutive pixels: coalesced
+    typedef StagingMap<Tile::BK, Tile::BM, Tile::THREADS, KFast> Map;
+    const T* x_n;  // image n of the pixel, channel Map::k(0) of the group; null past the GEMM's M rows
+    int h0, w0, H, W, S, dil_h, dil_w, C_per_group, HW, element_stride;  // STEP channels: STEP·H·W
+    TapMajorDigits tap;
+
+    __device__ FpropTapActivationIterator(const T* x_g, index_t m, index_t M, int C, int C_per_group_,
+                                          int H_, int W_, int S_, int Q, index_t PQ, int stride_h,
+                                          int stride_w, int pad_top, int pad_left, int dil_h_, int dil_w_)
+        : H(H_), W(W_), S(S_), dil_h(dil_h_), dil_w(dil_w_), C_per_group(C_per_group_), HW(H_ * W_),
+          element_stride(Map::STEP * H_ * W_), tap{0, 0, 0} {
+        const index_t n = m / PQ, pq = m % PQ;
+        x_n = m < M ? x_g + n * C * HW + Map::k(0) * HW : nullptr;
+        h0 = (int)(pq / Q) * stride_h - pad_top;
+        w0 = (int)(pq % Q) * stride_w - pad_left;
+    }
+    // Every k-tile is full (k_remaining >= BK).
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
+        const int h = h0 + tap.r * dil_h, w = w0 + tap.s * dil_w;
+        const bool inside = x_n != nullptr && (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
+        int offset = tap.channel * HW + h * W + w;  // int: C·H·W < 2^31
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++, offset += element_stride) v[i] = inside ? x_n[offset] : T(0);
+    }
+    __device__ __forceinline__ void advance() { tap.advance(Tile::BK, C_per_group, S); }
+};
+
+// B[(r,s,c), k] = w[k, c, r, s], staged as FpropFilterIterator's (one channel a k-tile, several k).
+template <class Tile>
+struct FpropTapFilterIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = true;
+    typedef StagingMap<Tile::BK, Tile::BN, Tile::THREADS, KFast> Map;
+    const T* w_t;             // w[k_base + Map::x(0), Map::k(0), 0, 0]
+    index_t channel_stride;   // Map::STEP output channels: STEP·C·R·S elements
+    int live, C_per_group, RS, S;  // live: the elements i whose channel x(i) exists, i < live
+    TapMajorDigits tap;
+
+    __device__ FpropTapFilterIterator(const T* w_g, int k_base, int K_per_group, int C_per_group_, int R,
+                                      int S_)
+        : w_t(w_g + ((index_t)(k_base + Map::x(0)) * C_per_group_ + Map::k(0)) * R * S_),
+          channel_stride((index_t)Map::STEP * C_per_group_ * R * S_),
+          live((K_per_group - k_base - Map::x(0) + Map::STEP - 1) / Map::STEP), C_per_group(C_per_group_),
+          RS(R * S_), S(S_), tap{0, 0, 0} {}
+    // Every k-tile is full (k_remaining >= BK). The pointer steps from element to element: no
+    // 64-bit multiply an element.
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
+        const T* w_i = w_t + tap.channel * RS + tap.r * S + tap.s;
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++, w_i += channel_stride) v[i] = i < live ? *w_i : T(0);
+    }
+    __device__ __forceinline__ void advance() { tap.advance(Tile::BK, C_per_group, S); }
+};
+
+// The kernel's iterators from its arguments, one overload an iterator (their constructors take
+// what each needs); the first argument only names the type.
+template <class Tile>
+__device__ __forceinline__ FpropActivationIterator<Tile> make_iterator(
+        FpropActivationIterator<Tile>*, const typename Tile::Element* x_g, index_t m, index_t M, int C, int,
+        int H, int W, int R, int S, int Q, index_t PQ, int stride_h, int stride_w, int pad_top, int pad_left,
+        int dil_h, int dil_w) {
+    return FpropActivationIterator<Tile>(x_g, m, M, C, H, W, R, S, Q, PQ, stride_h, stride_w, pad_top, pad_left,
+                                         dil_h, dil_w);
+}
+template <class Tile>
+__device__ __forceinline__ FpropTapActivationIterator<Tile> make_iterator(
+        FpropTapActivationIterator<Tile>*, const typename Tile::Element* x_g, index_t m, index_t M, int C,
+        int C_per_group, int H, int W, int, int S, int Q, index_t PQ, int stride_h, int stride_w, int pad_top,
+        int pad_left, int dil_h, int dil_w) {
+    return FpropTapActivationIterator<Tile>(x_g, m, M, C, C_per_group, H, W, S, Q, PQ, stride_h, stride_w,
+                                            pad_top, pad_left, dil_h, dil_w);
+}
+template <class Tile>
+__device__ __forceinline__ FpropFilterIterator<Tile> make_iterator(FpropFilterIterator<Tile>*,
+                                                                   const typename Tile::Element* w_g, int k_base,
+                                                                   int K_per_group, int C_per_group, int R, int S) {
+    return FpropFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group * R * S);
+}
+template <class Tile>
+__device__ __forceinline__ FpropFilterVectorIterator<Tile> make_iterator(
+        FpropFilterVectorIterator<Tile>*, const typename Tile::Element* w_g, int k_base, int K_per_group,
+        int C_per_group, int R, int S) {
+    return FpropFilterVectorIterator<Tile>(w_g, k_base, K_per_group, C_per_group * R * S);
+}
+template <class Tile>
+__device__ __forceinline__ FpropTapFilterIterator<Tile> make_iterator(FpropTapFilterIterator<Tile>*,
+                                                                      const typename Tile::Element* w_g,
+                                                                      int k_base, int K_per_group,
+                                                                      int C_per_group, int R, int S) {
+    return FpropTapFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group, R, S);
+}
 
 template <class Tile, int Activation>
 struct FpropTensorEpilogue {
@@ -38,7 +174,7 @@ struct FpropTensorEpilogue {
     }
 };
 
-template <int Kind, int Activation, int BM, int BN, int BK, int WM, int WN>
+template <int Kind, int Activation, bool TapMajor, bool VectorW, int BM, int BN, int BK, int WM, int WN>
 __global__ void __launch_bounds__(TensorTile<Kind, BM, BN, BK, WM, WN>::THREADS, 1)
 fprop_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   const typename TensorStorage<Kind>::type* __restrict__ w,
@@ -48,17 +184,24 @@ fprop_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   int stride_h, int stride_w, int pad_top, int pad_left,
                   int dil_h, int dil_w, int groups) {
     typedef TensorTile<Kind, BM, BN, BK, WM, WN> Tile;
+    typedef typename Tile::Element T;
     const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
     const index_t PQ = (index_t)P * Q, M = N * PQ;
     // blockIdx.y enumerates (group, tile of BN channels within the group), as fprop_implicit_gemm.
     const int k_tiles = (K_per_group + BN - 1) / BN;
     const int g = blockIdx.y / k_tiles, k_base = (blockIdx.y % k_tiles) * BN;
     const index_t m_base = (index_t)blockIdx.x * BM;
-    typedef FpropActivationIterator<Tile> IterA;
-    typedef FpropFilterIterator<Tile> IterB;
-    IterA a(x + (index_t)g * C_per_group * H * W, m_base + IterA::Map::x(0), M, C, H, W, R, S, Q, PQ,
-            stride_h, stride_w, pad_top, pad_left, dil_h, dil_w);
-    IterB b(w + (index_t)g * K_per_group * CRS, k_base, K_per_group, CRS);
+    // Iterators: the tap-major pair, or fprop_implicit_gemm's; B by 128-bit loads where VectorW.
+    typedef typename Select<TapMajor, FpropTapActivationIterator<Tile>, FpropActivationIterator<Tile>>::type
+        IterA;
+    typedef typename Select<VectorW, FpropFilterVectorIterator<Tile>,
+                            typename Select<TapMajor, FpropTapFilterIterator<Tile>,
+                                            FpropFilterIterator<Tile>>::type>::type IterB;
+    const T* x_g = x + (index_t)g * C_per_group * H * W;
+    const T* w_g = w + (index_t)g * K_per_group * CRS;
+    IterA a = make_iterator((IterA*)nullptr, x_g, m_base + IterA::Map::x(0), M, C, C_per_group, H, W, R, S, Q,
+                            PQ, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w);
+    IterB b = make_iterator((IterB*)nullptr, w_g, k_base, K_per_group, C_per_group, R, S);
     const FpropTensorEpilogue<Tile, Activation> epilogue{y, bias, m_base, M, PQ, K, g * K_per_group + k_base,
                                                          K_per_group - k_base};
     __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;

@@ -99,9 +99,91 @@ struct TensorShared {
 __device__ __forceinline__ unsigned short staged(unsigned short v) { return v; }
 __device__ __forceinline__ float staged(float v) { return __uint_as_float(to_tf32(v)); }
 
-// Store a thread's staged elements (registers) to their places in an operand tile.
+// Which elements of a BK×BX operand tile thread t stages when its iterator loads 16 bytes at a
+// time along k (VEC = 16 / sizeof(T) elements; KFast: the tile is [x][k]): runs of VEC consecutive
+// k of one x, element i in run i / VEC. Eight consecutive threads take the same k-run of eight
+// consecutive x, the next eight the next run: a quarter-warp's 128-bit shared stores then start
+// rows 20 words (half types) or 36 words (TF32) apart, banks 20i or 4i mod 32, each four wide:
+// all distinct, one wavefront a quarter-warp. Globally a warp reads whole 32-byte sectors.
+template <int BK, int BX, int THREADS, int VEC_>
+struct VectorStagingMap {
+    static constexpr int VEC = VEC_, RUNS_K = BK / VEC;  // k-runs of a row
+    static constexpr int ELEMS = BK * BX / THREADS, STEP = THREADS / RUNS_K;
+    static_assert(THREADS % (8 * RUNS_K) == 0 && ELEMS % VEC == 0, "whole runs, eight rows a run");
+    static __device__ __forceinline__ int k(int i) { return (threadIdx.x / 8) % RUNS_K * VEC + i % VEC; }
+    static __device__ __forceinline__ int x(int i) {
+        return threadIdx.x % 8 + threadIdx.x / (8 * RUNS_K) * 8 + (i / VEC) * STEP;
+    }
+};
+
+// A if Condition, else B (NVRTC has no <type_traits>): a kernel's iterator by a template flag.
+template <bool Condition, class A, class B>
+struct Select {
+    typedef A type;
+};
+template <class A, class B>
+struct Select<false, A, B> {
+    typedef B type;
+};
+
+// A reduction index in tap-major order (r, s, channel), stepped a whole k-tile of BK channels at
+// a time: the order of the *Tap* iterators, which need the channel count a multiple of BK (the
+// host checks), so that a k-tile is BK channels of one tap and every k-tile is full.
+struct TapMajorDigits {
+    int channel, r, s;  // the k-tile's first channel and its tap
+
+    __device__ __forceinline__ void advance(int BK, int channels, int S) {
+        channel += BK;
+        if (channel == channels) {
+            channel = 0;
+            if (++s == S) {
+                s = 0;
+                r++;
+            }
+        }
+    }
+};
+
+// Elements a staging map's runs hold: VEC of a VectorStagingMap, else 1.
+template <class Map, class = void>
+struct RunLength {
+    static constexpr int value = 1;
+};
+template <class Map>
+struct RunLength<Map, decltype(void(Map::VEC))> {
+    static constexpr int value = Map::VEC;
+};
+
+// 16 bytes of global memory (a 16-byte-aligned address) into VEC elements, and VEC staged
+// elements into 16 bytes of shared memory.
+__device__ __forceinline__ void load16(unsigned short* dst, const unsigned short* src) {
+    const uint4 v = *reinterpret_cast<const uint4*>(src);
+    const unsigned words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) dst[2 * i] = words[i] & 0xffffu, dst[2 * i + 1] = words[i] >> 16;
+}
+__device__ __forceinline__ void load16(float* dst, const float* src) {
+    const float4 v = *reinterpret_cast<const float4*>(src);
+    dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
+}
+__device__ __forceinline__ void store_staged16(unsigned short* dst, const unsigned short* v) {
+    *reinterpret_cast<uint4*>(dst) = make_uint4(v[0] | unsigned(v[1]) << 16, v[2] | unsigned(v[3]) << 16,
+                                                v[4] | unsigned(v[5]) << 16, v[6] | unsigned(v[7]) << 16);
+}
+__device__ __forceinline__ void store_staged16(float* dst, const float* v) {
+    *reinterpret_cast<float4*>(dst) = make_float4(staged(v[0]), staged(v[1]), staged(v[2]), staged(v[3]));
+}
+
+// Store a thread's staged elements (registers) to their places in an operand tile: one element a
+// store, or one 128-bit store a run of a VectorStagingMap.
 template <class Map, class Operand, typename T>
 __device__ __forceinline__ void store_operand(Operand& tile, const T (&v)[Map::ELEMS]) {
+    constexpr int VEC = RunLength<Map>::value;
+    if (VEC > 1) {
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i += VEC) store_staged16(&tile.at(Map::k(i), Map::x(i)), &v[i]);
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < Map::ELEMS; i++) tile.at(Map::k(i), Map::x(i)) = staged(v[i]);
 }

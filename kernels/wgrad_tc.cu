@@ -3,6 +3,8 @@
 // (wgrad.cu: M = K/groups output channels, N = C/groups·R·S taps, reduction N·P·Q pixels, split-K
 // over blockIdx.z), with the same iterators reading dy and x where they lie (NCHW, no transpose
 // kernel), on gemm_tc.cuh's tensor-core main loop. sm_80+ only; an older GPU runs wgrad.cu.
+// VectorDy (the host's choice, where P·Q is a multiple of 16 bytes' elements and dy is 16-byte
+// aligned): A is read 16 bytes a load (WgradGradientVectorIterator), otherwise an element a load.
 //
 // Each split writes its float32 partial tile to its slice of a float32 workspace
 // partial[splits][K][C/groups·R·S] (TF32 with one split: dw itself), and wgrad_tensor_reduce sums
@@ -10,6 +12,43 @@
 // bitwise reproducible, and a half-type dw is rounded once, not once per split.
 #include "wgrad.cu"
 #include "gemm_tc.cuh"
+
+// WgradGradientIterator with 128-bit loads: A[k, (n,p,q)] = dy[n, k, p, q], each thread a run of
+// VEC consecutive pixels of one output channel per load (VectorStagingMap). Assumes P·Q a multiple
+// of VEC and dy 16-byte aligned (the host checks: the kernel's VectorDy); a run starts at a
+// multiple of VEC (splits and k-tiles start at multiples of BK), so it lies in one image.
+template <class Tile>
+struct WgradGradientVectorIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = true;
+    typedef VectorStagingMap<Tile::BK, Tile::BM, Tile::THREADS, 16 / sizeof(T)> Map;
+    static constexpr int VEC = Map::VEC;
+    const T* dy_k;           // dy[0, k_base + Map::x(0), 0, 0] of the group
+    index_t image_stride;    // one image of dy: K·P·Q elements
+    int channel_stride;      // Map::STEP output channels: STEP·P·Q elements
+    int channels_left, PQ;
+    ReductionDigits pixel, step;  // this thread's run start (n, 0, p·Q + q); BK as digits
+
+    __device__ WgradGradientVectorIterator(const T* dy_g, index_t e, int k_base, int K_per_group, int K,
+                                           int P, int Q)
+        : dy_k(dy_g + (index_t)(k_base + Map::x(0)) * P * Q), image_stride((index_t)K * P * Q),
+          channel_stride(Map::STEP * P * Q), channels_left(K_per_group - k_base), PQ(P * Q),
+          pixel(ReductionDigits::of(e, 1, P * Q)), step(ReductionDigits::of(Tile::BK, 1, P * Q)) {}
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
+        const bool live = Map::k(0) < k_remaining;
+        const T* dy_t = dy_k + pixel.hi * image_stride + pixel.lo;
+#pragma unroll
+        for (int u = 0; u < Map::ELEMS / VEC; u++) {
+            if (live && Map::x(u * VEC) < channels_left) {
+                load16(&v[u * VEC], dy_t + u * channel_stride);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; e++) v[u * VEC + e] = T(0);
+            }
+        }
+    }
+    __device__ __forceinline__ void advance() { pixel.add(step, 1, PQ); }
+};
 
 template <class Tile>
 struct WgradTensorEpilogue {
@@ -34,7 +73,7 @@ struct WgradTensorEpilogue {
 };
 
 // Assumes P·Q + BK < 2^31 and chunk + BK < 2^31 (checked on the host), as wgrad_implicit_gemm.
-template <int Kind, int BM, int BN, int BK, int WM, int WN>
+template <int Kind, bool VectorDy, int BM, int BN, int BK, int WM, int WN>
 __global__ void __launch_bounds__(TensorTile<Kind, BM, BN, BK, WM, WN>::THREADS, 1)
 wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   const typename TensorStorage<Kind>::type* __restrict__ dy, float* __restrict__ partial,
@@ -49,7 +88,8 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
     const int crs_base = blockIdx.x * BN;
     const index_t npq = (index_t)N * P * Q, red_begin = blockIdx.z * chunk;
     const int reduction = (int)((red_begin + chunk < npq ? red_begin + chunk : npq) - red_begin);
-    typedef WgradGradientIterator<Tile> IterA;
+    typedef typename Select<VectorDy, WgradGradientVectorIterator<Tile>, WgradGradientIterator<Tile>>::type
+        IterA;
     typedef WgradActivationIterator<Tile> IterB;
     IterA a(dy + (index_t)g * K_per_group * P * Q, red_begin + IterA::Map::k(0), k_base, K_per_group, K, P, Q);
     IterB b(x + (index_t)g * C_per_group * H * W, red_begin + IterB::Map::k(0), crs_base, CRS, C, H, W, R, S,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -155,10 +156,42 @@ def tensor_kind(dtype: str, precision: str) -> str | None:
     return "tf32" if dtype == "float32" and precision == "tf32" else None
 
 
-def tensor_kernel_name(op: str, kind: str, kernel: str, activation=None) -> str:
-    """The name expression of ``op``'s tensor-core tile ``kernel`` for ``kind`` (TENSOR_KINDS)."""
-    head = f"{TENSOR_KINDS[kind]}" + (f", {ACTIVATION_IDS[activation]}" if op == "fprop" else "")
-    return f"{op}_tensor_core<{head}, {TENSOR_TILES[op][kernel].template_args()}>"
+# The staging variants of each op's tensor-core kernel: bool template arguments after the kind
+# (and fprop's activation), chosen per problem by ``tensor_staging``. fprop: tap-major (the
+# reduction in (r, s, c) order, a k-tile BK channels of one tap: one bounds check a k-tile), and
+# w read 16 bytes a load; wgrad: dy read 16 bytes a load.
+STAGING_FLAGS = {"fprop": ("tap_major", "vector_w"), "dgrad": (), "wgrad": ("vector_dy",)}
+
+
+def tensor_kernel_name(op: str, kind: str, kernel: str, activation=None, staging: tuple = ()) -> str:
+    """The name expression of ``op``'s tensor-core tile ``kernel`` for ``kind`` (TENSOR_KINDS) with
+    the STAGING_FLAGS[op] values ``staging`` (default: all False)."""
+    staging = staging or (False,) * len(STAGING_FLAGS[op])
+    head = ([str(TENSOR_KINDS[kind])] + ([str(ACTIVATION_IDS[activation])] if op == "fprop" else [])
+            + [str(flag).lower() for flag in staging])
+    return f"{op}_tensor_core<{', '.join(head)}, {TENSOR_TILES[op][kernel].template_args()}>"
+
+
+def _address(array) -> int:
+    """The device (CuPy) or host (NumPy) address of an array's first element."""
+    interface = getattr(array, "__cuda_array_interface__", None) or array.__array_interface__
+    return interface["data"][0]
+
+
+def tensor_staging(op: str, p, kernel: str, array) -> tuple[bool, ...]:
+    """STAGING_FLAGS[op] for ``p`` on tile ``kernel``; ``array`` is the operand a vector flag
+    reads (fprop w, wgrad dy). Tap-major where C/groups is a multiple of BK (every k-tile whole
+    channels of one tap). A 16-byte load where the array is 16-byte aligned and the run it reads
+    is contiguous along the kernel's reduction in whole 16-byte pieces: fprop w along
+    C/groups·R·S (tap-major: R·S = 1 only), wgrad dy along an image's P·Q."""
+    aligned = _address(array) % 16 == 0
+    if op == "fprop":
+        tap_major = p.C_per_group % TENSOR_TILES[op][kernel].BK == 0
+        run = p.C_per_group * p.R * p.S if not tap_major or p.R * p.S == 1 else 0
+        return tap_major, aligned and run > 0 and run * array.itemsize % 16 == 0
+    if op == "wgrad":
+        return (aligned and p.P * p.Q * array.itemsize % 16 == 0,)
+    return ()
 
 
 def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
@@ -325,8 +358,9 @@ def _instances(op: str, activations=(None,)) -> list[str]:
 
 
 def _tensor_instances(op: str) -> list[str]:
-    kernels = [tensor_kernel_name(op, kind, k, a) for kind in TENSOR_KINDS
+    kernels = [tensor_kernel_name(op, kind, k, a, staging) for kind in TENSOR_KINDS
                for a in (ACTIVATION_IDS if op == "fprop" else (None,))
+               for staging in itertools.product((False, True), repeat=len(STAGING_FLAGS[op]))
                for k, tile in TENSOR_TILES[op].items()
                if (kind if kind != "tf32" else "float32") in tile.dtypes]
     return kernels + ([f"wgrad_tensor_reduce<{k}>" for k in TENSOR_KINDS.values()] if op == "wgrad" else [])
@@ -516,7 +550,8 @@ class KernelBackend:
         if chosen is None:
             return None
         (kind, kernel), y = chosen, self._empty(p.y_shape, p.dtype)
-        self._launch("fprop_tc.cu", tensor_kernel_name("fprop", kind, kernel, activation), y.size,
+        name = tensor_kernel_name("fprop", kind, kernel, activation, tensor_staging("fprop", p, kernel, w))
+        self._launch("fprop_tc.cu", name, y.size,
                      (x, w, _pointer(bias), y) + conv_args(p), "fprop", TENSOR_TILES["fprop"][kernel], p)
         return y
 
@@ -544,7 +579,8 @@ class KernelBackend:
         splits, chunk = wgrad_splits(p, tile)
         direct = splits == 1 and kind == "tf32"
         partial = dw if direct else self._empty((splits, *p.w_shape), "float32")
-        self._launch("wgrad_tc.cu", tensor_kernel_name("wgrad", kind, kernel), dw.size,
+        name = tensor_kernel_name("wgrad", kind, kernel, staging=tensor_staging("wgrad", p, kernel, dy))
+        self._launch("wgrad_tc.cu", name, dw.size,
                      (x, dy, partial) + conv_args(p) + (np.int64(chunk),), "wgrad", tile, p)
         if not direct:
             self._launch("wgrad_tc.cu", f"wgrad_tensor_reduce<{TENSOR_KINDS[kind]}>", dw.size,
