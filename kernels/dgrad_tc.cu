@@ -5,9 +5,100 @@
 // only), with the same iterators reading dy and w where they lie (NCHW, no transpose kernel), on
 // gemm_tc.cuh's tensor-core main loop. sm_80+ only; an older GPU runs dgrad.cu in float32.
 // DgradTensorEpilogue adds the bias in float32 and rounds once to dx's type. Assumes, as
-// dgrad_implicit_gemm, a phase's N·Hp·Wp pixels + BM < 2^31 (checked on the host).
+// dgrad_implicit_gemm, a phase's N·Hp·Wp pixels + BM < 2^31 (checked on the host). TapMajor (the
+// host's choice where K/groups is a multiple of BK): the tap-major iterators below.
 #include "dgrad.cu"
 #include "gemm_tc.cuh"
+
+// The tap-major iterators: the reduction in the order (t_r, t_s, k) rather than (k, t_r, t_s), a
+// k-tile being BK output channels of one tap of the phase (TapMajorDigits; K/groups a multiple of
+// BK, checked on the host), as fprop_tc.cu's: one bounds check a k-tile, elements a fixed stride
+// apart. A[m, (t_r, t_s, k)] = dy[n, k, p, q], staged as DgradGradientIterator's.
+template <class Tile>
+struct DgradTapGradientIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = false;  // consecutive threads, consecutive pixels: coalesced
+    typedef StagingMap<Tile::BK, Tile::BM, Tile::THREADS, KFast> Map;
+    const T* dy_n;  // image n, channel Map::k(0) of the group; null past the phase's pixels
+    int p0, q0;     // the dy row and column that tap (0, 0) of the pixel reads
+    int P, Q, dp_r, dp_s, K_per_group, taps_s, element_stride;  // STEP channels: STEP·P·Q
+    TapMajorDigits tap;
+
+    __device__ DgradTapGradientIterator(const T* dy_g, int m, int M, int HWp, int Wp, int K, int K_per_group_,
+                                        int P_, int Q_, const PhaseTaps& tap_r, const PhaseTaps& tap_s)
+        : P(P_), Q(Q_), dp_r(tap_r.dp), dp_s(tap_s.dp), K_per_group(K_per_group_), taps_s(tap_s.count),
+          element_stride(Map::STEP * P_ * Q_), tap{0, 0, 0} {
+        const int n = m / HWp, ij = m % HWp;
+        dy_n = m < M ? dy_g + ((index_t)n * K + Map::k(0)) * P * Q : nullptr;
+        p0 = ij / Wp + tap_r.p0;
+        q0 = ij % Wp + tap_s.p0;
+    }
+    // Every k-tile is full (k_remaining >= BK).
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
+        const int p = p0 - tap.r * dp_r, q = q0 - tap.s * dp_s;
+        const bool inside = dy_n != nullptr && (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q;
+        int offset = (tap.channel * P + p) * Q + q;  // int: K·P·Q < 2^31
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++, offset += element_stride) v[i] = inside ? dy_n[offset] : T(0);
+    }
+    __device__ __forceinline__ void advance() { tap.advance(Tile::BK, K_per_group, taps_s); }
+};
+
+// B[(t_r, t_s, k), c] = w[k, c, first_r + t_r·step_r, first_s + t_s·step_s], staged as
+// DgradFilterIterator's (one k a k-tile, several c).
+template <class Tile>
+struct DgradTapFilterIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = true;
+    typedef StagingMap<Tile::BK, Tile::BN, Tile::THREADS, KFast> Map;
+    const T* w_c;           // w[Map::k(0), c_base + Map::x(0), 0, 0] of the group
+    index_t filter_stride;  // one output channel k of w: C/groups·R·S elements
+    int channel_stride;     // Map::STEP input channels: STEP·R·S elements
+    int live, K_per_group, S, first_r, step_r, first_s, step_s, taps_s;  // live: as FpropTapFilterIterator's
+    TapMajorDigits tap;
+
+    __device__ DgradTapFilterIterator(const T* w_g, int c_base, int C_per_group, int K_per_group_, int R, int S_,
+                                      const PhaseTaps& tap_r, const PhaseTaps& tap_s)
+        : w_c(w_g + ((index_t)Map::k(0) * C_per_group + c_base + Map::x(0)) * R * S_),
+          filter_stride((index_t)C_per_group * R * S_), channel_stride(Map::STEP * R * S_),
+          live((C_per_group - c_base - Map::x(0) + Map::STEP - 1) / Map::STEP), K_per_group(K_per_group_),
+          S(S_), first_r(tap_r.first), step_r(tap_r.step), first_s(tap_s.first), step_s(tap_s.step),
+          taps_s(tap_s.count), tap{0, 0, 0} {}
+    // Every k-tile is full (k_remaining >= BK).
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
+        const T* w_i = w_c + tap.channel * filter_stride + (first_r + tap.r * step_r) * S + first_s +
+                       tap.s * step_s;
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++, w_i += channel_stride) v[i] = i < live ? *w_i : T(0);
+    }
+    __device__ __forceinline__ void advance() { tap.advance(Tile::BK, K_per_group, taps_s); }
+};
+
+// The kernel's iterators from its arguments, one overload an iterator (as fprop_tc.cu's).
+template <class Tile>
+__device__ __forceinline__ DgradGradientIterator<Tile> make_iterator(
+        DgradGradientIterator<Tile>*, const typename Tile::Element* dy_g, int m, int M, int HWp, int Wp, int K, int,
+        int P, int Q, const PhaseTaps& tap_r, const PhaseTaps& tap_s) {
+    return DgradGradientIterator<Tile>(dy_g, m, M, HWp, Wp, K, P, Q, tap_r, tap_s);
+}
+template <class Tile>
+__device__ __forceinline__ DgradTapGradientIterator<Tile> make_iterator(
+        DgradTapGradientIterator<Tile>*, const typename Tile::Element* dy_g, int m, int M, int HWp, int Wp, int K,
+        int K_per_group, int P, int Q, const PhaseTaps& tap_r, const PhaseTaps& tap_s) {
+    return DgradTapGradientIterator<Tile>(dy_g, m, M, HWp, Wp, K, K_per_group, P, Q, tap_r, tap_s);
+}
+template <class Tile>
+__device__ __forceinline__ DgradFilterIterator<Tile> make_iterator(
+        DgradFilterIterator<Tile>*, const typename Tile::Element* w_g, int c_base, int C_per_group, int, int R,
+        int S, const PhaseTaps& tap_r, const PhaseTaps& tap_s) {
+    return DgradFilterIterator<Tile>(w_g, c_base, C_per_group, R, S, tap_r, tap_s);
+}
+template <class Tile>
+__device__ __forceinline__ DgradTapFilterIterator<Tile> make_iterator(
+        DgradTapFilterIterator<Tile>*, const typename Tile::Element* w_g, int c_base, int C_per_group,
+        int K_per_group, int R, int S, const PhaseTaps& tap_r, const PhaseTaps& tap_s) {
+    return DgradTapFilterIterator<Tile>(w_g, c_base, C_per_group, K_per_group, R, S, tap_r, tap_s);
+}
 
 template <class Tile>
 struct DgradTensorEpilogue {
@@ -41,7 +132,7 @@ struct DgradTensorEpilogue {
     }
 };
 
-template <int Kind, int BM, int BN, int BK, int WM, int WN>
+template <int Kind, bool TapMajor, int BM, int BN, int BK, int WM, int WN>
 __global__ void __launch_bounds__(TensorTile<Kind, BM, BN, BK, WM, WN>::THREADS, 1)
 dgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ dy,
                   const typename TensorStorage<Kind>::type* __restrict__ w,
@@ -61,11 +152,12 @@ dgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ dy,
     const PhaseTaps tap_s = phase_taps(phase_w, pad_left, stride_w, dil_w, S);
     const int c_tiles = (C_per_group + BN - 1) / BN;
     const int g = blockIdx.y / c_tiles, c_base = (blockIdx.y % c_tiles) * BN;
-    typedef DgradGradientIterator<Tile> IterA;
-    typedef DgradFilterIterator<Tile> IterB;
-    IterA a(dy + (index_t)g * K_per_group * P * Q, m_base + IterA::Map::x(0), M, Hp * Wp, Wp, K, P, Q,
-            tap_r, tap_s);
-    IterB b(w + (index_t)g * K_per_group * C_per_group * R * S, c_base, C_per_group, R, S, tap_r, tap_s);
+    typedef typename Select<TapMajor, DgradTapGradientIterator<Tile>, DgradGradientIterator<Tile>>::type IterA;
+    typedef typename Select<TapMajor, DgradTapFilterIterator<Tile>, DgradFilterIterator<Tile>>::type IterB;
+    IterA a = make_iterator((IterA*)nullptr, dy + (index_t)g * K_per_group * P * Q, m_base + IterA::Map::x(0),
+                            M, Hp * Wp, Wp, K, K_per_group, P, Q, tap_r, tap_s);
+    IterB b = make_iterator((IterB*)nullptr, w + (index_t)g * K_per_group * C_per_group * R * S, c_base,
+                            C_per_group, K_per_group, R, S, tap_r, tap_s);
     const DgradTensorEpilogue<Tile> epilogue{dx, bias, m_base, M, Hp, Wp, phase_h, phase_w, stride_h,
                                              stride_w, H, W, C, g * C_per_group + c_base,
                                              C_per_group - c_base};

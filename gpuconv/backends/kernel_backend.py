@@ -159,8 +159,8 @@ def tensor_kind(dtype: str, precision: str) -> str | None:
 # The staging variants of each op's tensor-core kernel: bool template arguments after the kind
 # (and fprop's activation), chosen per problem by ``tensor_staging``. fprop: tap-major (the
 # reduction in (r, s, c) order, a k-tile BK channels of one tap: one bounds check a k-tile), and
-# w read 16 bytes a load; wgrad: dy read 16 bytes a load.
-STAGING_FLAGS = {"fprop": ("tap_major", "vector_w"), "dgrad": (), "wgrad": ("vector_dy",)}
+# w read 16 bytes a load; dgrad: tap-major ((t_r, t_s, k) order); wgrad: dy read 16 bytes a load.
+STAGING_FLAGS = {"fprop": ("tap_major", "vector_w"), "dgrad": ("tap_major",), "wgrad": ("vector_dy",)}
 
 
 def tensor_kernel_name(op: str, kind: str, kernel: str, activation=None, staging: tuple = ()) -> str:
@@ -180,8 +180,8 @@ def _address(array) -> int:
 
 def tensor_staging(op: str, p, kernel: str, array) -> tuple[bool, ...]:
     """STAGING_FLAGS[op] for ``p`` on tile ``kernel``; ``array`` is the operand a vector flag
-    reads (fprop w, wgrad dy). Tap-major where C/groups is a multiple of BK (every k-tile whole
-    channels of one tap). A 16-byte load where the array is 16-byte aligned and the run it reads
+    reads (fprop w, wgrad dy). Tap-major where the reduction's channels (fprop C/groups, dgrad
+    K/groups) are a multiple of BK (every k-tile whole channels of one tap). A 16-byte load where the array is 16-byte aligned and the run it reads
     is contiguous along the kernel's reduction in whole 16-byte pieces: fprop w along
     C/groups·R·S (tap-major: R·S = 1 only), wgrad dy along an image's P·Q."""
     aligned = _address(array) % 16 == 0
@@ -189,9 +189,9 @@ def tensor_staging(op: str, p, kernel: str, array) -> tuple[bool, ...]:
         tap_major = p.C_per_group % TENSOR_TILES[op][kernel].BK == 0
         run = p.C_per_group * p.R * p.S if not tap_major or p.R * p.S == 1 else 0
         return tap_major, aligned and run > 0 and run * array.itemsize % 16 == 0
-    if op == "wgrad":
-        return (aligned and p.P * p.Q * array.itemsize % 16 == 0,)
-    return ()
+    if op == "dgrad":
+        return (p.K_per_group % TENSOR_TILES[op][kernel].BK == 0,)
+    return (aligned and p.P * p.Q * array.itemsize % 16 == 0,)
 
 
 def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
@@ -562,7 +562,8 @@ class KernelBackend:
         if chosen is None:
             return None
         (kind, kernel), dx = chosen, self._empty(p.x_shape, p.dtype)
-        self._launch("dgrad_tc.cu", tensor_kernel_name("dgrad", kind, kernel), dx.size,
+        name = tensor_kernel_name("dgrad", kind, kernel, staging=tensor_staging("dgrad", p, kernel, w))
+        self._launch("dgrad_tc.cu", name, dx.size,
                      (dy, w, _pointer(bias), dx) + conv_args(p), "dgrad", TENSOR_TILES["dgrad"][kernel], p)
         return dx
 
