@@ -181,9 +181,10 @@ def _address(array) -> int:
 def tensor_staging(op: str, p, kernel: str, array) -> tuple[bool, ...]:
     """STAGING_FLAGS[op] for ``p`` on tile ``kernel``; ``array`` is the operand a vector flag
     reads (fprop w, wgrad dy). Tap-major where the reduction's channels (fprop C/groups, dgrad
-    K/groups) are a multiple of BK (every k-tile whole channels of one tap). A 16-byte load where the array is 16-byte aligned and the run it reads
-    is contiguous along the kernel's reduction in whole 16-byte pieces: fprop w along
-    C/groups·R·S (tap-major: R·S = 1 only), wgrad dy along an image's P·Q."""
+    K/groups) are a multiple of BK (every k-tile whole channels of one tap). A 16-byte load where
+    the array is 16-byte aligned and the run it reads is contiguous along the kernel's reduction
+    in whole 16-byte pieces: fprop w along C/groups·R·S (tap-major: R·S = 1 only), wgrad dy
+    along an image's P·Q."""
     aligned = _address(array) % 16 == 0
     if op == "fprop":
         tap_major = p.C_per_group % TENSOR_TILES[op][kernel].BK == 0
