@@ -50,10 +50,46 @@ struct WgradGradientVectorIterator {
     __device__ __forceinline__ void advance() { pixel.add(step, 1, PQ); }
 };
 
+// B[(n,p,q), c] = x[n, c, p·stride_h - pad_top + r·dil_h, q·stride_w - pad_left + s·dil_w] for the
+// block's one tap (r, s) (tap-major columns: a block's BN columns are BN channels of one tap), staged
+// as WgradActivationIterator's (one pixel a k-tile, several channels): the pixel's tap lands inside
+// x or in the padding for all of them, one bounds check a k-tile, and they lie H·W·STEP apart.
+template <class Tile>
+struct WgradTapActivationIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = true;
+    typedef StagingMap<Tile::BK, Tile::BN, Tile::THREADS, KFast> Map;
+    const T* x_c;            // image 0 of x, channel c_base + Map::x(0) of the group
+    index_t image_stride;    // one image of x: C·H·W elements
+    int tap_h, tap_w;        // r·dil_h, s·dil_w
+    int live, H, W, P, Q, stride_h, stride_w, pad_top, pad_left, element_stride;  // live: as FpropTapFilterIterator's
+    ReductionDigits npq, step;
+
+    __device__ WgradTapActivationIterator(const T* x_g, index_t e, int c_base, int C_per_group, int C, int H_,
+                                          int W_, int r, int s, int P_, int Q_, int stride_h_, int stride_w_,
+                                          int pad_top_, int pad_left_, int dil_h, int dil_w)
+        : x_c(x_g + (index_t)(c_base + Map::x(0)) * H_ * W_), image_stride((index_t)C * H_ * W_),
+          tap_h(r * dil_h), tap_w(s * dil_w), live((C_per_group - c_base - Map::x(0) + Map::STEP - 1) / Map::STEP),
+          H(H_), W(W_), P(P_), Q(Q_), stride_h(stride_h_), stride_w(stride_w_), pad_top(pad_top_),
+          pad_left(pad_left_), element_stride(Map::STEP * H_ * W_), npq(ReductionDigits::of(e, P_, Q_)),
+          step(ReductionDigits::of(Tile::BK, P_, Q_)) {}
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
+        const int h = npq.mid * stride_h - pad_top + tap_h, w = npq.lo * stride_w - pad_left + tap_w;
+        const bool inside = Map::k(0) < k_remaining && (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
+        const T* x_n = x_c + npq.hi * image_stride;
+        int offset = h * W + w;  // int: C·H·W < 2^31
+#pragma unroll
+        for (int i = 0; i < Map::ELEMS; i++, offset += element_stride) v[i] = inside && i < live ? x_n[offset] : T(0);
+    }
+    __device__ __forceinline__ void advance() { npq.add(step, P, Q); }
+};
+
+// This split's partial tile into its slice of the workspace (dw's layout): accumulator (row, col)
+// at out[row·C/groups·R·S + col·column_stride] (column_stride: 1, or R·S for tap-major columns).
 template <class Tile>
 struct WgradTensorEpilogue {
-    float* out;  // the block's first element: partial[z][g·K/groups + k_base][crs_base]
-    int CRS, rows_left, cols_left;
+    float* out;  // the block's first element: partial[z][g·K/groups + k_base][its first column]
+    int CRS, column_stride, rows_left, cols_left;
 
     __device__ __forceinline__ void operator()(const float (&acc)[Tile::FRAGS_M][Tile::FRAGS_N][4]) const {
 #pragma unroll
@@ -67,13 +103,16 @@ struct WgradTensorEpilogue {
 #pragma unroll
                     for (int e = 0; e < 2; e++)
                         if (Tile::col(j, e) < cols_left)
-                            out[(index_t)row * CRS + Tile::col(j, e)] = acc[i][j][2 * h + e];
+                            out[(index_t)row * CRS + Tile::col(j, e) * column_stride] = acc[i][j][2 * h + e];
             }
     }
 };
 
 // Assumes P·Q + BK < 2^31 and chunk + BK < 2^31 (checked on the host), as wgrad_implicit_gemm.
-template <int Kind, bool VectorDy, int BM, int BN, int BK, int WM, int WN>
+// TapMajor (the host's choice where C/groups is a multiple of BK): blockIdx.x names a tap (r, s)
+// and a tile of BN channels, its B from WgradTapActivationIterator; otherwise BN consecutive
+// (c,r,s) from WgradActivationIterator.
+template <int Kind, bool TapMajor, bool VectorDy, int BM, int BN, int BK, int WM, int WN>
 __global__ void __launch_bounds__(TensorTile<Kind, BM, BN, BK, WM, WN>::THREADS, 1)
 wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   const typename TensorStorage<Kind>::type* __restrict__ dy, float* __restrict__ partial,
@@ -82,23 +121,35 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   int dil_h, int dil_w, int groups, index_t chunk) {
     typedef TensorTile<Kind, BM, BN, BK, WM, WN> Tile;
     const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
-    // The block's tile and split, as wgrad_implicit_gemm.
+    // The block's rows and split, as wgrad_implicit_gemm.
     const int k_tiles = (K_per_group + BM - 1) / BM;
     const int g = blockIdx.y / k_tiles, k_base = (blockIdx.y % k_tiles) * BM;
-    const int crs_base = blockIdx.x * BN;
     const index_t npq = (index_t)N * P * Q, red_begin = blockIdx.z * chunk;
     const int reduction = (int)((red_begin + chunk < npq ? red_begin + chunk : npq) - red_begin);
     typedef typename Select<VectorDy, WgradGradientVectorIterator<Tile>, WgradGradientIterator<Tile>>::type
         IterA;
-    typedef WgradActivationIterator<Tile> IterB;
     IterA a(dy + (index_t)g * K_per_group * P * Q, red_begin + IterA::Map::k(0), k_base, K_per_group, K, P, Q);
-    IterB b(x + (index_t)g * C_per_group * H * W, red_begin + IterB::Map::k(0), crs_base, CRS, C, H, W, R, S,
-            P, Q, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w);
-    const WgradTensorEpilogue<Tile> epilogue{
-        partial + (index_t)blockIdx.z * K * CRS + (index_t)(g * K_per_group + k_base) * CRS + crs_base, CRS,
-        K_per_group - k_base, CRS - crs_base};
-    __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;
-    tensor_implicit_gemm<Tile>(shared, a, b, reduction, epilogue);
+    const typename Tile::Element* x_g = x + (index_t)g * C_per_group * H * W;
+    float* out = partial + (index_t)blockIdx.z * K * CRS + (index_t)(g * K_per_group + k_base) * CRS;
+    if constexpr (TapMajor) {  // (constexpr: one __shared__ tile pair an instance)
+        const int c_tiles = (C_per_group + BN - 1) / BN;
+        const int tap = blockIdx.x / c_tiles, c_base = (blockIdx.x % c_tiles) * BN;
+        typedef WgradTapActivationIterator<Tile> IterB;
+        IterB b(x_g, red_begin + IterB::Map::k(0), c_base, C_per_group, C, H, W, tap / S, tap % S, P, Q,
+                stride_h, stride_w, pad_top, pad_left, dil_h, dil_w);
+        const WgradTensorEpilogue<Tile> epilogue{out + c_base * R * S + tap, CRS, R * S, K_per_group - k_base,
+                                                 C_per_group - c_base};
+        __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;
+        tensor_implicit_gemm<Tile>(shared, a, b, reduction, epilogue);
+    } else {
+        const int crs_base = blockIdx.x * BN;
+        typedef WgradActivationIterator<Tile> IterB;
+        IterB b(x_g, red_begin + IterB::Map::k(0), crs_base, CRS, C, H, W, R, S, P, Q, stride_h, stride_w, pad_top,
+                pad_left, dil_h, dil_w);
+        const WgradTensorEpilogue<Tile> epilogue{out + crs_base, CRS, 1, K_per_group - k_base, CRS - crs_base};
+        __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;
+        tensor_implicit_gemm<Tile>(shared, a, b, reduction, epilogue);
+    }
 }
 
 // dw[i] = Σ_z partial[z][i] in float32, summed in the order z = 0, 1, ..., splits-1 (bitwise

@@ -159,8 +159,10 @@ def tensor_kind(dtype: str, precision: str) -> str | None:
 # The staging variants of each op's tensor-core kernel: bool template arguments after the kind
 # (and fprop's activation), chosen per problem by ``tensor_staging``. fprop: tap-major (the
 # reduction in (r, s, c) order, a k-tile BK channels of one tap: one bounds check a k-tile), and
-# w read 16 bytes a load; dgrad: tap-major ((t_r, t_s, k) order); wgrad: dy read 16 bytes a load.
-STAGING_FLAGS = {"fprop": ("tap_major", "vector_w"), "dgrad": ("tap_major",), "wgrad": ("vector_dy",)}
+# w read 16 bytes a load; dgrad: tap-major ((t_r, t_s, k) order); wgrad: tap-major columns (a
+# block's BN columns are channels of one tap: ``wgrad_tap_major``) and dy read 16 bytes a load.
+STAGING_FLAGS = {"fprop": ("tap_major", "vector_w"), "dgrad": ("tap_major",),
+                 "wgrad": ("tap_major", "vector_dy")}
 
 
 def tensor_kernel_name(op: str, kind: str, kernel: str, activation=None, staging: tuple = ()) -> str:
@@ -192,7 +194,14 @@ def tensor_staging(op: str, p, kernel: str, array) -> tuple[bool, ...]:
         return tap_major, aligned and run > 0 and run * array.itemsize % 16 == 0
     if op == "dgrad":
         return (p.K_per_group % TENSOR_TILES[op][kernel].BK == 0,)
-    return (aligned and p.P * p.Q * array.itemsize % 16 == 0,)
+    return wgrad_tap_major(p, TENSOR_TILES[op][kernel]), aligned and p.P * p.Q * array.itemsize % 16 == 0
+
+
+def wgrad_tap_major(p, tile) -> bool:
+    """Whether wgrad's kernel of ``tile`` on ``p`` has tap-major columns (a block: one tap (r, s),
+    BN channels): a tensor-core tile, with C/groups a multiple of BK (whole tiles of channels
+    waste little of a block). A function of the problem and tile: the grid follows it."""
+    return isinstance(tile, TensorTile) and p.C_per_group % tile.BK == 0
 
 
 def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
@@ -345,7 +354,7 @@ def wgrad_splits(p, tile: Tile) -> tuple[int, int]:
     [z·chunk, (z+1)·chunk); chunk is a multiple of BK and no split is empty. A function of the
     problem and tile only, so a given problem always sums in the same order."""
     npq = p.N * p.P * p.Q
-    blocks = ceil_div(p.C_per_group * p.R * p.S, tile.BN) * p.groups * ceil_div(p.K_per_group, tile.BM)
+    blocks = _wgrad_column_blocks(p, tile) * p.groups * ceil_div(p.K_per_group, tile.BM)
     want = min(ceil_div(H100_SMS * resident_blocks(tile), blocks), MAX_SPLITS,
                max(1, npq // (MIN_SPLIT_TILES * tile.BK)))
     chunk = ceil_div(ceil_div(npq, want), tile.BK) * tile.BK
@@ -403,6 +412,14 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _wgrad_column_blocks(p, tile) -> int:
+    """Blocks across wgrad's GEMM columns: tiles of BN taps (c,r,s), or with tap-major columns
+    (``wgrad_tap_major``) R·S taps × tiles of BN channels."""
+    if wgrad_tap_major(p, tile):
+        return p.R * p.S * ceil_div(p.C_per_group, tile.BN)
+    return ceil_div(p.C_per_group * p.R * p.S, tile.BN)
+
+
 def launch_config(total: int, op: str | None = None, tile: Tile | None = None, p=None):
     """(grid, block) of a launch.
 
@@ -412,8 +429,8 @@ def launch_config(total: int, op: str | None = None, tile: Tile | None = None, p
       fprop: x over tiles of BM output pixels, y over (group, tile of BN output channels);
       dgrad: x over tiles of BM pixels of the largest stride phase, y over (group, tile of BN input
              channels), z over the stride_h·stride_w phases;
-      wgrad: x over tiles of BN taps (c,r,s), y over (group, tile of BM output channels), z over
-             the reduction splits (``wgrad_splits``).
+      wgrad: x over tiles of BN taps (c,r,s) (tap-major: over (tap, tile of BN channels)), y over
+             (group, tile of BM output channels), z over the reduction splits (``wgrad_splits``).
     """
     if op == "bias_grad":  # one block per output channel (``total`` = K), BIAS_GRAD_THREADS each
         return (min(total, MAX_BLOCKS),), (BIAS_GRAD_THREADS,)
@@ -426,8 +443,7 @@ def launch_config(total: int, op: str | None = None, tile: Tile | None = None, p
         phase_pixels = p.N * ceil_div(p.H, sh) * ceil_div(p.W, sw)
         grid = (ceil_div(phase_pixels, tile.BM), G * ceil_div(p.C_per_group, tile.BN), sh * sw)
     else:
-        grid = (ceil_div(p.C_per_group * p.R * p.S, tile.BN), G * ceil_div(p.K_per_group, tile.BM),
-                wgrad_splits(p, tile)[0])
+        grid = (_wgrad_column_blocks(p, tile), G * ceil_div(p.K_per_group, tile.BM), wgrad_splits(p, tile)[0])
     return grid, (tile.threads,)
 
 
