@@ -32,6 +32,7 @@ from gpuconv.problem import Conv2dProblem, transpose_problem
 
 from problems import (
     EDGE,
+    TENSOR_STAGING,
     conv_cases,
     conv_inputs,
     conv_kwargs,
@@ -183,12 +184,12 @@ def every_kernel(emulate_options, name="dilation_stride"):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-def every_tensor_core_kernel(emulate_options, name):
-    """The tensor-core kernels (fprop_tc.cu, dgrad_tc.cu, wgrad_tc.cu) once on EDGE[name], every
-    tile and activation: float16 and TF32 (no ml_dtypes needed; tests/test_tensor_core_kernels.py
+def every_tensor_core_kernel(emulate_options, case):
+    """The tensor-core kernels (fprop_tc.cu, dgrad_tc.cu, wgrad_tc.cu) once on problem ``case``,
+    every tile and activation: float16 and TF32 (no ml_dtypes needed; tests/test_tensor_core_kernels.py
     checks bfloat16 too), small integers, ==."""
     for dtype, precision in (("float16", "highest"), ("float32", "tf32")):
-        p = problem(EDGE[name], dtype)
+        p = problem(case, dtype)
         a = conv_inputs(p, 13, small_ints)
         for op in TENSOR_TILES:
             for kernel, tile in TENSOR_TILES[op].items():
@@ -226,7 +227,9 @@ def test_kernel_line_coverage(capsys):
 
     for name in ("dilation_stride", "odd_channels", "big_pad", "groups"):
         every_kernel(dict(mode="coverage"), name)
-        every_tensor_core_kernel(dict(mode="coverage"), name)
+        every_tensor_core_kernel(dict(mode="coverage"), EDGE[name])
+    for case in TENSOR_STAGING.values():  # the tensor-core kernels' staging variants
+        every_tensor_core_kernel(dict(mode="coverage"), case)
     files = sorted(kernels_dir().glob("*.cu")) + [kernels_dir() / h for h in ("common.cuh", "gemm.cuh",
                                                                              "gemm_tc.cuh")]
     report = coverage_report(files)

@@ -20,7 +20,7 @@ from gpuconv.api import round_to_tf32
 from gpuconv.backends import kernel_backend as kb
 from gpuconv.problem import conv_problem
 
-from problems import EDGE, conv_kwargs, problem, run_op, run_tensor_op
+from problems import EDGE, TENSOR_STAGING, conv_kwargs, problem, run_op, run_tensor_op
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 # kind (TENSOR_KINDS) -> (array dtype, precision, largest |x|, |w| and |dy| of the exact tests)
@@ -31,6 +31,11 @@ OPS = ("fprop", "dgrad", "wgrad")
 
 def dtype_of(kind):
     return "float32" if kind == "tf32" else kind
+
+
+# Every (kind, tile) the tensor-core kernels are built for.
+TILE_KINDS = [(kind, tile) for tile, t in kb.TENSOR_TILES["fprop"].items() for kind in KINDS
+              if dtype_of(kind) in t.dtypes]
 
 
 def integers(rng, shape, kind, bound):
@@ -74,12 +79,44 @@ def test_small_integers_are_exact_on_the_edge_problems(op, kind, name):
     np.testing.assert_array_equal(run_tensor_cores(op, p, a, kind), exact(op, p, a, kind))
 
 
+# What tensor_staging picks on TENSOR_STAGING (float16, 64×64), per op: the flags of STAGING_FLAGS.
+STAGING_PICKED = {
+    "tap_major": {"fprop": (True, False), "dgrad": (False,), "wgrad": (True, False)},
+    "vector": {"fprop": (False, True), "dgrad": (True,), "wgrad": (False, True)},
+    "1x1_tap_vector": {"fprop": (True, True), "dgrad": (True,), "wgrad": (True, True)},
+    "groups_stride": {"fprop": (True, False), "dgrad": (True,), "wgrad": (True, False)},
+}
+
+
+@pytest.mark.parametrize("kind, kernel", TILE_KINDS)
+@pytest.mark.parametrize("name", TENSOR_STAGING)
+@pytest.mark.parametrize("op", OPS)
+def test_every_staging_variant_is_exact(op, name, kind, kernel):
+    p = problem(TENSOR_STAGING[name], dtype_of(kind))
+    a = exact_case(p, kind, seed=len(name))
+    operand = {"fprop": a["w"], "dgrad": a["w"], "wgrad": a["dy"]}[op]
+    assert kb.tensor_staging(op, p, kernel, operand) == STAGING_PICKED[name][op]
+    np.testing.assert_array_equal(run_tensor_cores(op, p, a, kind, kernel), exact(op, p, a, kind))
+
+
+def test_a_misaligned_operand_takes_element_loads():
+    """An operand 2 bytes off a 16-byte boundary (a view into a larger array) is read an element a
+    load, and the result is the same."""
+    p = problem(TENSOR_STAGING["1x1_tap_vector"], "float16")
+    a = exact_case(p, "float16", seed=2)
+    for op, name in (("fprop", "w"), ("wgrad", "dy")):
+        buffer = np.empty(a[name].size + 8, np.float16)
+        shifted = buffer[1:1 + a[name].size].reshape(a[name].shape)
+        shifted[...] = a[name]
+        assert kb.tensor_staging(op, p, "64x64x32_tc", shifted)[-1] is False
+        got = run_tensor_cores(op, p, {**a, name: shifted}, "float16")
+        np.testing.assert_array_equal(got, exact(op, p, a, "float16"))
+
+
 # Partial tiles in M, N and the reduction of every op: fprop M = N·P·Q = 162, N = K = 136,
 # C·R·S = 360 (11¼ k-tiles); dgrad M = 162 pixels, N = C = 40, K·R·S = 1224; wgrad M = K = 136,
 # N = C·R·S = 360, N·P·Q = 162 (5 k-tiles and a bit, split).
 PARTIAL = dict(x=(2, 40, 9, 9), w=(136, 40, 3, 3), padding=1)
-TILE_KINDS = [(kind, tile) for tile, t in kb.TENSOR_TILES["fprop"].items() for kind in KINDS
-              if dtype_of(kind) in t.dtypes]
 
 
 @pytest.mark.parametrize("kind, kernel", TILE_KINDS)
