@@ -7,7 +7,8 @@ float16 and bfloat16 (``ml_dtypes.bfloat16``) arrays are computed in float32 —
 float32, bias and activation applied in float32 — and rounded once to the input's dtype.
 ``precision="tf32"`` rounds a float32 convolution's inputs x, w and dy to TF32 (10 mantissa bits,
 nearest with ties away from zero, as ``cvt.rna.tf32.f32``) and sums in float32; ``"tf32x3"``
-promises float32 accuracy and is computed in float32.
+promises float32 accuracy: the kernel backends split each input into a TF32 high part and a TF32
+remainder and sum three tensor-core products a multiply, the numpy backend computes in float32.
 """
 from __future__ import annotations
 

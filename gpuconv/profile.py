@@ -55,7 +55,7 @@ class Profile:
 def run(op: str, p, kernel: str = "auto", seed: int = 0, precision: str = "highest") -> Profile:
     """Runs ``op`` on problem ``p`` with ``kernel`` ('auto', 'direct' or a KERNEL_CHOICES[op] name) in
     profile mode on fresh normal inputs and returns its counters. An op in float16, bfloat16 or at
-    precision='tf32' profiles its tensor-core kernel where one takes the problem
+    precision='tf32' or 'tf32x3' profiles its tensor-core kernel where one takes the problem
     (``choose_*_tensor_core``), else the float32 kernels (of a half dtype: what the API computes)."""
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="float16 and bfloat16: the op's tensor-core kernel (bfloat16 needs "
                              "ml_dtypes)")
     parser.add_argument("--precision", choices=PRECISIONS, default="highest",
-                        help="float32 at 'tf32': the op's tensor-core kernel")
+                        help="float32 at 'tf32' or 'tf32x3': the op's tensor-core kernel")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return parser
 

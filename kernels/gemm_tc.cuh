@@ -5,9 +5,12 @@
 // measured. sm_80+ only (mma.cuh): a source that includes it is compiled for those architectures
 // alone (MIN_ARCH in gpuconv/backends/kernel_backend.py).
 //
-// Kinds: float16 and bfloat16 (m16n8k16, shared tiles hold the arrays' own 16-bit patterns) and
-// float32 in TF32 (m16n8k8, each element rounded by cvt.rna once, when staged); float32
-// accumulation in every kind.
+// Kinds: float16 and bfloat16 (m16n8k16, shared tiles hold the arrays' own 16-bit patterns),
+// float32 in TF32 (m16n8k8, each element rounded by cvt.rna once, when staged) and float32 in
+// TF32x3 (shared tiles hold float32; each fragment element is split into a TF32 high part and the
+// TF32 rounding of the remainder, and a·b is a_lo·b_hi + a_hi·b_lo + a_hi·b_hi on m16n8k8: the
+// dropped a_lo·b_lo is about 2^-22 of a product, float32 accuracy at three mma a product);
+// float32 accumulation in every kind.
 //
 // Tiles: a block computes BM×BN of one group's GEMM output, (BM/WM)·(BN/WN) warps of WM×WN, each
 // warp WM/16 × WN/8 mma tiles of 16×8. Accumulator c[2h + e] of mma tile (i, j) is row
@@ -34,12 +37,15 @@
 #include "gemm.cuh"
 #include "mma.cuh"
 
-template <int Kind>
+// Whether a kind takes float32 inputs on m16n8k8 (TF32, TF32x3).
+__host__ __device__ constexpr bool tf32_kind(int kind) { return kind == TENSOR_TF32 || kind == TENSOR_TF32X3; }
+
+template <int Kind, bool Float32 = tf32_kind(Kind)>
 struct TensorStorage {
     typedef unsigned short type;  // float16 / bfloat16 bits
 };
-template <>
-struct TensorStorage<TENSOR_TF32> {
+template <int Kind>
+struct TensorStorage<Kind, true> {
     typedef float type;
 };
 
@@ -48,7 +54,7 @@ struct TensorTile {
     typedef typename TensorStorage<Kind>::type Element;
     static constexpr int KIND = Kind;
     static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_;
-    static constexpr int MMA_K = Kind == TENSOR_TF32 ? 8 : 16;  // k of one mma
+    static constexpr int MMA_K = tf32_kind(Kind) ? 8 : 16;  // k of one mma
     static constexpr int FRAGS_M = WM / 16, FRAGS_N = WN / 8;    // mma tiles of a warp
     static constexpr int WARPS_M = BM / WM, WARPS_N = BN / WN;
     static constexpr int THREADS = WARPS_M * WARPS_N * 32;
@@ -95,9 +101,14 @@ struct TensorShared {
     OperandTile<T, Tile::BK, Tile::BN, IterB::KFast> b_tile[2];
 };
 
-// A staged element as shared memory holds it: half types unchanged, float rounded to TF32.
+// A staged element as shared memory holds it: half types unchanged, float rounded to TF32 (TF32x3:
+// unchanged, split at the fragment loads).
+template <int Kind>
 __device__ __forceinline__ unsigned short staged(unsigned short v) { return v; }
-__device__ __forceinline__ float staged(float v) { return __uint_as_float(to_tf32(v)); }
+template <int Kind>
+__device__ __forceinline__ float staged(float v) {
+    return Kind == TENSOR_TF32X3 ? v : __uint_as_float(to_tf32(v));
+}
 
 // Which elements of a BK×BX operand tile thread t stages when its iterator loads 16 bytes at a
 // time along k (VEC = 16 / sizeof(T) elements; KFast: the tile is [x][k]): runs of VEC consecutive
@@ -166,26 +177,29 @@ __device__ __forceinline__ void load16(float* dst, const float* src) {
     const float4 v = *reinterpret_cast<const float4*>(src);
     dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
 }
+template <int Kind>
 __device__ __forceinline__ void store_staged16(unsigned short* dst, const unsigned short* v) {
     *reinterpret_cast<uint4*>(dst) = make_uint4(v[0] | unsigned(v[1]) << 16, v[2] | unsigned(v[3]) << 16,
                                                 v[4] | unsigned(v[5]) << 16, v[6] | unsigned(v[7]) << 16);
 }
+template <int Kind>
 __device__ __forceinline__ void store_staged16(float* dst, const float* v) {
-    *reinterpret_cast<float4*>(dst) = make_float4(staged(v[0]), staged(v[1]), staged(v[2]), staged(v[3]));
+    *reinterpret_cast<float4*>(dst) = make_float4(staged<Kind>(v[0]), staged<Kind>(v[1]), staged<Kind>(v[2]),
+                                                  staged<Kind>(v[3]));
 }
 
 // Store a thread's staged elements (registers) to their places in an operand tile: one element a
 // store, or one 128-bit store a run of a VectorStagingMap.
-template <class Map, class Operand, typename T>
+template <int Kind, class Map, class Operand, typename T>
 __device__ __forceinline__ void store_operand(Operand& tile, const T (&v)[Map::ELEMS]) {
     constexpr int VEC = RunLength<Map>::value;
     if (VEC > 1) {
 #pragma unroll
-        for (int i = 0; i < Map::ELEMS; i += VEC) store_staged16(&tile.at(Map::k(i), Map::x(i)), &v[i]);
+        for (int i = 0; i < Map::ELEMS; i += VEC) store_staged16<Kind>(&tile.at(Map::k(i), Map::x(i)), &v[i]);
         return;
     }
 #pragma unroll
-    for (int i = 0; i < Map::ELEMS; i++) tile.at(Map::k(i), Map::x(i)) = staged(v[i]);
+    for (int i = 0; i < Map::ELEMS; i++) tile.at(Map::k(i), Map::x(i)) = staged<Kind>(v[i]);
 }
 
 // A's fragments of the 16×MMA_K block at rows m, reduction k0 of a_tile, and B's of two 8-column
@@ -197,7 +211,7 @@ __device__ __forceinline__ void store_operand(Operand& tile, const T (&v)[Map::E
 template <int Kind, bool KFast, class Operand>
 __device__ __forceinline__ void load_a_fragment(unsigned (&a)[4], const Operand& tile, int k0, int m) {
     const int lane = threadIdx.x % 32;
-    if (Kind == TENSOR_TF32) {
+    if (tf32_kind(Kind)) {
         const int g = lane / 4, t = lane % 4;
         a[0] = __float_as_uint(float(tile.at(k0 + t, m + g)));
         a[1] = __float_as_uint(float(tile.at(k0 + t, m + g + 8)));
@@ -212,7 +226,7 @@ template <int Kind, bool KFast, class Operand>
 __device__ __forceinline__ void load_b_fragments(unsigned (&b0)[2], unsigned (&b1)[2], const Operand& tile,
                                                  int k0, int n) {
     const int lane = threadIdx.x % 32;
-    if (Kind == TENSOR_TF32) {
+    if (tf32_kind(Kind)) {
         const int g = lane / 4, t = lane % 4;
         b0[0] = __float_as_uint(float(tile.at(k0 + t, n + g)));
         b0[1] = __float_as_uint(float(tile.at(k0 + t + 4, n + g)));
@@ -224,6 +238,22 @@ __device__ __forceinline__ void load_b_fragments(unsigned (&b0)[2], unsigned (&b
         ldmatrix_x4<!KFast>(r, tile.matrix_row(k0 + (matrix % 2) * 8, n + (matrix / 2) * 8, lane % 8));
         b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
     }
+}
+
+// Fragment registers of raw float32 (TF32x3) split in place: v into its TF32 rounding (hi, kept in
+// v) and the TF32 rounding of the remainder (lo); v ≈ hi + lo to about 2^-22 of v. An infinite v
+// has remainder 0, so that it multiplies as in float32.
+template <int M, int E>
+__device__ __forceinline__ void split_tf32(unsigned (&v)[M][E], unsigned (&lo)[M][E]) {
+#pragma unroll
+    for (int i = 0; i < M; i++)
+#pragma unroll
+        for (int e = 0; e < E; e++) {
+            const float whole = __uint_as_float(v[i][e]);
+            v[i][e] = to_tf32(whole);
+            const float rest = whole - __uint_as_float(v[i][e]);
+            lo[i][e] = to_tf32(rest == rest ? rest : 0.0f);  // ±inf: inf - inf is no remainder
+        }
 }
 
 // One k-tile of the warp's product: acc[i][j] (the 16×8 mma tile i, j of the warp) += A·B over the
@@ -243,11 +273,23 @@ __device__ __forceinline__ void warp_mma_product(float (&acc)[Tile::FRAGS_M][Til
 #pragma unroll
         for (int j = 0; j < Tile::FRAGS_N; j += 2)
             load_b_fragments<Kind, IterB::KFast>(b[j], b[j + 1], shared.b_tile[buffer], kk, warp_n + j * 8);
+        if (Kind == TENSOR_TF32X3) {
+            unsigned a_lo[Tile::FRAGS_M][4], b_lo[Tile::FRAGS_N][2];
+            split_tf32(a, a_lo);
+            split_tf32(b, b_lo);
+#pragma unroll
+            for (int i = 0; i < Tile::FRAGS_M; i++)
+#pragma unroll
+                for (int j = 0; j < Tile::FRAGS_N; j++) {  // the small terms first
+                    mma_m16n8k8_tf32(acc[i][j], a_lo[i], b[j], acc[i][j]);
+                    mma_m16n8k8_tf32(acc[i][j], a[i], b_lo[j], acc[i][j]);
+                }
+        }
 #pragma unroll
         for (int i = 0; i < Tile::FRAGS_M; i++)
 #pragma unroll
             for (int j = 0; j < Tile::FRAGS_N; j++) {
-                if (Kind == TENSOR_TF32) mma_m16n8k8_tf32(acc[i][j], a[i], b[j], acc[i][j]);
+                if (tf32_kind(Kind)) mma_m16n8k8_tf32(acc[i][j], a[i], b[j], acc[i][j]);
                 else mma_m16n8k16<Kind == TENSOR_BFLOAT16>(acc[i][j], a[i], b[j], acc[i][j]);
             }
     }
@@ -270,8 +312,8 @@ __device__ __forceinline__ void tensor_implicit_gemm(TensorShared<Tile, IterA, I
     if (k_tiles > 0) {
         a.load(a_staged, reduction);
         b.load(b_staged, reduction);
-        store_operand<MapA>(shared.a_tile[0], a_staged);
-        store_operand<MapB>(shared.b_tile[0], b_staged);
+        store_operand<Tile::KIND, MapA>(shared.a_tile[0], a_staged);
+        store_operand<Tile::KIND, MapB>(shared.b_tile[0], b_staged);
         __syncthreads();
     }
     int buffer = 0;
@@ -282,8 +324,8 @@ __device__ __forceinline__ void tensor_implicit_gemm(TensorShared<Tile, IterA, I
         b.load(b_staged, reduction - tile * BK);
         warp_mma_product<Tile>(acc, shared, buffer);
         // The other buffer was last read before the previous barrier: free to overwrite.
-        store_operand<MapA>(shared.a_tile[buffer ^ 1], a_staged);
-        store_operand<MapB>(shared.b_tile[buffer ^ 1], b_staged);
+        store_operand<Tile::KIND, MapA>(shared.a_tile[buffer ^ 1], a_staged);
+        store_operand<Tile::KIND, MapB>(shared.b_tile[buffer ^ 1], b_staged);
         __syncthreads();
         buffer ^= 1;
     }
@@ -298,7 +340,7 @@ __device__ __forceinline__ float to_float(int kind, unsigned short v) {
 __device__ __forceinline__ float to_float(int, float v) { return v; }
 template <int Kind>
 __device__ __forceinline__ typename TensorStorage<Kind>::type rounded(float v) {
-    if (Kind == TENSOR_TF32) return v;  // float32 output
+    if (tf32_kind(Kind)) return v;  // float32 output
     return (unsigned short)((Kind == TENSOR_BFLOAT16 ? pack_bfloat162(v, 0.0f) : pack_half2(v, 0.0f))
                             & 0xffffu);
 }

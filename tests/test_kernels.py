@@ -186,9 +186,9 @@ def every_kernel(emulate_options, name="dilation_stride"):
 
 def every_tensor_core_kernel(emulate_options, case):
     """The tensor-core kernels (fprop_tc.cu, dgrad_tc.cu, wgrad_tc.cu) once on problem ``case``,
-    every tile and activation: float16 and TF32 (no ml_dtypes needed; tests/test_tensor_core_kernels.py
-    checks bfloat16 too), small integers, ==."""
-    for dtype, precision in (("float16", "highest"), ("float32", "tf32")):
+    every tile and activation: float16, TF32 and TF32x3 (no ml_dtypes needed;
+    tests/test_tensor_core_kernels.py checks bfloat16 too), small integers, ==."""
+    for dtype, precision in (("float16", "highest"), ("float32", "tf32"), ("float32", "tf32x3")):
         p = problem(case, dtype)
         a = conv_inputs(p, 13, small_ints)
         for op in TENSOR_TILES:

@@ -25,12 +25,12 @@ from problems import EDGE, TENSOR_STAGING, conv_kwargs, problem, run_op, run_ten
 ml_dtypes = pytest.importorskip("ml_dtypes")
 # kind (TENSOR_KINDS) -> (array dtype, precision, largest |x|, |w| and |dy| of the exact tests)
 KINDS = {"float16": (np.float16, "highest", 3), "bfloat16": (ml_dtypes.bfloat16, "highest", 1),
-         "tf32": (np.float32, "tf32", 3)}
+         "tf32": (np.float32, "tf32", 3), "tf32x3": (np.float32, "tf32x3", 3)}
 OPS = ("fprop", "dgrad", "wgrad")
 
 
 def dtype_of(kind):
-    return "float32" if kind == "tf32" else kind
+    return kb.kind_dtype(kind)
 
 
 # Every (kind, tile) the tensor-core kernels are built for.
@@ -136,7 +136,8 @@ def test_fprop_every_activation(kind, kernel):
         np.testing.assert_array_equal(got, exact("fprop", p, a, kind, activation))
     got = run_tensor_cores("fprop", p, {**a, "bias_k": None}, kind, kernel, "sigmoid")
     want = 1 / (1 + np.exp(-ref.fprop(p, *(a[k].astype(np.float64) for k in "xw"), None, None)))
-    assert np.abs(got - want).max() <= {"float16": 2**-11, "bfloat16": 2**-8, "tf32": 1e-6}[kind]
+    tolerance = {"float16": 2**-11, "bfloat16": 2**-8}.get(kind, 1e-6)  # half an ulp of the output
+    assert np.abs(got - want).max() <= tolerance
 
 
 @pytest.mark.parametrize("schedule", ["reverse", "random"])
@@ -228,6 +229,26 @@ def test_tf32_rounds_inputs_as_the_numpy_backend(op):
     assert np.abs(got - call(backend="numpy")).max() > 1e-5 * scale  # the inputs were rounded
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_tf32x3_is_as_accurate_as_float32(op):
+    """Three TF32 products a multiply: within a few float32 ulps of 'highest' (float32 FFMA), three
+    orders of magnitude closer to the float64 reference than 'tf32'."""
+    rng = np.random.default_rng(10)
+    p = problem(PARTIAL, "float32")
+    a = {k: rng.standard_normal(s).astype(np.float32) for k, s in
+         (("x", p.x_shape), ("w", p.w_shape), ("dy", p.y_shape))}
+    a["bias_k"] = a["bias_c"] = None
+    want = run_op(ref, op, p, {k: None if v is None else v.astype(np.float64) for k, v in a.items()})
+
+    def error(y):
+        return np.abs(y - want).max() / np.abs(want).max()
+
+    x3 = error(run_tensor_cores(op, p, a, "tf32x3", activation=None))
+    highest = error(run_op(kb.emulate_backend(), op, p, a))
+    tf32 = error(run_tensor_cores(op, p, a, "tf32", activation=None))
+    assert x3 <= max(2 * highest, 2**-21) and tf32 > 100 * x3, (x3, highest, tf32)
+
+
 def test_conv_transpose2d_runs_on_tensor_cores():
     """conv_transpose2d in float16 is dgrad_tc.cu with a bias and a given P, Q (output_padding)."""
     rng = np.random.default_rng(12)
@@ -251,7 +272,7 @@ def test_auto_routes_only_what_tensor_cores_run():
     depthwise = problem(EDGE["depthwise"], "float16")
     assert [kb.choose_tensor_core(op, depthwise) for op in OPS] == [None] * 3  # 2 channels a group
     assert kb.choose_wgrad_tensor_core(half, "64x64x8_8x8") is None  # a forced SIMT tile
-    assert kb.tensor_kind("float32", "highest") is None and kb.tensor_kind("float32", "tf32x3") is None
+    assert kb.tensor_kind("float32", "highest") is None and kb.tensor_kind("float32", "tf32x3") == "tf32x3"
     assert kb.tensor_kind("float64", "highest") is None
     # The float32 path given a tensor-core tile that cannot take the problem runs it direct.
     for choose in (kb.choose_fprop, kb.choose_dgrad, kb.choose_wgrad):
@@ -271,14 +292,16 @@ def test_a_gpu_without_tensor_cores_takes_the_float32_path():
     np.testing.assert_array_equal(y.astype(np.float64), exact("fprop", p, a, "float16", None))
 
 
-SASS_CASES = [("float16", "128x128x32_tc"), ("bfloat16", "64x64x32_tc"), ("tf32", "64x64x32_tc")]
+SASS_CASES = [("float16", "128x128x32_tc"), ("bfloat16", "64x64x32_tc"), ("tf32", "64x64x32_tc"),
+              ("tf32x3", "64x64x32_tc")]
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("op", OPS)
 def test_main_loop_runs_on_hmma_and_ldmatrix(op, arch):
     """NVRTC compiles the kernels as the cuda backend does; the main loop holds one HMMA per
-    mma.sync, one LDSM per ldmatrix (none for TF32's direct loads), one barrier, and no spills."""
+    mma.sync (three a product in TF32x3), one LDSM per ldmatrix (none for TF32's direct loads), one
+    barrier, and no spills."""
     from gpuconv import compile_check, sass
 
     if not compile_check.nvrtc_available():
@@ -292,10 +315,10 @@ def test_main_loop_runs_on_hmma_and_ldmatrix(op, arch):
     assert sorted(r.kernel for r in reports) == sorted(names)
     for r in reports:
         kind, tile = names[r.kernel][0], kb.TENSOR_TILES[op][names[r.kernel][1]]
-        mma_k = 8 if kind == "tf32" else 16
-        assert r.hmma == (tile.WM // 16) * (tile.WN // 8) * tile.BK // mma_k, r.kernel
+        mma_k, products = {"tf32": (8, 1), "tf32x3": (8, 3)}.get(kind, (16, 1))
+        assert r.hmma == products * (tile.WM // 16) * (tile.WN // 8) * tile.BK // mma_k, r.kernel
         # ldmatrix.x4: one per 16 rows of A, one per 16 columns of B, each k16 step.
-        ldsm = 0 if kind == "tf32" else (tile.WM // 16 + tile.WN // 16) * tile.BK // 16
+        ldsm = 0 if kind.startswith("tf32") else (tile.WM // 16 + tile.WN // 16) * tile.BK // 16
         assert (r.ldsm, r.spills, r.bar, r.threads) == (ldsm, 0, 1, tile.threads), r.kernel
 
 

@@ -111,7 +111,8 @@ TILES = {op: _TILES for op in ("fprop", "dgrad", "wgrad")}
 class TensorTile:
     """Tile shape of a tensor-core kernel (kernels/gemm_tc.cuh): a BM×BN tile per block, BK
     reduction steps staged at a time, BM/WM × BN/WN warps of WM×WN (WM/16 × WN/8 mma tiles each).
-    ``dtypes``: the input dtypes it is instantiated for, float32 meaning precision='tf32'."""
+    ``dtypes``: the input dtypes it is instantiated for, float32 meaning precision='tf32' and
+    'tf32x3'."""
 
     BM: int
     BN: int
@@ -137,7 +138,7 @@ _TENSOR_TILES = {
 }
 TENSOR_TILES = {op: _TENSOR_TILES for op in ("fprop", "dgrad", "wgrad")}
 # The first template argument of the tensor-core kernels: TENSOR_* in kernels/mma.cuh.
-TENSOR_KINDS = {"float16": 0, "bfloat16": 1, "tf32": 2}
+TENSOR_KINDS = {"float16": 0, "bfloat16": 1, "tf32": 2, "tf32x3": 3}
 # Each op's tensor-core source.
 TENSOR_SOURCES = {"fprop": "fprop_tc.cu", "dgrad": "dgrad_tc.cu", "wgrad": "wgrad_tc.cu"}
 # Sources that include kernels/mma.cuh compile only for sm_80 and newer (the compute capability).
@@ -150,10 +151,15 @@ KERNEL_CHOICES = {op: ("auto", "direct", *tiles, *TENSOR_TILES[op]) for op, tile
 
 def tensor_kind(dtype: str, precision: str) -> str | None:
     """The TENSOR_KINDS entry an op of ``dtype`` at ``precision`` runs on tensor cores with, or
-    None (float64, float32 at 'highest' or 'tf32x3')."""
+    None (float64, float32 at 'highest')."""
     if dtype in HALF_DTYPES:
         return dtype
-    return "tf32" if dtype == "float32" and precision == "tf32" else None
+    return precision if dtype == "float32" and precision in ("tf32", "tf32x3") else None
+
+
+def kind_dtype(kind: str) -> str:
+    """The array dtype of a TENSOR_KINDS entry: float32 for the TF32 kinds."""
+    return "float32" if kind.startswith("tf32") else kind
 
 
 # The staging variants of each op's tensor-core kernel: bool template arguments after the kind
@@ -372,7 +378,7 @@ def _tensor_instances(op: str) -> list[str]:
                for a in (ACTIVATION_IDS if op == "fprop" else (None,))
                for staging in itertools.product((False, True), repeat=len(STAGING_FLAGS[op]))
                for k, tile in TENSOR_TILES[op].items()
-               if (kind if kind != "tf32" else "float32") in tile.dtypes]
+               if kind_dtype(kind) in tile.dtypes]
     return kernels + ([f"wgrad_tensor_reduce<{k}>" for k in TENSOR_KINDS.values()] if op == "wgrad" else [])
 
 
@@ -588,14 +594,14 @@ class KernelBackend:
     def wgrad_tensor_cores(self, p, x, dy, precision):
         """dw of ``p`` from wgrad_tc.cu (as ``fprop_tensor_cores``), or None. The splits' float32
         partial tiles go to a float32 workspace, summed in a fixed order and rounded once to dw's
-        type (``wgrad_tensor_reduce``); TF32 with one split writes dw itself."""
+        type (``wgrad_tensor_reduce``); float32 with one split writes dw itself."""
         chosen = self._tensor_tile("wgrad", p, precision)
         if chosen is None:
             return None
         (kind, kernel), dw = chosen, self._empty(p.w_shape, p.dtype)
         tile = TENSOR_TILES["wgrad"][kernel]
         splits, chunk = wgrad_splits(p, tile)
-        direct = splits == 1 and kind == "tf32"
+        direct = splits == 1 and kind_dtype(kind) == "float32"
         partial = dw if direct else self._empty((splits, *p.w_shape), "float32")
         name = tensor_kernel_name("wgrad", kind, kernel, staging=tensor_staging("wgrad", p, kernel, dy))
         self._launch("wgrad_tc.cu", name, dw.size,
