@@ -37,9 +37,12 @@ struct DgradTapGradientIterator {
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
         const int p = p0 - tap.r * dp_r, q = q0 - tap.s * dp_s;
         const bool inside = dy_n != nullptr && (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q;
-        int offset = (tap.channel * P + p) * Q + q;  // int: K·P·Q < 2^31
+        // Outside dy every element reads zero_element: no predicate an element.
+        const T* base = inside ? dy_n : zero_element<T>();
+        int offset = inside ? (tap.channel * P + p) * Q + q : 0;  // int: K·P·Q < 2^31
+        const int stride = inside ? element_stride : 0;
 #pragma unroll
-        for (int i = 0; i < Map::ELEMS; i++, offset += element_stride) v[i] = inside ? dy_n[offset] : T(0);
+        for (int i = 0; i < Map::ELEMS; i++, offset += stride) v[i] = base[offset];
     }
     __device__ __forceinline__ void advance() { tap.advance(Tile::BK, K_per_group, taps_s); }
 };

@@ -47,7 +47,7 @@ struct FpropFilterVectorIterator {
 // being BK channels of one tap (TapMajorDigits; C/groups a multiple of BK, checked on the host).
 // A pixel's tap then lands inside x or in the padding for the whole k-tile: one bounds check a
 // k-tile instead of one an element, and the staged elements of a thread lie a fixed stride apart
-// (STEP channels), so an element costs an address and a load, no digits of its own.
+// (STEP channels), so an element costs an address and a load, no digits or predicate of its own.
 // A[m, (r,s,c)] = x[n, c, h0 + r·dil_h, w0 + s·dil_w], staged as FpropActivationIterator's.
 template <class Tile>
 struct FpropTapActivationIterator {
@@ -72,9 +72,12 @@ struct FpropTapActivationIterator {
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
         const int h = h0 + tap.r * dil_h, w = w0 + tap.s * dil_w;
         const bool inside = x_n != nullptr && (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
-        int offset = tap.channel * HW + h * W + w;  // int: C·H·W < 2^31
+        // In the padding every element reads zero_element: no predicate an element.
+        const T* base = inside ? x_n : zero_element<T>();
+        int offset = inside ? tap.channel * HW + h * W + w : 0;  // int: C·H·W < 2^31
+        const int stride = inside ? element_stride : 0;
 #pragma unroll
-        for (int i = 0; i < Map::ELEMS; i++, offset += element_stride) v[i] = inside ? x_n[offset] : T(0);
+        for (int i = 0; i < Map::ELEMS; i++, offset += stride) v[i] = base[offset];
     }
     __device__ __forceinline__ void advance() { tap.advance(Tile::BK, C_per_group, S); }
 };

@@ -155,6 +155,14 @@ struct TapMajorDigits {
     }
 };
 
+// Zero as any element type: a staging load whose element lies in the padding reads it here, so
+// that the loads of a k-tile need no predicate (the tap-major iterators).
+__device__ const unsigned zero_word = 0;
+template <typename T>
+__device__ __forceinline__ const T* zero_element() {
+    return reinterpret_cast<const T*>(&zero_word);
+}
+
 // Elements a staging map's runs hold: VEC of a VectorStagingMap, else 1.
 template <class Map, class = void>
 struct RunLength {
