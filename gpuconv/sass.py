@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
-import itertools
 import json
 import os
 import re
@@ -51,7 +50,7 @@ from .backends.kernel_backend import (
     BIAS_GRAD_THREADS,
     CTYPES,
     KERNELS,
-    STAGING_FLAGS,
+    STAGINGS,
     TENSOR_KINDS,
     TENSOR_TILES,
     THREADS_PER_BLOCK,
@@ -418,10 +417,8 @@ def launch_threads() -> dict[str, int]:
     for op, tiles in TENSOR_TILES.items():
         for tile_name, tile in tiles.items():
             for kind in TENSOR_KINDS:
-                for activation in ACTIVATION_IDS if op == "fprop" else (None,):
-                    for staging in itertools.product((False, True), repeat=len(STAGING_FLAGS[op])):
-                        name = tensor_kernel_name(op, kind, tile_name, activation, staging)
-                        threads[name] = tile.threads
+                for staging in STAGINGS[op]:
+                    threads[tensor_kernel_name(op, kind, tile_name, staging)] = tile.threads
     return threads
 
 

@@ -5,8 +5,9 @@
 // only), with the same iterators reading dy and w where they lie (NCHW, no transpose kernel), on
 // gemm_tc.cuh's tensor-core main loop. sm_80+ only; an older GPU runs dgrad.cu in float32.
 // DgradTensorEpilogue adds the bias in float32 and rounds once to dx's type. Assumes, as
-// dgrad_implicit_gemm, a phase's N·Hp·Wp pixels + BM < 2^31 (checked on the host). TapMajor (the
-// host's choice where K/groups is a multiple of BK): the tap-major iterators below.
+// dgrad_implicit_gemm, a phase's N·Hp·Wp pixels + BM < 2^31 (checked on the host). Staging
+// (STAGING_*, the host's choice): dgrad_implicit_gemm's iterators, or the tap-major ones below
+// (K/groups a multiple of BK).
 #include "dgrad.cu"
 #include "gemm_tc.cuh"
 
@@ -135,7 +136,7 @@ struct DgradTensorEpilogue {
     }
 };
 
-template <int Kind, bool TapMajor, int BM, int BN, int BK, int WM, int WN>
+template <int Kind, int Staging, int BM, int BN, int BK, int WM, int WN>
 __global__ void __launch_bounds__(TensorTile<Kind, BM, BN, BK, WM, WN>::THREADS, 1)
 dgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ dy,
                   const typename TensorStorage<Kind>::type* __restrict__ w,
@@ -145,6 +146,7 @@ dgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ dy,
                   int stride_h, int stride_w, int pad_top, int pad_left,
                   int dil_h, int dil_w, int groups) {
     typedef TensorTile<Kind, BM, BN, BK, WM, WN> Tile;
+    constexpr bool TapMajor = Staging == STAGING_TAP_MAJOR;
     const int C_per_group = C / groups, K_per_group = K / groups;
     // The phase and its pixels, as dgrad_implicit_gemm.
     const int phase_h = blockIdx.z / stride_w, phase_w = blockIdx.z % stride_w;

@@ -4,16 +4,17 @@
 // the same iterators gathering A from x and B from w where they lie (NCHW, no transpose kernel),
 // on gemm_tc.cuh's tensor-core main loop. sm_80+ only; an older GPU runs fprop.cu in float32.
 // A block owns BM pixels × BN output channels of one group; FpropTensorEpilogue adds the bias and
-// applies the activation in float32, then rounds once to y's type. VectorW (the host's choice,
-// where C/groups·R·S is a multiple of 16 bytes' elements and w is 16-byte aligned): B is read 16
-// bytes a load (FpropFilterVectorIterator), otherwise an element a load.
+// applies the activation (a run-time argument here) in float32, then rounds once to y's type.
+// Staging (the host's choice, STAGING_*): fprop_implicit_gemm's iterators; the tap-major ones
+// below (C/groups a multiple of BK); those with w read 16 bytes a load (FpropFilterVectorIterator:
+// 1×1 filters, w 16-byte aligned).
 #include "fprop.cu"
 #include "gemm_tc.cuh"
 
 // FpropFilterIterator with 128-bit loads: B[(c,r,s), k] = w[k, (c,r,s)], each thread a run of
 // VEC consecutive (c,r,s) of one output channel (w's rows are contiguous along C·R·S) per load
 // (VectorStagingMap). Assumes C/groups·R·S a multiple of VEC and w 16-byte aligned (the host
-// checks: the kernel's VectorW), so every run is whole inside the reduction or wholly past it.
+// checks: STAGING_TAP_MAJOR_VECTOR), so every run is whole inside the reduction or wholly past it.
 template <class Tile>
 struct FpropFilterVectorIterator {
     typedef typename Tile::Element T;
@@ -147,13 +148,23 @@ __device__ __forceinline__ FpropTapFilterIterator<Tile> make_iterator(FpropTapFi
     return FpropTapFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group, R, S);
 }
 
-template <class Tile, int Activation>
+// activate<Activation>(v) for a run-time activation (ACTIVATION_*): the tensor-core fprop takes it
+// as an argument, not a template argument (a third as many instances to compile), and the branch
+// is the epilogue's, once an element, outside the main loop.
+__device__ __forceinline__ float activated(float v, int activation) {
+    if (activation == ACTIVATION_RELU) return activate<ACTIVATION_RELU>(v);
+    if (activation == ACTIVATION_SIGMOID) return activate<ACTIVATION_SIGMOID>(v);
+    return v;
+}
+
+template <class Tile>
 struct FpropTensorEpilogue {
     typedef typename Tile::Element T;
     T* y;
     const T* bias;
     index_t m_base, M, PQ;
     int K, k_first, channels_left;  // k_first: the block's first output channel (of all groups)
+    int activation;
 
     __device__ __forceinline__ void operator()(const float (&acc)[Tile::FRAGS_M][Tile::FRAGS_N][4]) const {
 #pragma unroll
@@ -171,13 +182,13 @@ struct FpropTensorEpilogue {
                         if (col >= channels_left) continue;
                         float v = acc[i][j][2 * h + e];
                         if (bias != nullptr) v += to_float(Tile::KIND, bias[k_first + col]);
-                        y[(n * K + k_first + col) * PQ + pq] = rounded<Tile::KIND>(activate<Activation>(v));
+                        y[(n * K + k_first + col) * PQ + pq] = rounded<Tile::KIND>(activated(v, activation));
                     }
             }
     }
 };
 
-template <int Kind, int Activation, bool TapMajor, bool VectorW, int BM, int BN, int BK, int WM, int WN>
+template <int Kind, int Staging, int BM, int BN, int BK, int WM, int WN>
 __global__ void __launch_bounds__(TensorTile<Kind, BM, BN, BK, WM, WN>::THREADS, 1)
 fprop_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   const typename TensorStorage<Kind>::type* __restrict__ w,
@@ -185,9 +196,10 @@ fprop_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   typename TensorStorage<Kind>::type* __restrict__ y,
                   int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                   int stride_h, int stride_w, int pad_top, int pad_left,
-                  int dil_h, int dil_w, int groups) {
+                  int dil_h, int dil_w, int groups, int activation) {
     typedef TensorTile<Kind, BM, BN, BK, WM, WN> Tile;
     typedef typename Tile::Element T;
+    constexpr bool TapMajor = Staging != STAGING_PLAIN, VectorW = Staging == STAGING_TAP_MAJOR_VECTOR;
     const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
     const index_t PQ = (index_t)P * Q, M = N * PQ;
     // blockIdx.y enumerates (group, tile of BN channels within the group), as fprop_implicit_gemm.
@@ -205,8 +217,8 @@ fprop_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
     IterA a = make_iterator((IterA*)nullptr, x_g, m_base + IterA::Map::x(0), M, C, C_per_group, H, W, R, S, Q,
                             PQ, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w);
     IterB b = make_iterator((IterB*)nullptr, w_g, k_base, K_per_group, C_per_group, R, S);
-    const FpropTensorEpilogue<Tile, Activation> epilogue{y, bias, m_base, M, PQ, K, g * K_per_group + k_base,
-                                                         K_per_group - k_base};
+    const FpropTensorEpilogue<Tile> epilogue{y, bias, m_base, M, PQ, K, g * K_per_group + k_base,
+                                             K_per_group - k_base, activation};
     __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;
     tensor_implicit_gemm<Tile>(shared, a, b, CRS, epilogue);
 }

@@ -137,6 +137,14 @@ struct Select<false, A, B> {
     typedef B type;
 };
 
+// The staging variants of the tensor-core kernels (their Staging template argument; the host's
+// STAGINGS names the same numbers, tensor_staging picks one per problem): the op's own iterators;
+// the tap-major ones (the reduction's channels a multiple of BK); tap-major with 16-byte loads of
+// the operand that lies contiguous along the reduction (fprop's w when R·S = 1, wgrad's dy).
+#define STAGING_PLAIN 0
+#define STAGING_TAP_MAJOR 1
+#define STAGING_TAP_MAJOR_VECTOR 2
+
 // A reduction index in tap-major order (r, s, channel), stepped a whole k-tile of BK channels at
 // a time: the order of the *Tap* iterators, which need the channel count a multiple of BK (the
 // host checks), so that a k-tile is BK channels of one tap and every k-tile is full.

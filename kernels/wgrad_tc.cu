@@ -3,8 +3,6 @@
 // (wgrad.cu: M = K/groups output channels, N = C/groups·R·S taps, reduction N·P·Q pixels, split-K
 // over blockIdx.z), with the same iterators reading dy and x where they lie (NCHW, no transpose
 // kernel), on gemm_tc.cuh's tensor-core main loop. sm_80+ only; an older GPU runs wgrad.cu.
-// VectorDy (the host's choice, where P·Q is a multiple of 16 bytes' elements and dy is 16-byte
-// aligned): A is read 16 bytes a load (WgradGradientVectorIterator), otherwise an element a load.
 //
 // Each split writes its float32 partial tile to its slice of a float32 workspace
 // partial[splits][K][C/groups·R·S] (TF32 with one split: dw itself), and wgrad_tensor_reduce sums
@@ -15,7 +13,7 @@
 
 // WgradGradientIterator with 128-bit loads: A[k, (n,p,q)] = dy[n, k, p, q], each thread a run of
 // VEC consecutive pixels of one output channel per load (VectorStagingMap). Assumes P·Q a multiple
-// of VEC and dy 16-byte aligned (the host checks: the kernel's VectorDy); a run starts at a
+// of VEC and dy 16-byte aligned (the host checks: STAGING_TAP_MAJOR_VECTOR); a run starts at a
 // multiple of VEC (splits and k-tiles start at multiples of BK), so it lies in one image.
 template <class Tile>
 struct WgradGradientVectorIterator {
@@ -109,10 +107,11 @@ struct WgradTensorEpilogue {
 };
 
 // Assumes P·Q + BK < 2^31 and chunk + BK < 2^31 (checked on the host), as wgrad_implicit_gemm.
-// TapMajor (the host's choice where C/groups is a multiple of BK): blockIdx.x names a tap (r, s)
-// and a tile of BN channels, its B from WgradTapActivationIterator; otherwise BN consecutive
-// (c,r,s) from WgradActivationIterator.
-template <int Kind, bool TapMajor, bool VectorDy, int BM, int BN, int BK, int WM, int WN>
+// Staging (STAGING_*, the host's choice): tap-major where C/groups is a multiple of BK (blockIdx.x
+// names a tap (r, s) and a tile of BN channels, B from WgradTapActivationIterator), and with dy read
+// 16 bytes a load (WgradGradientVectorIterator); otherwise BN consecutive (c,r,s) from
+// WgradActivationIterator and dy an element a load.
+template <int Kind, int Staging, int BM, int BN, int BK, int WM, int WN>
 __global__ void __launch_bounds__(TensorTile<Kind, BM, BN, BK, WM, WN>::THREADS, 1)
 wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   const typename TensorStorage<Kind>::type* __restrict__ dy, float* __restrict__ partial,
@@ -120,6 +119,7 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   int stride_h, int stride_w, int pad_top, int pad_left,
                   int dil_h, int dil_w, int groups, index_t chunk) {
     typedef TensorTile<Kind, BM, BN, BK, WM, WN> Tile;
+    constexpr bool TapMajor = Staging != STAGING_PLAIN, VectorDy = Staging == STAGING_TAP_MAJOR_VECTOR;
     const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
     // The block's rows and split, as wgrad_implicit_gemm.
     const int k_tiles = (K_per_group + BM - 1) / BM;

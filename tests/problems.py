@@ -42,13 +42,13 @@ EDGE = {
 }
 
 # The staging variants of the tensor-core kernels (kernel_backend.tensor_staging; EDGE takes the
-# plain ones): tap-major where the reduction's channels are a multiple of 32, 16-byte loads where
-# fprop's w or wgrad's dy is contiguous along the reduction in whole 16-byte runs.
+# plain ones): tap-major where the reduction's channels are a multiple of 32, and 16-byte loads
+# where fprop's w or wgrad's dy is contiguous along the reduction in whole 16-byte runs.
 TENSOR_STAGING = {
     # fprop and wgrad tap-major (C = 32); no 16-byte loads (3×3 taps; P·Q = 30)
     "tap_major": dict(x=(2, 32, 6, 5), w=(40, 32, 3, 3), padding=1),
-    # fprop's w and wgrad's dy 16-byte loads (C·R·S = 72, P·Q = 64); dgrad tap-major (K = 32)
-    "vector": dict(x=(2, 8, 8, 8), w=(32, 8, 3, 3), padding=1),
+    # dgrad tap-major (K = 32), the others plain (C = 8)
+    "dgrad_tap_major": dict(x=(2, 8, 8, 8), w=(32, 8, 3, 3), padding=1),
     # 1×1: tap-major and 16-byte loads together, every op
     "1x1_tap_vector": dict(x=(2, 64, 4, 4), w=(32, 64, 1, 1)),
     # groups and stride phases tap-major (32 channels a group), partial pixel tiles

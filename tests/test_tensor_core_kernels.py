@@ -79,12 +79,12 @@ def test_small_integers_are_exact_on_the_edge_problems(op, kind, name):
     np.testing.assert_array_equal(run_tensor_cores(op, p, a, kind), exact(op, p, a, kind))
 
 
-# What tensor_staging picks on TENSOR_STAGING (float16, 64×64), per op: the flags of STAGING_FLAGS.
+# What tensor_staging picks on TENSOR_STAGING (every kind and tile), per op (STAGINGS).
 STAGING_PICKED = {
-    "tap_major": {"fprop": (True, False), "dgrad": (False,), "wgrad": (True, False)},
-    "vector": {"fprop": (False, True), "dgrad": (True,), "wgrad": (False, True)},
-    "1x1_tap_vector": {"fprop": (True, True), "dgrad": (True,), "wgrad": (True, True)},
-    "groups_stride": {"fprop": (True, False), "dgrad": (True,), "wgrad": (True, False)},
+    "tap_major": {"fprop": "tap_major", "dgrad": "plain", "wgrad": "tap_major"},
+    "dgrad_tap_major": {"fprop": "plain", "dgrad": "tap_major", "wgrad": "plain"},
+    "1x1_tap_vector": {"fprop": "tap_major_vector", "dgrad": "tap_major", "wgrad": "tap_major_vector"},
+    "groups_stride": {"fprop": "tap_major", "dgrad": "tap_major", "wgrad": "tap_major"},
 }
 
 
@@ -108,7 +108,7 @@ def test_a_misaligned_operand_takes_element_loads():
         buffer = np.empty(a[name].size + 8, np.float16)
         shifted = buffer[1:1 + a[name].size].reshape(a[name].shape)
         shifted[...] = a[name]
-        assert kb.tensor_staging(op, p, "64x64x32_tc", shifted)[-1] is False
+        assert kb.tensor_staging(op, p, "64x64x32_tc", shifted) == "tap_major"
         got = run_tensor_cores(op, p, {**a, name: shifted}, "float16")
         np.testing.assert_array_equal(got, exact(op, p, a, "float16"))
 
@@ -310,7 +310,7 @@ def test_main_loop_runs_on_hmma_and_ldmatrix(op, arch):
         sass.tool_path("nvdisasm"), sass.tool_path("cuobjdump")
     except sass.ToolMissing as e:
         pytest.skip(str(e))
-    names = {kb.tensor_kernel_name(op, kind, tile, "relu"): (kind, tile) for kind, tile in SASS_CASES}
+    names = {kb.tensor_kernel_name(op, kind, tile): (kind, tile) for kind, tile in SASS_CASES}
     reports = sass.analyze([arch], list(names))
     assert sorted(r.kernel for r in reports) == sorted(names)
     for r in reports:

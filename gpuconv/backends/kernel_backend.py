@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -162,22 +161,21 @@ def kind_dtype(kind: str) -> str:
     return "float32" if kind.startswith("tf32") else kind
 
 
-# The staging variants of each op's tensor-core kernel: bool template arguments after the kind
-# (and fprop's activation), chosen per problem by ``tensor_staging``. fprop: tap-major (the
-# reduction in (r, s, c) order, a k-tile BK channels of one tap: one bounds check a k-tile), and
-# w read 16 bytes a load; dgrad: tap-major ((t_r, t_s, k) order); wgrad: tap-major columns (a
-# block's BN columns are channels of one tap: ``wgrad_tap_major``) and dy read 16 bytes a load.
-STAGING_FLAGS = {"fprop": ("tap_major", "vector_w"), "dgrad": ("tap_major",),
-                 "wgrad": ("tap_major", "vector_dy")}
+# The staging variants of each op's tensor-core kernel, in the order of its Staging template
+# argument (STAGING_* in kernels/gemm_tc.cuh), chosen per problem by ``tensor_staging``: 'plain'
+# (the op's own iterators), 'tap_major' (the reduction in (tap, channel) order, a k-tile BK
+# channels of one tap: one bounds check a k-tile; wgrad: a block's columns are channels of one
+# tap, ``wgrad_tap_major``) and 'tap_major_vector' (also 16-byte loads of fprop's w, 1×1 only, or
+# wgrad's dy).
+STAGINGS = {"fprop": ("plain", "tap_major", "tap_major_vector"), "dgrad": ("plain", "tap_major"),
+            "wgrad": ("plain", "tap_major", "tap_major_vector")}
 
 
-def tensor_kernel_name(op: str, kind: str, kernel: str, activation=None, staging: tuple = ()) -> str:
-    """The name expression of ``op``'s tensor-core tile ``kernel`` for ``kind`` (TENSOR_KINDS) with
-    the STAGING_FLAGS[op] values ``staging`` (default: all False)."""
-    staging = staging or (False,) * len(STAGING_FLAGS[op])
-    head = ([str(TENSOR_KINDS[kind])] + ([str(ACTIVATION_IDS[activation])] if op == "fprop" else [])
-            + [str(flag).lower() for flag in staging])
-    return f"{op}_tensor_core<{', '.join(head)}, {TENSOR_TILES[op][kernel].template_args()}>"
+def tensor_kernel_name(op: str, kind: str, kernel: str, staging: str = "plain") -> str:
+    """The name expression of ``op``'s tensor-core tile ``kernel`` for ``kind`` (TENSOR_KINDS) and
+    ``staging`` (STAGINGS[op]). fprop's activation is a run-time argument."""
+    return (f"{op}_tensor_core<{TENSOR_KINDS[kind]}, {STAGINGS[op].index(staging)}, "
+            f"{TENSOR_TILES[op][kernel].template_args()}>")
 
 
 def _address(array) -> int:
@@ -186,21 +184,19 @@ def _address(array) -> int:
     return interface["data"][0]
 
 
-def tensor_staging(op: str, p, kernel: str, array) -> tuple[bool, ...]:
-    """STAGING_FLAGS[op] for ``p`` on tile ``kernel``; ``array`` is the operand a vector flag
-    reads (fprop w, wgrad dy). Tap-major where the reduction's channels (fprop C/groups, dgrad
-    K/groups) are a multiple of BK (every k-tile whole channels of one tap). A 16-byte load where
-    the array is 16-byte aligned and the run it reads is contiguous along the kernel's reduction
-    in whole 16-byte pieces: fprop w along C/groups·R·S (tap-major: R·S = 1 only), wgrad dy
-    along an image's P·Q."""
-    aligned = _address(array) % 16 == 0
-    if op == "fprop":
-        tap_major = p.C_per_group % TENSOR_TILES[op][kernel].BK == 0
-        run = p.C_per_group * p.R * p.S if not tap_major or p.R * p.S == 1 else 0
-        return tap_major, aligned and run > 0 and run * array.itemsize % 16 == 0
+def tensor_staging(op: str, p, kernel: str, array) -> str:
+    """The STAGINGS[op] entry for ``p`` on tile ``kernel``; ``array`` is the operand a 16-byte
+    load would read (fprop w, wgrad dy). Tap-major where the reduction's channels (fprop and wgrad
+    C/groups, dgrad K/groups) are a multiple of BK (every k-tile whole channels of one tap). With
+    16-byte loads where that array is 16-byte aligned and lies contiguous along the reduction in
+    whole 16-byte runs: fprop's w of a 1×1 filter (C/groups, a multiple of BK), wgrad's dy of
+    images of P·Q a multiple of 16 bytes."""
     if op == "dgrad":
-        return (p.K_per_group % TENSOR_TILES[op][kernel].BK == 0,)
-    return wgrad_tap_major(p, TENSOR_TILES[op][kernel]), aligned and p.P * p.Q * array.itemsize % 16 == 0
+        return "tap_major" if p.K_per_group % TENSOR_TILES[op][kernel].BK == 0 else "plain"
+    if p.C_per_group % TENSOR_TILES[op][kernel].BK != 0:
+        return "plain"
+    contiguous = p.R * p.S == 1 if op == "fprop" else p.P * p.Q * array.itemsize % 16 == 0
+    return "tap_major_vector" if contiguous and _address(array) % 16 == 0 else "tap_major"
 
 
 def wgrad_tap_major(p, tile) -> bool:
@@ -374,9 +370,7 @@ def _instances(op: str, activations=(None,)) -> list[str]:
 
 
 def _tensor_instances(op: str) -> list[str]:
-    kernels = [tensor_kernel_name(op, kind, k, a, staging) for kind in TENSOR_KINDS
-               for a in (ACTIVATION_IDS if op == "fprop" else (None,))
-               for staging in itertools.product((False, True), repeat=len(STAGING_FLAGS[op]))
+    kernels = [tensor_kernel_name(op, kind, k, staging) for kind in TENSOR_KINDS for staging in STAGINGS[op]
                for k, tile in TENSOR_TILES[op].items()
                if kind_dtype(kind) in tile.dtypes]
     return kernels + ([f"wgrad_tensor_reduce<{k}>" for k in TENSOR_KINDS.values()] if op == "wgrad" else [])
@@ -573,9 +567,10 @@ class KernelBackend:
         if chosen is None:
             return None
         (kind, kernel), y = chosen, self._empty(p.y_shape, p.dtype)
-        name = tensor_kernel_name("fprop", kind, kernel, activation, tensor_staging("fprop", p, kernel, w))
+        name = tensor_kernel_name("fprop", kind, kernel, tensor_staging("fprop", p, kernel, w))
         self._launch("fprop_tc.cu", name, y.size,
-                     (x, w, _pointer(bias), y) + conv_args(p), "fprop", TENSOR_TILES["fprop"][kernel], p)
+                     (x, w, _pointer(bias), y) + conv_args(p) + (np.int32(ACTIVATION_IDS[activation]),),
+                     "fprop", TENSOR_TILES["fprop"][kernel], p)
         return y
 
     @_on_input_device
