@@ -38,12 +38,7 @@ struct DgradTapGradientIterator {
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
         const int p = p0 - tap.r * dp_r, q = q0 - tap.s * dp_s;
         const bool inside = dy_n != nullptr && (unsigned)p < (unsigned)P && (unsigned)q < (unsigned)Q;
-        // Outside dy every element reads zero_element: no predicate an element.
-        const T* base = inside ? dy_n : zero_element<T>();
-        int offset = inside ? (tap.channel * P + p) * Q + q : 0;  // int: K·P·Q < 2^31
-        const int stride = inside ? element_stride : 0;
-#pragma unroll
-        for (int i = 0; i < Map::ELEMS; i++, offset += stride) v[i] = base[offset];
+        load_strided_or_zero(v, dy_n, (tap.channel * P + p) * Q + q, element_stride, inside);  // int: K·P·Q < 2^31
     }
     __device__ __forceinline__ void advance() { tap.advance(Tile::BK, K_per_group, taps_s); }
 };
@@ -70,10 +65,8 @@ struct DgradTapFilterIterator {
           taps_s(tap_s.count), tap{0, 0, 0} {}
     // Every k-tile is full (k_remaining >= BK).
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
-        const T* w_i = w_c + tap.channel * filter_stride + (first_r + tap.r * step_r) * S + first_s +
-                       tap.s * step_s;
-#pragma unroll
-        for (int i = 0; i < Map::ELEMS; i++, w_i += channel_stride) v[i] = i < live ? *w_i : T(0);
+        load_strided_live(v, w_c + tap.channel * filter_stride + (first_r + tap.r * step_r) * S + first_s +
+                                 tap.s * step_s, channel_stride, live);
     }
     __device__ __forceinline__ void advance() { tap.advance(Tile::BK, K_per_group, taps_s); }
 };

@@ -73,12 +73,7 @@ struct FpropTapActivationIterator {
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
         const int h = h0 + tap.r * dil_h, w = w0 + tap.s * dil_w;
         const bool inside = x_n != nullptr && (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
-        // In the padding every element reads zero_element: no predicate an element.
-        const T* base = inside ? x_n : zero_element<T>();
-        int offset = inside ? tap.channel * HW + h * W + w : 0;  // int: C·H·W < 2^31
-        const int stride = inside ? element_stride : 0;
-#pragma unroll
-        for (int i = 0; i < Map::ELEMS; i++, offset += stride) v[i] = base[offset];
+        load_strided_or_zero(v, x_n, tap.channel * HW + h * W + w, element_stride, inside);  // int: C·H·W < 2^31
     }
     __device__ __forceinline__ void advance() { tap.advance(Tile::BK, C_per_group, S); }
 };
@@ -100,12 +95,9 @@ struct FpropTapFilterIterator {
           channel_stride((index_t)Map::STEP * C_per_group_ * R * S_),
           live((K_per_group - k_base - Map::x(0) + Map::STEP - 1) / Map::STEP), C_per_group(C_per_group_),
           RS(R * S_), S(S_), tap{0, 0, 0} {}
-    // Every k-tile is full (k_remaining >= BK). The pointer steps from element to element: no
-    // 64-bit multiply an element.
+    // Every k-tile is full (k_remaining >= BK).
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
-        const T* w_i = w_t + tap.channel * RS + tap.r * S + tap.s;
-#pragma unroll
-        for (int i = 0; i < Map::ELEMS; i++, w_i += channel_stride) v[i] = i < live ? *w_i : T(0);
+        load_strided_live(v, w_t + tap.channel * RS + tap.r * S + tap.s, channel_stride, live);
     }
     __device__ __forceinline__ void advance() { tap.advance(Tile::BK, C_per_group, S); }
 };

@@ -171,6 +171,26 @@ __device__ __forceinline__ const T* zero_element() {
     return reinterpret_cast<const T*>(&zero_word);
 }
 
+// The loads of the tap-major iterators: a thread's staged elements lie a fixed stride apart.
+// Elements base[offset + i·stride] where `inside` (the tap lands inside the tensor), else zeros,
+// with no predicate an element: outside, every load reads zero_element.
+template <int ELEMS, typename T>
+__device__ __forceinline__ void load_strided_or_zero(T (&v)[ELEMS], const T* base, int offset, int stride,
+                                                     bool inside) {
+    const T* from = inside ? base : zero_element<T>();
+    offset = inside ? offset : 0;
+    stride = inside ? stride : 0;
+#pragma unroll
+    for (int i = 0; i < ELEMS; i++, offset += stride) v[i] = from[offset];
+}
+// Elements p[i·stride] for i < live (rows of the operand that exist), zeros after; the pointer
+// steps from element to element, no 64-bit multiply an element.
+template <int ELEMS, typename T>
+__device__ __forceinline__ void load_strided_live(T (&v)[ELEMS], const T* p, index_t stride, int live) {
+#pragma unroll
+    for (int i = 0; i < ELEMS; i++, p += stride) v[i] = i < live ? *p : T(0);
+}
+
 // Elements a staging map's runs hold: VEC of a VectorStagingMap, else 1.
 template <class Map, class = void>
 struct RunLength {
