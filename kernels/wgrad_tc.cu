@@ -48,6 +48,24 @@ struct WgradGradientVectorIterator {
     __device__ __forceinline__ void advance() { pixel.add(step, 1, PQ); }
 };
 
+// WgradGradientIterator with its loads stepping a pointer from element to element
+// (load_strided_live: no multiply or channel compare an element): A where dy takes no 16-byte loads.
+template <class Tile>
+struct WgradGradientStridedIterator : WgradGradientIterator<Tile> {
+    typedef WgradGradientIterator<Tile> Base;
+    typedef typename Base::Map Map;
+    int live;  // the elements i whose channel x(i) exists, i < live
+
+    __device__ WgradGradientStridedIterator(const typename Tile::Element* dy_g, index_t e, int k_base,
+                                            int K_per_group, int K, int P, int Q)
+        : Base(dy_g, e, k_base, K_per_group, K, P, Q),
+          live((K_per_group - k_base - Map::x(0) + Map::STEP - 1) / Map::STEP) {}
+    __device__ __forceinline__ void load(typename Tile::Element (&v)[Map::ELEMS], int k_remaining) const {
+        load_strided_live(v, this->dy_k + this->npq.hi * this->image_stride + this->npq.mid * this->Q + this->npq.lo,
+                          this->channel_stride, Map::k(0) < k_remaining ? live : 0);
+    }
+};
+
 // B[(n,p,q), c] = x[n, c, p·stride_h - pad_top + r·dil_h, q·stride_w - pad_left + s·dil_w] for the
 // block's one tap (r, s) (tap-major columns: a block's BN columns are BN channels of one tap), staged
 // as WgradActivationIterator's (one pixel a k-tile, several channels): the pixel's tap lands inside
@@ -74,10 +92,7 @@ struct WgradTapActivationIterator {
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int k_remaining) const {
         const int h = npq.mid * stride_h - pad_top + tap_h, w = npq.lo * stride_w - pad_left + tap_w;
         const bool inside = Map::k(0) < k_remaining && (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
-        const T* x_n = x_c + npq.hi * image_stride;
-        int offset = h * W + w;  // int: C·H·W < 2^31
-#pragma unroll
-        for (int i = 0; i < Map::ELEMS; i++, offset += element_stride) v[i] = inside && i < live ? x_n[offset] : T(0);
+        load_strided_or_zero(v, x_c + npq.hi * image_stride, h * W + w, element_stride, inside, live);  // int: C·H·W < 2^31
     }
     __device__ __forceinline__ void advance() { npq.add(step, P, Q); }
 };
@@ -110,7 +125,7 @@ struct WgradTensorEpilogue {
 // Staging (STAGING_*, the host's choice): tap-major where C/groups is a multiple of BK (blockIdx.x
 // names a tap (r, s) and a tile of BN channels, B from WgradTapActivationIterator), and with dy read
 // 16 bytes a load (WgradGradientVectorIterator); otherwise BN consecutive (c,r,s) from
-// WgradActivationIterator and dy an element a load.
+// WgradActivationIterator and dy an element a load (WgradGradientStridedIterator).
 template <int Kind, int Staging, int BM, int BN, int BK, int WM, int WN>
 __global__ void __launch_bounds__(TensorTile<Kind, BM, BN, BK, WM, WN>::THREADS, 1)
 wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
@@ -126,7 +141,7 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
     const int g = blockIdx.y / k_tiles, k_base = (blockIdx.y % k_tiles) * BM;
     const index_t npq = (index_t)N * P * Q, red_begin = blockIdx.z * chunk;
     const int reduction = (int)((red_begin + chunk < npq ? red_begin + chunk : npq) - red_begin);
-    typedef typename Select<VectorDy, WgradGradientVectorIterator<Tile>, WgradGradientIterator<Tile>>::type
+    typedef typename Select<VectorDy, WgradGradientVectorIterator<Tile>, WgradGradientStridedIterator<Tile>>::type
         IterA;
     IterA a(dy + (index_t)g * K_per_group * P * Q, red_begin + IterA::Map::k(0), k_base, K_per_group, K, P, Q);
     const typename Tile::Element* x_g = x + (index_t)g * C_per_group * H * W;
