@@ -246,7 +246,9 @@ def test_tf32x3_is_as_accurate_as_float32(op):
     x3 = error(run_tensor_cores(op, p, a, "tf32x3", activation=None))
     highest = error(run_op(kb.emulate_backend(), op, p, a))
     tf32 = error(run_tensor_cores(op, p, a, "tf32", activation=None))
-    assert x3 <= max(2 * highest, 2**-21) and tf32 > 100 * x3, (x3, highest, tf32)
+    # A product keeps about 21 of float32's 24 bits (the remainder is rounded to TF32, lo·lo is
+    # dropped): a few float32 ulps, measured 0.7-1.9× highest's error on such problems.
+    assert x3 <= 4 * max(highest, 2**-23) and tf32 > 100 * x3, (x3, highest, tf32)
 
 
 def test_conv_transpose2d_runs_on_tensor_cores():
