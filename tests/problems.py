@@ -49,8 +49,8 @@ TENSOR_STAGING = {
     "tap_major": dict(x=(2, 32, 6, 5), w=(40, 32, 3, 3), padding=1),
     # dgrad tap-major (K = 32), the others plain (C = 8)
     "dgrad_tap_major": dict(x=(2, 8, 8, 8), w=(32, 8, 3, 3), padding=1),
-    # 1×1: tap-major and 16-byte loads together, every op
-    "1x1_tap_vector": dict(x=(2, 64, 4, 4), w=(32, 64, 1, 1)),
+    # 1×1: tap-major and 16-byte loads together, every op; several k-tiles (wgrad: N·P·Q = 128)
+    "1x1_tap_vector": dict(x=(2, 64, 8, 8), w=(32, 64, 1, 1)),
     # groups and stride phases tap-major (32 channels a group), partial pixel tiles
     "groups_stride": dict(x=(1, 64, 5, 5), w=(64, 32, 3, 3), groups=2, stride=2, padding=1),
 }
