@@ -7,7 +7,8 @@ float16 and bfloat16 (``ml_dtypes.bfloat16``) arrays are computed in float32 —
 float32, bias and activation applied in float32 — and rounded once to the input's dtype.
 ``precision="tf32"`` rounds a float32 convolution's inputs x, w and dy to TF32 (10 mantissa bits,
 nearest with ties away from zero, as ``cvt.rna.tf32.f32``) and sums in float32; ``"tf32x3"``
-promises float32 accuracy and is computed in float32.
+promises float32 accuracy: the kernel backends split each input into a TF32 high part and a TF32
+remainder and sum three tensor-core products a multiply, the numpy backend computes in float32.
 """
 from __future__ import annotations
 
@@ -157,6 +158,12 @@ def conv2d_weight(x, w_shape, dy, stride=1, padding=0, dilation=1, groups=1, pre
     x4, unbatched = _batched("x", x)
     p = conv_problem(x4.shape, w_shape, stride, padding, dilation, groups, dtype)
     _require("dy", dy, p.y_shape[unbatched:], "the conv2d output shape (N, K, P, Q)")
+    tensor_cores = getattr(be, "wgrad_tensor_cores", None)  # as conv2d's
+    if tensor_cores is not None and p.N > 0:
+        dw = tensor_cores(p, *(_contiguous(be, a) for a in (x4, dy.reshape(p.y_shape))),
+                          check_precision(precision, dtype))
+        if dw is not None:
+            return dw
     p, a, dtype = _computed(be, p, precision, x=x4, dy=dy.reshape(p.y_shape))
     if p.N == 0:
         return be.xp.zeros(p.w_shape, dtype)
@@ -190,6 +197,12 @@ def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, gro
 
 
 def _dgrad(be, p, precision, dy, w, bias):
+    tensor_cores = getattr(be, "dgrad_tensor_cores", None)  # as conv2d's
+    if tensor_cores is not None and p.N > 0:
+        dx = tensor_cores(p, *(_contiguous(be, a) for a in (dy, w, bias)),
+                          check_precision(precision, p.dtype))
+        if dx is not None:
+            return dx
     p, a, dtype = _computed(be, p, precision, dy=dy, w=w, bias=bias)
     if p.N == 0:
         return be.xp.zeros(p.x_shape, dtype)

@@ -368,24 +368,17 @@ def measured_ms(results: Path) -> dict[tuple[str, str], float]:
     return found
 
 
-def tensor_tiles(op: str) -> dict:
-    """``op``'s tensor-core tiles in ``kernel_backend.TENSOR_TILES``: its own table where the table is
-    per op, else the flat table of fprop's tiles."""
-    from .backends.kernel_backend import TENSOR_TILES
+def tensor_report(reports: dict, op: str, kind: str, p, kernel: str):
+    """The SASS report of the tensor-core kernel that ``op`` on ``p`` runs with tile ``kernel`` for
+    ``kind`` (TENSOR_KINDS): the staging the backend picks for ``p`` (``tensor_staging``), its
+    operands taken 16-byte aligned as the allocators give them; None where SASS has no report."""
+    from types import SimpleNamespace
 
-    if op in TENSOR_TILES:
-        return TENSOR_TILES[op]
-    return TENSOR_TILES if op == "fprop" else {}
+    from .backends import kernel_backend as kb
 
-
-def tensor_report(reports: dict, op: str, kind: str, tile):
-    """The SASS report of ``op``'s tensor-core kernel for ``kind`` (TENSOR_KINDS) with ``tile``
-    (the first instance: activations do not change the main loop), or None."""
-    from .backends.kernel_backend import TENSOR_KINDS
-
-    head, tail = f"{op}_tensor_core<{TENSOR_KINDS[kind]}, ", f"{tile.template_args()}>"
-    return next((r for r in reports.values() if r.kernel.startswith(head) and r.kernel.endswith(tail)),
-                None)
+    operand = SimpleNamespace(itemsize=p.itemsize, __array_interface__={"data": (0, False)})
+    staging = kb.tensor_staging(op, p, kernel, operand)
+    return reports.get(kb.tensor_kernel_name(op, kind, kernel, staging))
 
 
 # The layers the issue targets are stated on: ResNet-50's 3×3 convolutions.
@@ -428,7 +421,7 @@ def _simt_rows(gpu, shapes, reports, measured, factors, progress):
 
 def _tensor_rows(gpu, shapes, reports, progress, dtype="float16"):
     """gpuconv's chosen tensor-core kernel in ``dtype`` (float32: TF32) per layer and op whose
-    tiles ``kernel_backend`` holds (``tensor_tiles``, ``choose_<op>_tensor_core``), beside
+    tiles ``kernel_backend`` holds (``TENSOR_TILES``, ``choose_<op>_tensor_core``), beside
     CUTLASS's f16 tensor-op loop on the same GEMM (not for TF32: no CUTLASS TF32 loop is
     compiled). Both are modelled conflict-free and coalesced: CUTLASS's code does not run in the
     emulator, and ours is profiled for the SIMT tiles only."""
@@ -440,7 +433,7 @@ def _tensor_rows(gpu, shapes, reports, progress, dtype="float16"):
     rows = []
     for op in OPS:
         choose = getattr(kb, f"choose_{op}_tensor_core", None)
-        if not tensor_tiles(op) or choose is None:
+        if choose is None:
             continue
         for name in shapes:
             if progress:
@@ -449,9 +442,9 @@ def _tensor_rows(gpu, shapes, reports, progress, dtype="float16"):
             kernel = choose(p)
             row = dict(layer=name, op=op, math=kind if kind == "tf32" else "hmma", dtype=dtype,
                        kernel=kernel or "–", problem=p.describe())
-            report = kernel and tensor_report(reports, op, kind, tensor_tiles(op)[kernel])
+            report = kernel and tensor_report(reports, op, kind, p, kernel)
             if report is not None:
-                _put(row, "", predict_problem(gpu, op, p, report, tensor_tiles(op)[kernel]))
+                _put(row, "", predict_problem(gpu, op, p, report, kb.TENSOR_TILES[op][kernel]))
             if theirs is not None:
                 _put(row, "cutlass_", predict_problem(gpu, op, p, theirs, cutlass_tile("tensorop"),
                                                       stages=cutlass_stages(theirs)))

@@ -43,7 +43,7 @@ class Profile:
 
     op: str
     problem: object  # Conv2dProblem
-    kernel: str      # 'direct', a TILES[op] or a TENSOR_TILES name
+    kernel: str      # 'direct', a TILES[op] or a TENSOR_TILES[op] name
     blocks: int      # blocks of the main kernel's launch
     rows: tuple      # dicts: file, line, space, kind, bytes, requests, lanes, sectors, wavefronts, ideal
 
@@ -54,18 +54,18 @@ class Profile:
 
 def run(op: str, p, kernel: str = "auto", seed: int = 0, precision: str = "highest") -> Profile:
     """Runs ``op`` on problem ``p`` with ``kernel`` ('auto', 'direct' or a KERNEL_CHOICES[op] name) in
-    profile mode on fresh normal inputs and returns its counters. fprop in float16, bfloat16 or at
-    precision='tf32' profiles the tensor-core kernel where it takes the problem
-    (``choose_fprop_tensor_core``); the other ops profile the float32 kernels of a half dtype."""
+    profile mode on fresh normal inputs and returns its counters. An op in float16, bfloat16 or at
+    precision='tf32' or 'tf32x3' profiles its tensor-core kernel where one takes the problem
+    (``choose_*_tensor_core``), else the float32 kernels (of a half dtype: what the API computes)."""
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
-    kind = kb.tensor_kind(p.dtype, precision) if op == "fprop" else None
-    tensor_tile = kind and kb.choose_fprop_tensor_core(p, kernel)
+    kind = kb.tensor_kind(p.dtype, precision)
+    tensor_tile = kind and kb.choose_tensor_core(op, p, kernel)
     if p.dtype in HALF_DTYPES and not tensor_tile:  # what the API computes: float32
         p = dataclasses.replace(p, dtype="float32")
     kernel = tensor_tile or CHOOSE[op](p, kernel)
     backend = kb.emulate_backend(**{f"{op}_kernel": kernel}, mode="profile")
-    module = kb._emulate_module("fprop_tc.cu" if tensor_tile else SOURCES[op], mode="profile")
+    module = kb._emulate_module(kb.TENSOR_SOURCES[op] if tensor_tile else SOURCES[op], mode="profile")
     module.reset_counters()
     rng = np.random.default_rng(seed)
 
@@ -75,9 +75,14 @@ def run(op: str, p, kernel: str = "auto", seed: int = 0, precision: str = "highe
         return out
 
     if tensor_tile:
-        backend.fprop_tensor_cores(p, normal(p.x_shape), normal(p.w_shape), normal((p.K,)), None,
-                                   precision)
-        grid, _ = kb.launch_config(0, op, kb.TENSOR_TILES[kernel], p)
+        if op == "fprop":
+            backend.fprop_tensor_cores(p, normal(p.x_shape), normal(p.w_shape), normal((p.K,)), None,
+                                       precision)
+        elif op == "dgrad":
+            backend.dgrad_tensor_cores(p, normal(p.y_shape), normal(p.w_shape), None, precision)
+        else:
+            backend.wgrad_tensor_cores(p, normal(p.x_shape), normal(p.y_shape), precision)
+        grid, _ = kb.launch_config(0, op, kb.TENSOR_TILES[op][kernel], p)
         return Profile(op, p, kernel, int(np.prod(grid)), tuple(module.counters()))
     if op == "fprop":
         backend.fprop(p, normal(p.x_shape), normal(p.w_shape), normal((p.K,)), None)
@@ -153,10 +158,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dilation", type=int, nargs="+", default=[1])
     parser.add_argument("--groups", type=int, default=1)
     parser.add_argument("--dtype", choices=("float32", "float64", *HALF_DTYPES), default="float32",
-                        help="float16 and bfloat16 fprop: the tensor-core kernel (bfloat16 needs "
+                        help="float16 and bfloat16: the op's tensor-core kernel (bfloat16 needs "
                              "ml_dtypes)")
     parser.add_argument("--precision", choices=PRECISIONS, default="highest",
-                        help="float32 fprop at 'tf32': the tensor-core kernel")
+                        help="float32 at 'tf32' or 'tf32x3': the op's tensor-core kernel")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return parser
 

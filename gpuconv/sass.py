@@ -50,6 +50,7 @@ from .backends.kernel_backend import (
     BIAS_GRAD_THREADS,
     CTYPES,
     KERNELS,
+    STAGINGS,
     TENSOR_KINDS,
     TENSOR_TILES,
     THREADS_PER_BLOCK,
@@ -413,10 +414,11 @@ def launch_threads() -> dict[str, int]:
             for dtype in CTYPES:
                 for activation in ACTIVATION_IDS if op == "fprop" else (None,):
                     threads[kernel_name(op, dtype, tile_name, activation)] = tile.threads
-    for tile_name, tile in TENSOR_TILES.items():
-        for kind in TENSOR_KINDS:
-            for activation in ACTIVATION_IDS:
-                threads[tensor_kernel_name(kind, tile_name, activation)] = tile.threads
+    for op, tiles in TENSOR_TILES.items():
+        for tile_name, tile in tiles.items():
+            for kind in TENSOR_KINDS:
+                for staging in STAGINGS[op]:
+                    threads[tensor_kernel_name(op, kind, tile_name, staging)] = tile.threads
     return threads
 
 
@@ -437,7 +439,9 @@ def analyze(archs=ARCHS, kernels=None) -> list[LoopReport]:
         for filename, expressions in kernels_for(arch).items():
             if wanted is not None and not wanted & set(expressions):
                 continue
-            cubin, log, names = nvrtc_compile(filename, arch, ("-Xptxas=-v",))
+            # Only the instances asked for: a module of many instances takes NVRTC minutes.
+            subset = None if wanted is None else [e for e in expressions if e in wanted]
+            cubin, log, names = nvrtc_compile(filename, arch, ("-Xptxas=-v",), name_expressions=subset)
             names = {m: e for m, e in names.items() if wanted is None or e in wanted}
             reports += analyze_cubin(cubin, arch, names, threads, ptxas_log=log)
     return reports

@@ -51,10 +51,11 @@ __device__ __forceinline__ unsigned to_tf32(float v) {
 
 // The input kinds of the tensor-core kernels (their first template argument; the host's
 // TENSOR_KINDS names the same numbers): float16 and bfloat16 stored as 16-bit patterns
-// (unsigned short: NVRTC has no cuda_fp16.h here), TF32 as float.
+// (unsigned short: NVRTC has no cuda_fp16.h here), the TF32 kinds as float.
 #define TENSOR_FLOAT16 0
 #define TENSOR_BFLOAT16 1
 #define TENSOR_TF32 2
+#define TENSOR_TF32X3 3  // float32 as a TF32 high part and a TF32 remainder, three products
 
 // A float16 or bfloat16 bit pattern as float (exact: float holds every value of both).
 __device__ __forceinline__ float half_bits_to_float(unsigned short h) {

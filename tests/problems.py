@@ -50,6 +50,20 @@ EDGE = {
     "epilogue_odd": dict(x=(2, 3, 13, 13), w=(6, 3, 3, 3), padding=1),
 }
 
+# The staging variants of the tensor-core kernels (kernel_backend.tensor_staging; EDGE takes the
+# plain ones): tap-major where the reduction's channels are a multiple of 32, and 16-byte loads
+# where fprop's w or wgrad's dy is contiguous along the reduction in whole 16-byte runs.
+TENSOR_STAGING = {
+    # fprop and wgrad tap-major (C = 32); no 16-byte loads (3×3 taps; P·Q = 30)
+    "tap_major": dict(x=(2, 32, 6, 5), w=(40, 32, 3, 3), padding=1),
+    # dgrad tap-major (K = 32), the others plain (C = 8)
+    "dgrad_tap_major": dict(x=(2, 8, 8, 8), w=(32, 8, 3, 3), padding=1),
+    # 1×1: tap-major and 16-byte loads together, every op; several k-tiles (wgrad: N·P·Q = 128)
+    "1x1_tap_vector": dict(x=(2, 64, 8, 8), w=(32, 64, 1, 1)),
+    # groups and stride phases tap-major (32 channels a group), partial pixel tiles
+    "groups_stride": dict(x=(1, 64, 5, 5), w=(64, 32, 3, 3), groups=2, stride=2, padding=1),
+}
+
 # Channels that fill the 64×64 tiles, the ones 'auto' picks on real layers (GPU tests; the emulator
 # runs the same tiles, forced, on EDGE).
 WIDE = {
@@ -94,6 +108,16 @@ def run_op(impl, op, p, a, activation=None):
     if op == "dgrad":
         return impl.dgrad(p, a["dy"], a["w"], a["bias_c"])
     return impl.wgrad(p, a["x"], a["dy"])
+
+
+def run_tensor_op(be, op, p, a, activation=None, precision="highest"):
+    """``op`` of a kernel backend's tensor-core kernels on ``a`` (``run_op``'s arrays), or None where
+    none takes ``p``."""
+    if op == "fprop":
+        return be.fprop_tensor_cores(p, a["x"], a["w"], a["bias_k"], activation, precision)
+    if op == "dgrad":
+        return be.dgrad_tensor_cores(p, a["dy"], a["w"], a["bias_c"], precision)
+    return be.wgrad_tensor_cores(p, a["x"], a["dy"], precision)
 
 
 def rel_err(a, b) -> float:

@@ -33,6 +33,7 @@ from gpuconv.problem import Conv2dProblem, transpose_problem
 
 from problems import (
     EDGE,
+    TENSOR_STAGING,
     conv_cases,
     conv_inputs,
     conv_kwargs,
@@ -40,6 +41,7 @@ from problems import (
     problem,
     rel_err,
     run_op,
+    run_tensor_op,
     small_ints,
     transpose_cases,
 )
@@ -215,22 +217,25 @@ def every_kernel(emulate_options, name="dilation_stride"):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-def every_tensor_core_kernel(emulate_options, name):
-    """fprop_tc.cu's kernels once on EDGE[name], every tile and activation: float16 and TF32 (no
-    ml_dtypes needed; tests/test_tensor_core_kernels.py checks bfloat16 too), small integers, ==."""
-    for dtype, precision in (("float16", "highest"), ("float32", "tf32")):
-        p = problem(EDGE[name], dtype)
+def every_tensor_core_kernel(emulate_options, case):
+    """The tensor-core kernels (fprop_tc.cu, dgrad_tc.cu, wgrad_tc.cu) once on problem ``case``,
+    every tile and activation: float16, TF32 and TF32x3 (no ml_dtypes needed;
+    tests/test_tensor_core_kernels.py checks bfloat16 too), small integers, ==."""
+    for dtype, precision in (("float16", "highest"), ("float32", "tf32"), ("float32", "tf32x3")):
+        p = problem(case, dtype)
         a = conv_inputs(p, 13, small_ints)
-        for kernel, tile in TENSOR_TILES.items():
-            if dtype not in tile.dtypes:
-                continue
-            for activation in ACTIVATIONS:
-                got = backend("fprop", kernel, **emulate_options).fprop_tensor_cores(
-                    p, a["x"], a["w"], a["bias_k"], activation, precision)
-                want = run_op(ref, "fprop", p, {k: v if v is None else v.astype(np.float64)
-                                                for k, v in a.items()}, activation)
-                # float16 rounding: half an ulp, 2^-11 relative or 2^-25 among the subnormals (sigmoid)
-                np.testing.assert_allclose(got.astype(np.float64), want, rtol=2.0**-11, atol=2.0**-25)
+        for op in TENSOR_TILES:
+            for kernel, tile in TENSOR_TILES[op].items():
+                if dtype not in tile.dtypes:
+                    continue
+                for activation in ACTIVATIONS if op == "fprop" else [None]:
+                    be = backend(op, kernel, **emulate_options)
+                    got = run_tensor_op(be, op, p, a, activation, precision)
+                    want = run_op(ref, op, p, {k: v if v is None else v.astype(np.float64)
+                                               for k, v in a.items()}, activation)
+                    # float16 rounding: half an ulp, 2^-11 relative or 2^-25 among the subnormals
+                    # (sigmoid)
+                    np.testing.assert_allclose(got.astype(np.float64), want, rtol=2.0**-11, atol=2.0**-25)
 
 
 @pytest.mark.parametrize("schedule", ["forward", "reverse", "random"])
@@ -255,8 +260,11 @@ def test_kernel_line_coverage(capsys):
 
     for name in ("dilation_stride", "odd_channels", "big_pad", "groups", "epilogue_aligned"):
         every_kernel(dict(mode="coverage"), name)
-        every_tensor_core_kernel(dict(mode="coverage"), name)
-    files = sorted(kernels_dir().glob("*.cu")) + [kernels_dir() / h for h in ("common.cuh", "gemm.cuh")]
+        every_tensor_core_kernel(dict(mode="coverage"), EDGE[name])
+    for case in TENSOR_STAGING.values():  # the tensor-core kernels' staging variants
+        every_tensor_core_kernel(dict(mode="coverage"), case)
+    files = sorted(kernels_dir().glob("*.cu")) + [kernels_dir() / h for h in ("common.cuh", "gemm.cuh",
+                                                                             "gemm_tc.cuh")]
     report = coverage_report(files)
     missing = []
     with capsys.disabled():

@@ -146,10 +146,11 @@ def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
     tile = TILES["fprop"][kernel]
     p16 = layer_problem("res5_3x3", "gpu", dtype="float16")
     tc_kernel = kb.choose_fprop_tensor_core(p16)
-    tc_tile = model.tensor_tiles("fprop")[tc_kernel]
+    tc_tile = kb.TENSOR_TILES["fprop"][tc_kernel]
     # Only the fprop tiles' reports, ours and CUTLASS's (their labels carry the stages).
     sass = [sass_entry(kernel_name("fprop", "float32", kernel), threads=tile.threads),
-            sass_entry(f"fprop_tensor_core<0, 0, {tc_tile.template_args()}>", ffma=0, hmma=8,
+            # res5_3x3's 512 channels a multiple of BK, 3×3 taps: the tap-major staging
+            sass_entry(kb.tensor_kernel_name("fprop", "float16", tc_kernel, "tap_major"), ffma=0, hmma=8,
                        threads=tc_tile.threads),
             sass_entry("cutlass_simt_sfprop_optimized_128x128_8x4_nhwc_align1", "cutlass", blocks_per_sm=1),
             sass_entry("cutlass_tensorop_f16_s16816fprop_optimized_f16_128x128_64x3_nhwc_align8", "cutlass",
@@ -169,11 +170,14 @@ def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
     assert fprop["measured_over_modelled"] == pytest.approx(1.0 / fprop["ms"])
     assert fprop["ours_over_cutlass"] == pytest.approx(fprop["tflops"] / fprop["cutlass_tflops"])
     assert "MODELLED" in text and "measured ÷ modelled" in text
-    # Kernels the SASS file does not hold are not modelled, and say so; CUTLASS's loop is.
-    others = [r for r in rows if r["op"] != "fprop"]
+    # Kernels the SASS file does not hold are not modelled, and say so; CUTLASS's loop is (no
+    # CUTLASS TF32 loop is compiled: the TF32 rows have none).
+    others = [r for r in rows if r["op"] != "fprop" and r["math"] != "tf32"]
     assert others and all("ms" not in r and "cutlass_ms" in r for r in others)
     # The tensor-core rows: ours beside CUTLASS's tensor-op loop, as a fraction of the FP16 peak.
-    [tc] = [r for r in rows if r["math"] == "hmma"]
+    [tc] = [r for r in rows if r["math"] == "hmma" and r["op"] == "fprop"]
+    tc_others = [r for r in rows if r["math"] == "hmma" and r["op"] != "fprop"]
+    assert {r["op"] for r in tc_others} == {"dgrad", "wgrad"} and all("ms" not in r for r in tc_others)
     assert tc["kernel"] == tc_kernel and tc["dtype"] == "float16"
     assert tc["peak"] == pytest.approx(tc["tflops"] / model.GPUS["h100"].tensor_tflops)
     assert tc["ours_over_cutlass"] == pytest.approx(tc["tflops"] / tc["cutlass_tflops"])

@@ -124,9 +124,10 @@ TILES = {op: _TILES for op in ("fprop", "dgrad", "wgrad")}
 
 @dataclass(frozen=True)
 class TensorTile:
-    """Tile shape of a tensor-core kernel (kernels/fprop_tc.cu): a BM×BN tile per block, BK
+    """Tile shape of a tensor-core kernel (kernels/gemm_tc.cuh): a BM×BN tile per block, BK
     reduction steps staged at a time, BM/WM × BN/WN warps of WM×WN (WM/16 × WN/8 mma tiles each).
-    ``dtypes``: the input dtypes it is instantiated for, float32 meaning precision='tf32'."""
+    ``dtypes``: the input dtypes it is instantiated for, float32 meaning precision='tf32' and
+    'tf32x3'."""
 
     BM: int
     BN: int
@@ -143,53 +144,117 @@ class TensorTile:
         return f"{self.BM}, {self.BN}, {self.BK}, {self.WM}, {self.WN}"
 
 
-# fprop's tensor-core tiles, largest first. 128×128 holds float32 (TF32) tiles in no 48 KiB of
-# static shared memory (72 KiB double-buffered), so TF32 takes 64×64 only.
-TENSOR_TILES = {
+# The tensor-core tiles, largest first, the same for the three ops (kernels/fprop_tc.cu,
+# dgrad_tc.cu, wgrad_tc.cu). 128×128 holds float32 (TF32) tiles in no 48 KiB of static shared
+# memory (72 KiB double-buffered), so TF32 takes 64×64 only.
+_TENSOR_TILES = {
     "128x128x32_tc": TensorTile(BM=128, BN=128, BK=32, WM=64, WN=32, dtypes=HALF_DTYPES),  # 256 threads
     "64x64x32_tc": TensorTile(BM=64, BN=64, BK=32, WM=32, WN=32, dtypes=(*HALF_DTYPES, "float32")),  # 128
 }
-# The first template argument of fprop_tensor_core: TENSOR_* in kernels/mma.cuh.
-TENSOR_KINDS = {"float16": 0, "bfloat16": 1, "tf32": 2}
+TENSOR_TILES = {op: _TENSOR_TILES for op in ("fprop", "dgrad", "wgrad")}
+# The first template argument of the tensor-core kernels: TENSOR_* in kernels/mma.cuh.
+TENSOR_KINDS = {"float16": 0, "bfloat16": 1, "tf32": 2, "tf32x3": 3}
+# Each op's tensor-core source.
+TENSOR_SOURCES = {"fprop": "fprop_tc.cu", "dgrad": "dgrad_tc.cu", "wgrad": "wgrad_tc.cu"}
 # Sources that include kernels/mma.cuh compile only for sm_80 and newer (the compute capability).
-MIN_ARCH = {"fprop_tc.cu": 80}
+MIN_ARCH = {source: 80 for source in TENSOR_SOURCES.values()}
 
 # What each op's kernel argument of the backends accepts: 'auto' (the op's choose_*), 'direct'
-# or one of its tiles (fprop: its tensor-core tiles too).
-KERNEL_CHOICES = {op: ("auto", "direct", *tiles, *(TENSOR_TILES if op == "fprop" else ()))
-                  for op, tiles in TILES.items()}
+# or one of its tiles, tensor-core tiles included.
+KERNEL_CHOICES = {op: ("auto", "direct", *tiles, *TENSOR_TILES[op]) for op, tiles in TILES.items()}
 
 
 def tensor_kind(dtype: str, precision: str) -> str | None:
-    """The TENSOR_KINDS entry an fprop of ``dtype`` at ``precision`` runs on tensor cores with, or
-    None (float64, float32 at 'highest' or 'tf32x3')."""
+    """The TENSOR_KINDS entry an op of ``dtype`` at ``precision`` runs on tensor cores with, or
+    None (float64, float32 at 'highest')."""
     if dtype in HALF_DTYPES:
         return dtype
-    return "tf32" if dtype == "float32" and precision == "tf32" else None
+    return precision if dtype == "float32" and precision in ("tf32", "tf32x3") else None
 
 
-def tensor_kernel_name(kind: str, kernel: str, activation=None) -> str:
-    """The name expression of fprop's tensor-core tile ``kernel`` for ``kind`` (TENSOR_KINDS)."""
-    return (f"fprop_tensor_core<{TENSOR_KINDS[kind]}, {ACTIVATION_IDS[activation]}, "
-            f"{TENSOR_TILES[kernel].template_args()}>")
+def kind_dtype(kind: str) -> str:
+    """The array dtype of a TENSOR_KINDS entry: float32 for the TF32 kinds."""
+    return "float32" if kind.startswith("tf32") else kind
+
+
+# The staging variants of each op's tensor-core kernel, in the order of its Staging template
+# argument (STAGING_* in kernels/gemm_tc.cuh), chosen per problem by ``tensor_staging``: 'plain'
+# (the op's own iterators), 'tap_major' (the reduction in (tap, channel) order, a k-tile BK
+# channels of one tap: one bounds check a k-tile; wgrad: a block's columns are channels of one
+# tap, ``wgrad_tap_major``) and 'tap_major_vector' (also 16-byte loads of fprop's w, 1×1 only, or
+# wgrad's dy).
+STAGINGS = {"fprop": ("plain", "tap_major", "tap_major_vector"), "dgrad": ("plain", "tap_major"),
+            "wgrad": ("plain", "tap_major", "tap_major_vector")}
+
+
+def tensor_kernel_name(op: str, kind: str, kernel: str, staging: str = "plain") -> str:
+    """The name expression of ``op``'s tensor-core tile ``kernel`` for ``kind`` (TENSOR_KINDS) and
+    ``staging`` (STAGINGS[op]). fprop's activation is a run-time argument."""
+    return (f"{op}_tensor_core<{TENSOR_KINDS[kind]}, {STAGINGS[op].index(staging)}, "
+            f"{TENSOR_TILES[op][kernel].template_args()}>")
+
+
+def _address(array) -> int:
+    """The device (CuPy) or host (NumPy) address of an array's first element."""
+    interface = getattr(array, "__cuda_array_interface__", None) or array.__array_interface__
+    return interface["data"][0]
+
+
+def tensor_staging(op: str, p, kernel: str, array) -> str:
+    """The STAGINGS[op] entry for ``p`` on tile ``kernel``; ``array`` is the operand a 16-byte
+    load would read (fprop w, wgrad dy). Tap-major where the reduction's channels (fprop and wgrad
+    C/groups, dgrad K/groups) are a multiple of BK (every k-tile whole channels of one tap). With
+    16-byte loads where that array is 16-byte aligned and lies contiguous along the reduction in
+    whole 16-byte runs: fprop's w of a 1×1 filter (C/groups, a multiple of BK), wgrad's dy of
+    images of P·Q a multiple of 16 bytes."""
+    if op == "dgrad":
+        return "tap_major" if p.K_per_group % TENSOR_TILES[op][kernel].BK == 0 else "plain"
+    if p.C_per_group % TENSOR_TILES[op][kernel].BK != 0:
+        return "plain"
+    contiguous = p.R * p.S == 1 if op == "fprop" else p.P * p.Q * array.itemsize % 16 == 0
+    return "tap_major_vector" if contiguous and _address(array) % 16 == 0 else "tap_major"
+
+
+def wgrad_tap_major(p, tile) -> bool:
+    """Whether wgrad's kernel of ``tile`` on ``p`` has tap-major columns (a block: one tap (r, s),
+    BN channels): a tensor-core tile, with C/groups a multiple of BK (whole tiles of channels
+    waste little of a block). A function of the problem and tile: the grid follows it."""
+    return isinstance(tile, TensorTile) and p.C_per_group % tile.BK == 0
+
+
+def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
+    """The TENSOR_TILES[op] name to run ``op`` on ``p`` (float16, bfloat16, or float32 meaning
+    TF32) with, or None where the float32 kernels take it: a forced SIMT tile or 'direct'; under
+    'auto' a GEMM channel side (``_choose``'s) under 8 (a depthwise layer would fill a tile with
+    zeros); a tile not built for the dtype or that cannot run ``p`` (``launchable``). 'auto' takes
+    128×128 where the GEMM fills it and the grid gives every SM of an H100 a block (wgrad: where
+    the GEMM fills it, its split-K fills the GPU), else 64×64."""
+    tiles = TENSOR_TILES[op]
+    M, N = _block_gemm_shape(op, p)
+    if kernel == "auto":
+        if (N if op != "wgrad" else M) < 8:
+            return None
+        big = tiles["128x128x32_tc"]
+        fills = M >= big.BM and N >= big.BN and (op == "wgrad" or _blocks(op, p, big) >= H100_SMS)
+        kernel = "128x128x32_tc" if fills else "64x64x32_tc"
+    if kernel not in tiles or p.dtype not in tiles[kernel].dtypes:
+        return None
+    return kernel if launchable(op, p, kernel) else None
 
 
 def choose_fprop_tensor_core(p, kernel: str = "auto") -> str | None:
-    """The TENSOR_TILES name to run fprop ``p`` (float16, bfloat16, or float32 meaning TF32) with,
-    or None where the float32 kernels take it: a forced SIMT tile or 'direct'; under 'auto' a layer
-    of fewer than 8 output channels per group (a depthwise layer would fill a tile with zeros);
-    a tile not built for the dtype or that cannot run ``p`` (``launchable``). 'auto' takes 128×128
-    where the GEMM fills it and the grid gives every SM of an H100 a block, else 64×64."""
-    M, N = _block_gemm_shape("fprop", p)
-    if kernel == "auto":
-        if N < 8:
-            return None
-        big = TENSOR_TILES["128x128x32_tc"]
-        kernel = ("128x128x32_tc" if M >= big.BM and N >= big.BN and _blocks("fprop", p, big) >= H100_SMS
-                  else "64x64x32_tc")
-    if kernel not in TENSOR_TILES or p.dtype not in TENSOR_TILES[kernel].dtypes:
-        return None
-    return kernel if launchable("fprop", p, kernel) else None
+    """The TENSOR_TILES['fprop'] name to run ``p`` with, or None (``choose_tensor_core``)."""
+    return choose_tensor_core("fprop", p, kernel)
+
+
+def choose_dgrad_tensor_core(p, kernel: str = "auto") -> str | None:
+    """The TENSOR_TILES['dgrad'] name to run ``p`` with, or None (``choose_tensor_core``)."""
+    return choose_tensor_core("dgrad", p, kernel)
+
+
+def choose_wgrad_tensor_core(p, kernel: str = "auto") -> str | None:
+    """The TENSOR_TILES['wgrad'] name to run ``p`` with, or None (``choose_tensor_core``)."""
+    return choose_tensor_core("wgrad", p, kernel)
 
 
 def kernel_name(op: str, dtype: str, kernel: str, activation=None) -> str:
@@ -233,7 +298,7 @@ def _choose(op: str, p, kernel: str, cp_async: bool = True) -> str:
         kernel = min(runnable, key=lambda k: busiest_sm_cost(op, p, k), default="direct")
         if cp_async and kernel != "direct":
             kernel = cp_async_twin(op, p, kernel)
-    if kernel in TENSOR_TILES:  # forced, but the problem takes the float32 kernels
+    if kernel in TENSOR_TILES[op]:  # forced, but the problem takes the float32 kernels
         return "direct"
     if kernel in TILES[op] and TILES[op][kernel].stages > 2 and not cp_async:
         kernel = kernel.rsplit("_s", 1)[0]
@@ -305,7 +370,7 @@ def launchable(op: str, p, kernel: str) -> bool:
     limits and the indices the kernel keeps in an int within range (an element's offset inside one
     image of x or dy, C·H·W and K·P·Q; the reduction index, C·R·S or K·R·S per group, plus a step;
     dgrad: all of a stride phase's N·Hp·Wp pixels + BM; wgrad: P·Q + BK and a split's chunk + BK)."""
-    tile = TILES[op][kernel] if kernel in TILES[op] else TENSOR_TILES[kernel]
+    tile = TILES[op][kernel] if kernel in TILES[op] else TENSOR_TILES[op][kernel]
     if p.dtype not in tile.dtypes or max(p.C * p.H * p.W, p.K * p.P * p.Q) > INT32_MAX:
         return False
     (sh, sw), RS = p.stride, p.R * p.S
@@ -342,7 +407,7 @@ def wgrad_splits(p, tile: Tile) -> tuple[int, int]:
     [z·chunk, (z+1)·chunk); chunk is a multiple of BK and no split is empty. A function of the
     problem and tile only, so a given problem always sums in the same order."""
     npq = p.N * p.P * p.Q
-    blocks = ceil_div(p.C_per_group * p.R * p.S, tile.BN) * p.groups * ceil_div(p.K_per_group, tile.BM)
+    blocks = _wgrad_column_blocks(p, tile) * p.groups * ceil_div(p.K_per_group, tile.BM)
     want = min(ceil_div(H100_SMS * resident_blocks(tile), blocks), MAX_SPLITS,
                max(1, npq // (MIN_SPLIT_TILES * tile.BK)))
     chunk = ceil_div(ceil_div(npq, want), tile.BK) * tile.BK
@@ -355,13 +420,18 @@ def _instances(op: str, activations=(None,)) -> list[str]:
             for k in ("direct", *TILES[op]) if k == "direct" or d in TILES[op][k].dtypes]
 
 
+def _tensor_instances(op: str) -> list[str]:
+    kernels = [tensor_kernel_name(op, kind, k, staging) for kind in TENSOR_KINDS for staging in STAGINGS[op]
+               for k, tile in TENSOR_TILES[op].items()
+               if kind_dtype(kind) in tile.dtypes]
+    return kernels + ([f"wgrad_tensor_reduce<{k}>" for k in TENSOR_KINDS.values()] if op == "wgrad" else [])
+
+
 KERNELS = {
     "fprop.cu": _instances("fprop", ACTIVATION_IDS),
     "dgrad.cu": _instances("dgrad"),
     "wgrad.cu": _instances("wgrad") + [f"wgrad_reduce_splits<{t}>" for t in CTYPES.values()],
-    "fprop_tc.cu": [tensor_kernel_name(kind, k, a) for kind in TENSOR_KINDS for a in ACTIVATION_IDS
-                    for k, tile in TENSOR_TILES.items()
-                    if (kind if kind != "tf32" else "float32") in tile.dtypes],
+    **{source: _tensor_instances(op) for op, source in TENSOR_SOURCES.items()},
     "elementwise.cu": [
         f"{k}<{t}>"
         for k in ("bias_grad", "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward")
@@ -403,6 +473,14 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _wgrad_column_blocks(p, tile) -> int:
+    """Blocks across wgrad's GEMM columns: tiles of BN taps (c,r,s), or with tap-major columns
+    (``wgrad_tap_major``) R·S taps × tiles of BN channels."""
+    if wgrad_tap_major(p, tile):
+        return p.R * p.S * ceil_div(p.C_per_group, tile.BN)
+    return ceil_div(p.C_per_group * p.R * p.S, tile.BN)
+
+
 def launch_config(total: int, op: str | None = None, tile: Tile | None = None, p=None):
     """(grid, block) of a launch.
 
@@ -412,8 +490,8 @@ def launch_config(total: int, op: str | None = None, tile: Tile | None = None, p
       fprop: x over tiles of BM output pixels, y over (group, tile of BN output channels);
       dgrad: x over tiles of BM pixels of the largest stride phase, y over (group, tile of BN input
              channels), z over the stride_h·stride_w phases;
-      wgrad: x over tiles of BN taps (c,r,s), y over (group, tile of BM output channels), z over
-             the reduction splits (``wgrad_splits``).
+      wgrad: x over tiles of BN taps (c,r,s) (tap-major: over (tap, tile of BN channels)), y over
+             (group, tile of BM output channels), z over the reduction splits (``wgrad_splits``).
     """
     if op == "bias_grad":  # one block per output channel (``total`` = K), BIAS_GRAD_THREADS each
         return (min(total, MAX_BLOCKS),), (BIAS_GRAD_THREADS,)
@@ -426,8 +504,7 @@ def launch_config(total: int, op: str | None = None, tile: Tile | None = None, p
         phase_pixels = p.N * ceil_div(p.H, sh) * ceil_div(p.W, sw)
         grid = (ceil_div(phase_pixels, tile.BM), G * ceil_div(p.C_per_group, tile.BN), sh * sw)
     else:
-        grid = (ceil_div(p.C_per_group * p.R * p.S, tile.BN), G * ceil_div(p.K_per_group, tile.BM),
-                wgrad_splits(p, tile)[0])
+        grid = (_wgrad_column_blocks(p, tile), G * ceil_div(p.K_per_group, tile.BM), wgrad_splits(p, tile)[0])
     return grid, (tile.threads,)
 
 
@@ -511,7 +588,7 @@ class KernelBackend:
         self._allocate = allocate or xp.empty  # outputs and workspaces
         self._get_function, self._on_device = get_function, on_device
         self._poison = poison_outputs
-        self._tensor_cores = tensor_cores  # () -> whether the current device runs fprop_tc.cu
+        self._tensor_cores = tensor_cores  # () -> whether the current device runs *_tc.cu
         self._cp_async = cp_async  # () -> whether it runs the cp.async tiles (Tile.min_arch)
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -537,20 +614,60 @@ class KernelBackend:
                      (x, w, _pointer(bias), y) + conv_args(p), "fprop", TILES["fprop"].get(kernel), p)
         return y
 
+    def _tensor_tile(self, op: str, p, precision: str):
+        """(kind, tile name) of the tensor-core kernel that runs ``op`` on ``p`` on this device, or
+        None (``tensor_kind``, ``choose_tensor_core``, an sm_75 GPU)."""
+        kind = tensor_kind(p.dtype, precision)
+        kernel = kind and self._tensor_cores() and choose_tensor_core(op, p, self._kernels[op])
+        return (kind, kernel) if kernel else None
+
     @_on_input_device
     def fprop_tensor_cores(self, p, x, w, bias, activation, precision):
         """y of ``p`` from fprop_tc.cu: float16 and bfloat16 arrays as they are, float32 at
         precision='tf32'; or None where no tensor-core kernel runs ``p`` on this device
-        (``tensor_kind``, ``choose_fprop_tensor_core``, an sm_75 GPU): the caller then computes it
-        in float32 on the kernels of ``fprop``."""
-        kind = tensor_kind(p.dtype, precision)
-        kernel = kind and self._tensor_cores() and choose_fprop_tensor_core(p, self._kernels["fprop"])
-        if not kernel:
+        (``_tensor_tile``): the caller then computes it in float32 on the kernels of ``fprop``."""
+        chosen = self._tensor_tile("fprop", p, precision)
+        if chosen is None:
             return None
-        y = self._empty(p.y_shape, p.dtype)
-        self._launch("fprop_tc.cu", tensor_kernel_name(kind, kernel, activation), y.size,
-                     (x, w, _pointer(bias), y) + conv_args(p), "fprop", TENSOR_TILES[kernel], p)
+        (kind, kernel), y = chosen, self._empty(p.y_shape, p.dtype)
+        name = tensor_kernel_name("fprop", kind, kernel, tensor_staging("fprop", p, kernel, w))
+        self._launch("fprop_tc.cu", name, y.size,
+                     (x, w, _pointer(bias), y) + conv_args(p) + (np.int32(ACTIVATION_IDS[activation]),),
+                     "fprop", TENSOR_TILES["fprop"][kernel], p)
         return y
+
+    @_on_input_device
+    def dgrad_tensor_cores(self, p, dy, w, bias, precision):
+        """dx of ``p`` from dgrad_tc.cu (as ``fprop_tensor_cores``), or None."""
+        chosen = self._tensor_tile("dgrad", p, precision)
+        if chosen is None:
+            return None
+        (kind, kernel), dx = chosen, self._empty(p.x_shape, p.dtype)
+        name = tensor_kernel_name("dgrad", kind, kernel, staging=tensor_staging("dgrad", p, kernel, w))
+        self._launch("dgrad_tc.cu", name, dx.size,
+                     (dy, w, _pointer(bias), dx) + conv_args(p), "dgrad", TENSOR_TILES["dgrad"][kernel], p)
+        return dx
+
+    @_on_input_device
+    def wgrad_tensor_cores(self, p, x, dy, precision):
+        """dw of ``p`` from wgrad_tc.cu (as ``fprop_tensor_cores``), or None. The splits' float32
+        partial tiles go to a float32 workspace, summed in a fixed order and rounded once to dw's
+        type (``wgrad_tensor_reduce``); float32 with one split writes dw itself."""
+        chosen = self._tensor_tile("wgrad", p, precision)
+        if chosen is None:
+            return None
+        (kind, kernel), dw = chosen, self._empty(p.w_shape, p.dtype)
+        tile = TENSOR_TILES["wgrad"][kernel]
+        splits, chunk = wgrad_splits(p, tile)
+        direct = splits == 1 and kind_dtype(kind) == "float32"
+        partial = dw if direct else self._empty((splits, *p.w_shape), "float32")
+        name = tensor_kernel_name("wgrad", kind, kernel, staging=tensor_staging("wgrad", p, kernel, dy))
+        self._launch("wgrad_tc.cu", name, dw.size,
+                     (x, dy, partial) + conv_args(p) + (np.int64(chunk),), "wgrad", tile, p)
+        if not direct:
+            self._launch("wgrad_tc.cu", f"wgrad_tensor_reduce<{TENSOR_KINDS[kind]}>", dw.size,
+                         (partial, dw, np.int64(dw.size), np.int32(splits)))
+        return dw
 
     @_on_input_device
     def dgrad(self, p, dy, w, bias=None):
