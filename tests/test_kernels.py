@@ -160,14 +160,14 @@ def test_auto_weighs_issue_cost_against_wave_quantization():
     """ResNet-50-like layers (float32), on a GPU without cp.async first: the tile whose busiest
     H100 SM issues least. The model's own picks are checked in tests/test_model.py; these are
     worked by hand from ISSUE_PER_FMA. Then sm_80+: the pick's cp.async twin where it has one."""
-    # 128×128: 196 blocks, 2 a busiest SM × 16384 × 1.37; 64×128: 392, 3 × 8192 × 1.44: cheaper.
+    # 128×128: 196 blocks, 2 a busiest SM × 16384 × 1.36; 64×128: 392, 3 × 8192 × 1.41: cheaper.
     big = Conv2dProblem(32, 128, 28, 28, 128, 3, 3, 28, 28, dtype="float32")
     assert choose_fprop(big, cp_async=False) == choose_dgrad(big, cp_async=False) == "64x128x8_8x8"
     # 100352 pixels, 64 channels: 128×64 tiles quantize as well as 64×64 ones and issue less.
     narrow = Conv2dProblem(32, 64, 56, 56, 64, 3, 3, 56, 56, dtype="float32")
     assert choose_fprop(narrow, cp_async=False) == "128x64x8_8x8"
     # 14×14 pixels, 256 channels: every tile gives each SM at most one block, so the smallest
-    # block (32×32 × 2.24 against 64×64 × 1.61) wins.
+    # block (32×32 × 2.23 against 64×64 × 1.60) wins.
     few_pixels = Conv2dProblem(1, 256, 14, 14, 256, 3, 3, 14, 14, dtype="float32")
     assert (choose_fprop(few_pixels, cp_async=False) == choose_dgrad(few_pixels, cp_async=False)
             == "32x32x8_4x4")

@@ -216,13 +216,15 @@ def test_the_latency_terms_move_the_tensor_op_anchor_down(monkeypatch):
 
 
 def test_a_tiles_stages_attribute_sets_the_stages_in_flight():
-    """cp.async tiles carry ``stages``; a tile without it is register double-buffered (2)."""
-    from types import SimpleNamespace
+    """A tile's ``stages`` (cp.async tiles 3 or 4; the register double buffer 2) divides the
+    latency term by the k-tiles in flight, stages - 1, and nothing else."""
+    import dataclasses
 
     p = layer_problem("res3_3x3", "gpu")
     tile = TILES["fprop"]["128x128x8_8x8"]
+    assert tile.stages == 2
     report = committed_reports("sm_90")[kernel_name("fprop", "float32", "128x128x8_8x8")]
-    staged = SimpleNamespace(**tile.__dict__, threads=tile.threads, stages=4)
+    staged = dataclasses.replace(tile, stages=4)
     plain = model.predict_problem(model.GPUS["h100"], "fprop", p, report, tile)
     four = model.predict_problem(model.GPUS["h100"], "fprop", p, report, staged)
     assert four.terms["latency"] == pytest.approx(plain.terms["latency"] / 3)
