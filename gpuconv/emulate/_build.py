@@ -367,10 +367,10 @@ def build(code: str, options: Options, name_expressions, mode: str, source_path:
             _run([cxx, "-x", "c++", "-include", str(header), *kernel_flags, "-E", str(unit),
                   "-o", str(preprocessed)], "preprocessing the kernels")
             preprocessed.write_text(unroll_as_nvcc(preprocessed.read_text()))
-            source = ["-x", "c++-cpp-output", *kernel_flags, str(preprocessed)]
+            source = ["-x", "c++-cpp-output", *kernel_flags, "-c", str(preprocessed)]
         else:
-            source = ["-x", "c++", "-include", str(header), *kernel_flags, str(unit)]
-        _run([cxx, *source, "-c", "-o", str(kernel_object)], "compiling the kernels")
+            source = ["-x", "c++", "-include", str(header), *kernel_flags, "-c", str(unit)]
+        _run([cxx, *source, "-o", str(kernel_object)], "compiling the kernels")
         link = [*_MODE_FLAGS[mode][2], "-shared", "-Wl,--no-undefined", "-pthread"]
 
         def link_and_list_shared(out: Path) -> None:
