@@ -100,6 +100,26 @@ def test_divergent_lanes_count_only_the_active_ones(patterns):
     assert (store["kind"], store["space"], store["sectors"]) == ("store", "global", 4)
 
 
+def test_a_lane_that_skips_an_element_pairs_as_on_a_gpu():
+    """profile.cu's skipping: on a GPU each of the 4 unrolled elements of each of the 2 tiles is one
+    load instruction executed once: 8 requests of x[t·128 + i·32 + lane], 4 sectors each (element 1
+    of tile 0: its 16 even lanes still span the 4 sectors, whose 64 bytes would fit in 2). So 240
+    lanes, 32 sectors, ideal 7·4 + 2 = 30. Grouping by the k-th execution of a rolled loop's one
+    pc would pair the odd lanes' later elements with the even lanes' earlier ones: 56 sectors; with
+    the loop unrolled but no barrier epoch, the odd lanes' element 1 of tile 1 with the even lanes'
+    of tile 0: 36."""
+    module = Module(path=SOURCE, name_expressions=["skipping"], mode="profile")
+    x, out = device_empty(256, np.float32), device_empty(32, np.float32)
+    x[...] = np.random.default_rng(7).integers(-3, 4, x.shape)
+    module.get_function("skipping")(1, 32, (x, out))
+    lane = np.arange(32)
+    skipped = np.where(lane % 2 == 1, x[32 + lane], 0)
+    assert np.array_equal(out, x[:256].reshape(8, 32).sum(axis=0) - skipped)
+    [row] = [r for r in module.counters() if r["line"] == marker_lines()["skipping"]]
+    assert (row["space"], row["kind"], row["requests"], row["lanes"], row["sectors"], row["ideal"]) \
+        == ("global", "load", 8, 240, 32, 30)
+
+
 def test_counters_reset_and_accumulate(patterns):
     one = {(r["line"], r["space"]): r["requests"] for r in launch_patterns(patterns, 32)}
     patterns.get_function("patterns")(1, 32, pattern_arrays())

@@ -60,8 +60,11 @@ progress for ``watchdog`` seconds), ``AddressError`` (a cp.async outside shared 
 
 Profile: kernels of a ``Module(..., mode="profile")`` run as in ``plain`` mode (the same results,
 bitwise) while every global and shared memory access is recorded. A *warp-level request* is the
-k-th execution of one static access by the lanes of one warp (lanes that skip it are inactive in
-it). ``Module.counters()`` returns, per (file, line, space, kind), the requests and what a GPU's
+k-th execution of one instruction between two barriers by the lanes of one warp (lanes that skip it
+are inactive in it); the profile build unrolls ``#pragma unroll`` loops of constant trip count as
+nvcc does, so each unrolled element is an instruction of its own (a lane that skips a trip of a loop
+that stays a loop still pairs its later trips with the others' earlier ones).
+``Module.counters()`` returns, per (file, line, space, kind), the requests and what a GPU's
 memory system does with them: global requests touch 32-byte *sectors* (distinct aligned sectors
 over the active lanes); shared requests take *wavefronts* (the active lanes in phases of 128 bytes
 — 32 lanes of 4-byte accesses, 16 of 8-byte, 8 of 16-byte — each phase costing the largest number of

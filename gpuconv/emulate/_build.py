@@ -39,7 +39,13 @@ _MODE_FLAGS = {
     "coverage": (["-O0", "--coverage", "-DGPUCONV_EMULATE_COVERAGE"], ["-O2"], ["--coverage"]),
     # Every access calls a __tsan_* hook that records it for the memory-traffic profile; -g lets
     # Python name each access's source line; without SRA a float4 copy stays one 16-byte access.
-    "profile": (["-O1", "-g", "-fsanitize=thread", "-fno-tree-sra", "-DGPUCONV_EMULATE_PROFILE"],
+    # Its `#pragma unroll` loops are unrolled as nvcc does (unroll_as_nvcc): completely where the
+    # trip count is a constant, and never by the RTL unroller, which would unroll a loop of
+    # run-time trip count by the pragma's factor (nvcc keeps such a loop a loop or unrolls by a few).
+    # No jump threading: it copies an access into each path of a lane-dependent branch, and lanes
+    # on different paths would then run different instructions where a GPU runs one, predicated.
+    "profile": (["-O1", "-g", "-fsanitize=thread", "-fno-tree-sra", "-fdisable-rtl-loop2_unroll",
+                 "-fno-thread-jumps", "-DGPUCONV_EMULATE_PROFILE"],
                 ["-O2", "-DGPUCONV_EMULATE_PROFILE"], []),
 }
 
@@ -51,6 +57,7 @@ _IGNORED_OPTION = re.compile(
     r"-?-maxrregcount=.*|-Xptxas.*|--ptxas-options.*|--device-as-default-execution-space|"
     r"-?-split-compile=.*|--minimal)$"
 )
+_PRAGMA_UNROLL = re.compile(r"^([ \t]*)#[ \t]*pragma[ \t]+unroll\b[ \t]*(.*?)[ \t]*$", re.M)
 _EXTERN_SHARED = re.compile(r"\bextern\s+__shared__\s+([^;\[\]]*?)\b([A-Za-z_]\w*)\s*\[\s*\]\s*;")
 
 
@@ -102,6 +109,17 @@ def rewrite_extern_shared(code: str) -> tuple[str, tuple[str, ...]]:
         r"\1*const \2 = static_cast<decltype(\2)>(::gpuconv_emu::dynamic_shared());", code
     )
     return code, names
+
+
+def unroll_as_nvcc(preprocessed: str) -> str:
+    """``#pragma unroll [N]`` -> ``#pragma GCC unroll N`` in a preprocessed translation unit (where
+    headers and ``_Pragma("unroll")`` have become lines of their own); a bare ``#pragma unroll`` gets
+    65534, GCC's largest factor: unrolled completely, as nvcc does, when the trip count is a
+    constant. g++ ignores the CUDA spelling and, at -O1, keeps such loops rolled: the profile would
+    then see one instruction where the GPU runs one per element. The line count is unchanged."""
+    return _PRAGMA_UNROLL.sub(
+        lambda m: f"{m.group(1)}#pragma GCC unroll {m.group(2) or 65534}", preprocessed
+    )
 
 
 def entry_points(name_expressions, mode: str) -> str:
@@ -344,8 +362,15 @@ def build(code: str, options: Options, name_expressions, mode: str, source_path:
             + entry_points(name_expressions, mode)
         )
         kernel_object = directory / "kernel.o"  # coverage: kernel.gcno / kernel.gcda beside it
-        _run([cxx, "-x", "c++", "-include", str(header), *kernel_flags, "-c", str(unit),
-              "-o", str(kernel_object)], "compiling the kernels")
+        if mode == "profile":  # its loops unrolled as nvcc would: preprocess, rewrite, compile
+            preprocessed = directory / "kernel.ii"
+            _run([cxx, "-x", "c++", "-include", str(header), *kernel_flags, "-E", str(unit),
+                  "-o", str(preprocessed)], "preprocessing the kernels")
+            preprocessed.write_text(unroll_as_nvcc(preprocessed.read_text()))
+            source = ["-x", "c++-cpp-output", *kernel_flags, "-c", str(preprocessed)]
+        else:
+            source = ["-x", "c++", "-include", str(header), *kernel_flags, "-c", str(unit)]
+        _run([cxx, *source, "-o", str(kernel_object)], "compiling the kernels")
         link = [*_MODE_FLAGS[mode][2], "-shared", "-Wl,--no-undefined", "-pthread"]
 
         def link_and_list_shared(out: Path) -> None:

@@ -228,6 +228,7 @@ struct LaneAccess {
     uintptr_t pc;  // the instrumented instruction (a return address inside the kernel's code)
     uintptr_t address;
     uint32_t size;
+    uint32_t epoch;  // the block's barrier epoch (__syncthreads completed) when the lane made it
     Space space;
     Kind kind;
 };
@@ -726,7 +727,8 @@ struct Launch {
         shared_access_by(lane, address, size, false, 0);
 #elif defined(GPUCONV_EMULATE_PROFILE)
         lane_accesses[size_t(lane.linear)].push_back(
-            LaneAccess{lane.op.pc, reinterpret_cast<uintptr_t>(address), uint32_t(size), kShared, kLoad});
+            LaneAccess{lane.op.pc, reinterpret_cast<uintptr_t>(address), uint32_t(size), barrier_epoch,
+                       kShared, kLoad});
 #else
         (void)lane, (void)address, (void)size;
 #endif
@@ -759,8 +761,9 @@ struct Launch {
         // execution of the instruction stays its k-th global request too.
         auto& accesses = lane_accesses[size_t(t->linear)];
         accesses.push_back(LaneAccess{pc, reinterpret_cast<uintptr_t>(src), uint32_t(src_bytes > 0 ? bytes : 0),
-                                      kGlobal, kCpAsync});
-        accesses.push_back(LaneAccess{pc, reinterpret_cast<uintptr_t>(dst), uint32_t(bytes), kShared, kCpAsync});
+                                      barrier_epoch, kGlobal, kCpAsync});
+        accesses.push_back(LaneAccess{pc, reinterpret_cast<uintptr_t>(dst), uint32_t(bytes), barrier_epoch,
+                                      kShared, kCpAsync});
 #endif
         t->async_copies.push_back(
             AsyncCopy{dst, src, uint32_t(bytes), uint32_t(src_bytes), t->committed_groups, pc});
@@ -964,11 +967,20 @@ struct Launch {
             space = kGlobal;
         }
         lane_accesses[size_t(current()->linear)].push_back(
-            LaneAccess{pc, a, uint32_t(size), space, kind});
+            LaneAccess{pc, a, uint32_t(size), barrier_epoch, space, kind});
     }
 
-    // A warp-level request is the k-th execution of one static access by the lanes of one warp
-    // (lanes that skip it, or exited, are inactive in it). Counted at the end of each block.
+    // A warp-level request is the k-th execution of one static access in one barrier interval by
+    // the lanes of one warp (lanes that skip it, or exited, are inactive in it). On a GPU a request
+    // is one execution of one instruction by the warp's active lanes; here an instruction is a pc
+    // of the g++ build, where profile builds unroll `#pragma unroll` loops as nvcc does (_build.py),
+    // so that each element of an unrolled loop is its own pc. Keying on the barrier epoch too keeps
+    // a lane that skips an execution (a predicated load) from shifting its pairing past the next
+    // __syncthreads. What stays approximate: within one barrier interval, a lane that skips the
+    // j-th trip of a loop that stays a loop (`#pragma unroll 1`, a trip count known only at run
+    // time, a loop nvcc unrolls without a pragma) pairs its later trips with the others' earlier
+    // ones; the kernels' such loops (store_run) let every lane take part in every trip.
+    // Counted at the end of each block.
     void profile_block() {
         Dl_info info{};
         dladdr(reinterpret_cast<void*>(&module_base_marker), &info);
@@ -977,15 +989,16 @@ struct Launch {
             const LaneAccess* first;
             std::vector<std::pair<int, const LaneAccess*>> lanes;  // (lane, its access)
         };
+        // (pc, space, epoch): a cp.async is one instruction with a global and a shared side
+        typedef std::tuple<uintptr_t, Space, uint32_t> Instruction;
         for (int w0 = 0; w0 < thread_count; w0 += 32) {
             std::vector<Request> requests;
-            // (pc, space, k) -> request: a cp.async is one instruction with a global and a shared side
-            std::map<std::tuple<uintptr_t, Space, uint32_t>, size_t> index;
+            std::map<std::pair<Instruction, uint32_t>, size_t> index;  // (instruction, k) -> request
             for (int lane = 0; lane < 32 && w0 + lane < thread_count; ++lane) {
-                std::map<std::pair<uintptr_t, Space>, uint32_t> executions;
+                std::map<Instruction, uint32_t> executions;
                 for (const LaneAccess& access : lane_accesses[size_t(w0 + lane)]) {
-                    auto key = std::make_tuple(access.pc, access.space,
-                                               executions[std::make_pair(access.pc, access.space)]++);
+                    const Instruction instruction{access.pc, access.space, access.epoch};
+                    const auto key = std::make_pair(instruction, executions[instruction]++);
                     if (access.size == 0) continue;  // a cp.async zero-fill's global side
                     auto found = index.emplace(key, requests.size());
                     if (found.second) requests.push_back(Request{&access, {}});

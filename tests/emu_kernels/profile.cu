@@ -36,3 +36,22 @@ __global__ void patterns(const float* __restrict__ x, const float4* __restrict__
     if (lane % 2 == 0) acc += x[64 + lane] + s[64 + lane];  // P:divergent
     out[lane] = acc;                   // P:store
 }
+
+// Launch: one block of one warp; x holds at least 256 floats, out 32. Two k-tiles, a barrier
+// each, of four staged elements: element i of tile t is x[t·128 + i·32 + lane], skipped (zero)
+// by the odd lanes for element 1 of tile 0, as fprop's gather skips the padding's taps.
+__global__ void skipping(const float* __restrict__ x, float* __restrict__ out) {
+    const int lane = threadIdx.x;
+    float acc = 0.0f;
+    for (int tile = 0; tile < 2; tile++) {
+        float v[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const bool valid = lane % 2 == 0 || i != 1 || tile != 0;
+            v[i] = valid ? x[tile * 128 + i * 32 + lane] : 0.0f;  // P:skipping
+        }
+        __syncthreads();
+        acc += v[0] + v[1] + v[2] + v[3];
+    }
+    out[lane] = acc;
+}
