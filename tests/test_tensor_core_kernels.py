@@ -269,7 +269,9 @@ def test_auto_routes_only_what_tensor_cores_run():
     for op in OPS:
         assert kb.choose_tensor_core(op, half) == "128x128x32_tc", op
     tf32 = dataclasses.replace(half, dtype="float32")
-    assert kb.choose_fprop_tensor_core(tf32) is None  # 128×128 holds no float32 tile
+    # 128×128 holds no float32 tile: where a half type takes it, TF32 takes 64×64 (never SIMT)
+    assert [kb.choose_tensor_core(op, tf32) for op in OPS] == ["64x64x32_tc"] * 3
+    assert kb.choose_fprop_tensor_core(tf32, "128x128x32_tc") is None  # forced: not built for it
     assert kb.choose_dgrad_tensor_core(tf32, "64x64x32_tc") == "64x64x32_tc"
     depthwise = problem(EDGE["depthwise"], "float16")
     assert [kb.choose_tensor_core(op, depthwise) for op in OPS] == [None] * 3  # 2 channels a group

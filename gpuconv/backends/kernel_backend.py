@@ -236,7 +236,7 @@ def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
             return None
         big = tiles["128x128x32_tc"]
         fills = M >= big.BM and N >= big.BN and (op == "wgrad" or _blocks(op, p, big) >= H100_SMS)
-        kernel = "128x128x32_tc" if fills else "64x64x32_tc"
+        kernel = "128x128x32_tc" if fills and p.dtype in big.dtypes else "64x64x32_tc"
     if kernel not in tiles or p.dtype not in tiles[kernel].dtypes:
         return None
     return kernel if launchable(op, p, kernel) else None
