@@ -225,8 +225,15 @@ def _cuda_torch():
 # instance), on problems that fill 64×64 tiles (dgrad's strided one: four stride phases).
 MATRIX_OPS = {"fprop": ("conv2d +bias", "conv2d +bias +relu", "conv2d +bias +sigmoid"),
               "dgrad": ("conv2d_input", "conv_transpose2d"), "wgrad": ("conv2d_weight",)}
-MATRIX_PROBLEMS = ({"64->64 3x3 pad 1": CONV_PROBLEMS["64->64 3x3 pad 1"]},
-                   {"64->64 4x4 stride 2": TRANSPOSE_PROBLEMS["64->64 4x4 stride 2"]})
+# The matrix's problems reach every staging of the tensor-core kernels (kernel_backend's
+# tensor_staging): channels a multiple of 32 (tap-major), 1×1 with 8×8 images (tap-major with
+# 16-byte loads of fprop's w and wgrad's dy; 256 pixels, so TF32's wgrad splits and goes through
+# wgrad_tensor_reduce), and 40 in, 48 out (neither: element by element).
+MATRIX_PROBLEMS = ({"64->64 3x3 pad 1": CONV_PROBLEMS["64->64 3x3 pad 1"],
+                    "64->64 1x1": ((4, 64, 8, 8), (64, 64, 1, 1), {}),
+                    "40->48 3x3 pad 1": ((2, 40, 9, 9), (48, 40, 3, 3), dict(padding=1))},
+                   {"64->64 4x4 stride 2": TRANSPOSE_PROBLEMS["64->64 4x4 stride 2"],
+                    "40->48 3x3 stride 2": ((1, 40, 5, 5), (40, 48, 3, 3), dict(stride=2, padding=1))})
 COVERAGE_OP = "kernel instances run"
 
 
