@@ -65,7 +65,7 @@ struct DgradTapFilterIterator {
           taps_s(tap_s.count), tap{0, 0, 0} {}
     // Every k-tile is full (k_remaining >= BK).
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
-        load_strided_live(v, w_c + tap.channel * filter_stride + (first_r + tap.r * step_r) * S + first_s +
+        load_strided_live<true>(v, w_c + tap.channel * filter_stride + (first_r + tap.r * step_r) * S + first_s +
                                  tap.s * step_s, channel_stride, live);
     }
     __device__ __forceinline__ void advance() { tap.advance(Tile::BK, K_per_group, taps_s); }

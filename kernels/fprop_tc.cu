@@ -97,7 +97,7 @@ struct FpropTapFilterIterator {
           RS(R * S_), S(S_), tap{0, 0, 0} {}
     // Every k-tile is full (k_remaining >= BK).
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
-        load_strided_live(v, w_t + tap.channel * RS + tap.r * S + tap.s, channel_stride, live);
+        load_strided_live<true>(v, w_t + tap.channel * RS + tap.r * S + tap.s, channel_stride, live);
     }
     __device__ __forceinline__ void advance() { tap.advance(Tile::BK, C_per_group, S); }
 };
