@@ -174,7 +174,8 @@ __device__ __forceinline__ const T* zero_element() {
 // The loads of the tap-major iterators: a thread's staged elements lie a fixed stride apart.
 // Elements base[offset + i·stride] where `inside` (the tap lands inside the tensor), else zeros,
 // with no predicate an element for that: outside, every load reads zero_element. Elements from
-// `live` on (rows of the operand that do not exist) are zeros; live = ELEMS folds away.
+// `live` on (rows of the operand that do not exist, the same in every k-tile) are not written:
+// they keep the staging registers' zeros (see load_strided_live); live = ELEMS folds away.
 template <int ELEMS, typename T>
 __device__ __forceinline__ void load_strided_or_zero(T (&v)[ELEMS], const T* base, int offset, int stride,
                                                      bool inside, int live = ELEMS) {
@@ -182,7 +183,8 @@ __device__ __forceinline__ void load_strided_or_zero(T (&v)[ELEMS], const T* bas
     offset = inside ? offset : 0;
     stride = inside ? stride : 0;
 #pragma unroll
-    for (int i = 0; i < ELEMS; i++, offset += stride) v[i] = i < live ? from[offset] : T(0);
+    for (int i = 0; i < ELEMS; i++, offset += stride)
+        if (i < live) v[i] = from[offset];
 }
 // Elements p[i·stride] for i < live (rows of the operand that exist), zeros after; the pointer
 // steps from element to element, no 64-bit multiply an element. FixedLive: `live` is the same in
