@@ -67,7 +67,7 @@ struct DgradTapFilterIterator {
     // Every k-tile is full (k_remaining >= BK).
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
         load_strided_live<true>(v, w_c + tap.channel * filter_stride + (first_r + tap.r * step_r) * S + first_s +
-                                 tap.s * step_s, channel_stride, live);
+                                       tap.s * step_s, channel_stride, live);
     }
     __device__ __forceinline__ void advance() {}  // A advances the tap
 };
