@@ -45,6 +45,7 @@ struct DgradTapGradientIterator {
 
 // B[(t_r, t_s, k), c] = w[k, c, first_r + t_r·step_r, first_s + t_s·step_s], staged as
 // DgradFilterIterator's (one k a k-tile, several c).
+// Its tap is the gradient iterator's (as FpropTapFilterIterator's: A advances it).
 template <class Tile>
 struct DgradTapFilterIterator {
     typedef typename Tile::Element T;
@@ -53,22 +54,22 @@ struct DgradTapFilterIterator {
     const T* w_c;           // w[Map::k(0), c_base + Map::x(0), 0, 0] of the group
     index_t filter_stride;  // one output channel k of w: C/groups·R·S elements
     int channel_stride;     // Map::STEP input channels: STEP·R·S elements
-    int live, K_per_group, S, first_r, step_r, first_s, step_s, taps_s;  // live: as FpropTapFilterIterator's
-    TapMajorDigits tap;
+    int live, S, first_r, step_r, first_s, step_s;  // live: as FpropTapFilterIterator's
+    const TapMajorDigits& tap;  // DgradTapGradientIterator's
 
-    __device__ DgradTapFilterIterator(const T* w_g, int c_base, int C_per_group, int K_per_group_, int R, int S_,
-                                      const PhaseTaps& tap_r, const PhaseTaps& tap_s)
+    __device__ DgradTapFilterIterator(const T* w_g, int c_base, int C_per_group, int R, int S_,
+                                      const PhaseTaps& tap_r, const PhaseTaps& tap_s,
+                                      const TapMajorDigits& gradient_tap)
         : w_c(w_g + ((index_t)Map::k(0) * C_per_group + c_base + Map::x(0)) * R * S_),
           filter_stride((index_t)C_per_group * R * S_), channel_stride(Map::STEP * R * S_),
-          live((C_per_group - c_base - Map::x(0) + Map::STEP - 1) / Map::STEP), K_per_group(K_per_group_),
-          S(S_), first_r(tap_r.first), step_r(tap_r.step), first_s(tap_s.first), step_s(tap_s.step),
-          taps_s(tap_s.count), tap{0, 0, 0} {}
+          live((C_per_group - c_base - Map::x(0) + Map::STEP - 1) / Map::STEP), S(S_), first_r(tap_r.first),
+          step_r(tap_r.step), first_s(tap_s.first), step_s(tap_s.step), tap(gradient_tap) {}
     // Every k-tile is full (k_remaining >= BK).
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
-        load_strided_live(v, w_c + tap.channel * filter_stride + (first_r + tap.r * step_r) * S + first_s +
-                                 tap.s * step_s, channel_stride, live);
+        load_strided_live<true>(v, w_c + tap.channel * filter_stride + (first_r + tap.r * step_r) * S + first_s +
+                                       tap.s * step_s, channel_stride, live);
     }
-    __device__ __forceinline__ void advance() { tap.advance(Tile::BK, K_per_group, taps_s); }
+    __device__ __forceinline__ void advance() {}  // A advances the tap
 };
 
 // The kernel's iterators from its arguments, one overload an iterator (as fprop_tc.cu's).
@@ -84,17 +85,17 @@ __device__ __forceinline__ DgradTapGradientIterator<Tile> make_iterator(
         int K_per_group, int P, int Q, const PhaseTaps& tap_r, const PhaseTaps& tap_s) {
     return DgradTapGradientIterator<Tile>(dy_g, m, M, HWp, Wp, K, K_per_group, P, Q, tap_r, tap_s);
 }
-template <class Tile>
+template <class Tile, class IterA>
 __device__ __forceinline__ DgradFilterIterator<Tile> make_iterator(
-        DgradFilterIterator<Tile>*, const typename Tile::Element* w_g, int c_base, int C_per_group, int, int R,
-        int S, const PhaseTaps& tap_r, const PhaseTaps& tap_s) {
+        DgradFilterIterator<Tile>*, const typename Tile::Element* w_g, int c_base, int C_per_group, int R, int S,
+        const PhaseTaps& tap_r, const PhaseTaps& tap_s, const IterA&) {
     return DgradFilterIterator<Tile>(w_g, c_base, C_per_group, R, S, tap_r, tap_s);
 }
 template <class Tile>
 __device__ __forceinline__ DgradTapFilterIterator<Tile> make_iterator(
-        DgradTapFilterIterator<Tile>*, const typename Tile::Element* w_g, int c_base, int C_per_group,
-        int K_per_group, int R, int S, const PhaseTaps& tap_r, const PhaseTaps& tap_s) {
-    return DgradTapFilterIterator<Tile>(w_g, c_base, C_per_group, K_per_group, R, S, tap_r, tap_s);
+        DgradTapFilterIterator<Tile>*, const typename Tile::Element* w_g, int c_base, int C_per_group, int R,
+        int S, const PhaseTaps& tap_r, const PhaseTaps& tap_s, const DgradTapGradientIterator<Tile>& a) {
+    return DgradTapFilterIterator<Tile>(w_g, c_base, C_per_group, R, S, tap_r, tap_s, a.tap);
 }
 
 template <class Tile>
@@ -155,7 +156,7 @@ dgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ dy,
     IterA a = make_iterator((IterA*)nullptr, dy + (index_t)g * K_per_group * P * Q, m_base + IterA::Map::x(0),
                             M, Hp * Wp, Wp, K, K_per_group, P, Q, tap_r, tap_s);
     IterB b = make_iterator((IterB*)nullptr, w + (index_t)g * K_per_group * C_per_group * R * S, c_base,
-                            C_per_group, K_per_group, R, S, tap_r, tap_s);
+                            C_per_group, R, S, tap_r, tap_s, a);
     const DgradTensorEpilogue<Tile> epilogue{dx, bias, m_base, M, Hp, Wp, phase_h, phase_w, stride_h,
                                              stride_w, H, W, C, g * C_per_group + c_base,
                                              C_per_group - c_base};

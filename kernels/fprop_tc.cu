@@ -79,6 +79,8 @@ struct FpropTapActivationIterator {
 };
 
 // B[(r,s,c), k] = w[k, c, r, s], staged as FpropFilterIterator's (one channel a k-tile, several k).
+// Its tap is the activation iterator's: A's digits, advanced by A (the main loop advances A before
+// either loads), so that a k-tile steps one copy of them, not two.
 template <class Tile>
 struct FpropTapFilterIterator {
     typedef typename Tile::Element T;
@@ -86,24 +88,24 @@ struct FpropTapFilterIterator {
     typedef StagingMap<Tile::BK, Tile::BN, Tile::THREADS, KFast> Map;
     const T* w_t;             // w[k_base + Map::x(0), Map::k(0), 0, 0]
     index_t channel_stride;   // Map::STEP output channels: STEP·C·R·S elements
-    int live, C_per_group, RS, S;  // live: the elements i whose channel x(i) exists, i < live
-    TapMajorDigits tap;
+    int live, RS, S;  // live: the elements i whose channel x(i) exists, i < live
+    const TapMajorDigits& tap;  // FpropTapActivationIterator's
 
-    __device__ FpropTapFilterIterator(const T* w_g, int k_base, int K_per_group, int C_per_group_, int R,
-                                      int S_)
-        : w_t(w_g + ((index_t)(k_base + Map::x(0)) * C_per_group_ + Map::k(0)) * R * S_),
-          channel_stride((index_t)Map::STEP * C_per_group_ * R * S_),
-          live((K_per_group - k_base - Map::x(0) + Map::STEP - 1) / Map::STEP), C_per_group(C_per_group_),
-          RS(R * S_), S(S_), tap{0, 0, 0} {}
+    __device__ FpropTapFilterIterator(const T* w_g, int k_base, int K_per_group, int C_per_group, int R, int S_,
+                                      const TapMajorDigits& activation_tap)
+        : w_t(w_g + ((index_t)(k_base + Map::x(0)) * C_per_group + Map::k(0)) * R * S_),
+          channel_stride((index_t)Map::STEP * C_per_group * R * S_),
+          live((K_per_group - k_base - Map::x(0) + Map::STEP - 1) / Map::STEP), RS(R * S_), S(S_),
+          tap(activation_tap) {}
     // Every k-tile is full (k_remaining >= BK).
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
-        load_strided_live(v, w_t + tap.channel * RS + tap.r * S + tap.s, channel_stride, live);
+        load_strided_live<true>(v, w_t + tap.channel * RS + tap.r * S + tap.s, channel_stride, live);
     }
-    __device__ __forceinline__ void advance() { tap.advance(Tile::BK, C_per_group, S); }
+    __device__ __forceinline__ void advance() {}  // A advances the tap
 };
 
 // The kernel's iterators from its arguments, one overload an iterator (their constructors take
-// what each needs); the first argument only names the type.
+// what each needs); the first argument only names the type, B's last is the A iterator.
 template <class Tile>
 __device__ __forceinline__ FpropActivationIterator<Tile> make_iterator(
         FpropActivationIterator<Tile>*, const typename Tile::Element* x_g, index_t m, index_t M, int C, int,
@@ -120,24 +122,24 @@ __device__ __forceinline__ FpropTapActivationIterator<Tile> make_iterator(
     return FpropTapActivationIterator<Tile>(x_g, m, M, C, C_per_group, H, W, S, Q, PQ, stride_h, stride_w,
                                             pad_top, pad_left, dil_h, dil_w);
 }
-template <class Tile>
+template <class Tile, class IterA>
 __device__ __forceinline__ FpropFilterIterator<Tile> make_iterator(FpropFilterIterator<Tile>*,
                                                                    const typename Tile::Element* w_g, int k_base,
-                                                                   int K_per_group, int C_per_group, int R, int S) {
+                                                                   int K_per_group, int C_per_group, int R, int S,
+                                                                   const IterA&) {
     return FpropFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group * R * S);
 }
-template <class Tile>
+template <class Tile, class IterA>
 __device__ __forceinline__ FpropFilterVectorIterator<Tile> make_iterator(
         FpropFilterVectorIterator<Tile>*, const typename Tile::Element* w_g, int k_base, int K_per_group,
-        int C_per_group, int R, int S) {
+        int C_per_group, int R, int S, const IterA&) {
     return FpropFilterVectorIterator<Tile>(w_g, k_base, K_per_group, C_per_group * R * S);
 }
 template <class Tile>
-__device__ __forceinline__ FpropTapFilterIterator<Tile> make_iterator(FpropTapFilterIterator<Tile>*,
-                                                                      const typename Tile::Element* w_g,
-                                                                      int k_base, int K_per_group,
-                                                                      int C_per_group, int R, int S) {
-    return FpropTapFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group, R, S);
+__device__ __forceinline__ FpropTapFilterIterator<Tile> make_iterator(
+        FpropTapFilterIterator<Tile>*, const typename Tile::Element* w_g, int k_base, int K_per_group,
+        int C_per_group, int R, int S, const FpropTapActivationIterator<Tile>& a) {
+    return FpropTapFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group, R, S, a.tap);
 }
 
 // activate<Activation>(v) for a run-time activation (ACTIVATION_*): the tensor-core fprop takes it
@@ -208,7 +210,7 @@ fprop_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
     const T* w_g = w + (index_t)g * K_per_group * CRS;
     IterA a = make_iterator((IterA*)nullptr, x_g, m_base + IterA::Map::x(0), M, C, C_per_group, H, W, R, S, Q,
                             PQ, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w);
-    IterB b = make_iterator((IterB*)nullptr, w_g, k_base, K_per_group, C_per_group, R, S);
+    IterB b = make_iterator((IterB*)nullptr, w_g, k_base, K_per_group, C_per_group, R, S, a);
     const FpropTensorEpilogue<Tile> epilogue{y, bias, m_base, M, PQ, K, g * K_per_group + k_base,
                                              K_per_group - k_base, activation};
     __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;

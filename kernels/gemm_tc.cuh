@@ -174,7 +174,8 @@ __device__ __forceinline__ const T* zero_element() {
 // The loads of the tap-major iterators: a thread's staged elements lie a fixed stride apart.
 // Elements base[offset + i·stride] where `inside` (the tap lands inside the tensor), else zeros,
 // with no predicate an element for that: outside, every load reads zero_element. Elements from
-// `live` on (rows of the operand that do not exist) are zeros; live = ELEMS folds away.
+// `live` on (rows of the operand that do not exist, the same in every k-tile) are not written:
+// they keep the staging registers' zeros (see load_strided_live); live = ELEMS folds away.
 template <int ELEMS, typename T>
 __device__ __forceinline__ void load_strided_or_zero(T (&v)[ELEMS], const T* base, int offset, int stride,
                                                      bool inside, int live = ELEMS) {
@@ -182,14 +183,22 @@ __device__ __forceinline__ void load_strided_or_zero(T (&v)[ELEMS], const T* bas
     offset = inside ? offset : 0;
     stride = inside ? stride : 0;
 #pragma unroll
-    for (int i = 0; i < ELEMS; i++, offset += stride) v[i] = i < live ? from[offset] : T(0);
+    for (int i = 0; i < ELEMS; i++, offset += stride)
+        if (i < live) v[i] = from[offset];
 }
 // Elements p[i·stride] for i < live (rows of the operand that exist), zeros after; the pointer
-// steps from element to element, no 64-bit multiply an element.
-template <int ELEMS, typename T>
+// steps from element to element, no 64-bit multiply an element. FixedLive: `live` is the same in
+// every k-tile (the rows that exist), so the elements from live on are never written here: they
+// keep the zeros the main loop's staging registers start with, and a k-tile spends no zeroing
+// instruction on an element whose load is predicated off. Otherwise (live drops to 0 in the k-tile
+// past the reduction: wgrad) they are zeroed each k-tile.
+template <bool FixedLive, int ELEMS, typename T>
 __device__ __forceinline__ void load_strided_live(T (&v)[ELEMS], const T* p, index_t stride, int live) {
 #pragma unroll
-    for (int i = 0; i < ELEMS; i++, p += stride) v[i] = i < live ? *p : T(0);
+    for (int i = 0; i < ELEMS; i++, p += stride) {
+        if (i < live) v[i] = *p;
+        else if (!FixedLive) v[i] = T(0);
+    }
 }
 
 // Elements a staging map's runs hold: VEC of a VectorStagingMap, else 1.
@@ -344,7 +353,7 @@ __device__ __forceinline__ void tensor_implicit_gemm(TensorShared<Tile, IterA, I
     typedef typename IterB::Map MapB;
     constexpr int BK = Tile::BK;
     float acc[Tile::FRAGS_M][Tile::FRAGS_N][4] = {};
-    T a_staged[MapA::ELEMS], b_staged[MapB::ELEMS];
+    T a_staged[MapA::ELEMS] = {}, b_staged[MapB::ELEMS] = {};  // zeros: see load_strided_live
     const int k_tiles = (reduction + BK - 1) / BK;
     if (k_tiles > 0) {
         a.load(a_staged, reduction);

@@ -61,8 +61,8 @@ struct WgradGradientStridedIterator : WgradGradientIterator<Tile> {
         : Base(dy_g, e, k_base, K_per_group, K, P, Q),
           live((K_per_group - k_base - Map::x(0) + Map::STEP - 1) / Map::STEP) {}
     __device__ __forceinline__ void load(typename Tile::Element (&v)[Map::ELEMS], int k_remaining) const {
-        load_strided_live(v, this->dy_k + this->npq.hi * this->image_stride + this->npq.mid * this->Q + this->npq.lo,
-                          this->channel_stride, Map::k(0) < k_remaining ? live : 0);
+        load_strided_live<false>(v, this->dy_k + this->npq.hi * this->image_stride + this->npq.mid * this->Q +
+                                        this->npq.lo, this->channel_stride, Map::k(0) < k_remaining ? live : 0);
     }
 };
 
