@@ -50,7 +50,7 @@ from .backends.kernel_backend import (
     BIAS_GRAD_THREADS,
     CTYPES,
     KERNELS,
-    STAGINGS,
+    tile_stagings,
     TENSOR_KINDS,
     TENSOR_TILES,
     THREADS_PER_BLOCK,
@@ -417,7 +417,7 @@ def launch_threads() -> dict[str, int]:
     for op, tiles in TENSOR_TILES.items():
         for tile_name, tile in tiles.items():
             for kind in TENSOR_KINDS:
-                for staging in STAGINGS[op]:
+                for staging in tile_stagings(op, tile_name):
                     threads[tensor_kernel_name(op, kind, tile_name, staging)] = tile.threads
     return threads
 

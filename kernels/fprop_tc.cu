@@ -142,6 +142,221 @@ __device__ __forceinline__ FpropTapFilterIterator<Tile> make_iterator(
     return FpropTapFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group, R, S, a.tap);
 }
 
+// The halo staging (STAGING_HALO: float16 and bfloat16, R·S > 1, C/groups a multiple of BK = 16;
+// the host checks these and the patch's size). The reduction runs block by block of BK channels,
+// and within a block tap by tap: k-tile (block, tap). Every tap of a block reads the same rows of
+// x, shifted: the block's *patch*, staged to shared memory once, from which each of the R·S
+// k-tiles reads A directly, a tap being an offset. The patch holds every position of the padded
+// input that the block's pixels reach: padded rows g = n·Hp + p·stride_h + r·dil_h (Hp padded rows
+// an image, so g runs on without a gap from image to image) from the block's first pixel row to
+// its last pixel row's last tap, each all Wp padded columns. A position holds its BK channels
+// contiguous, so that any pixel at any tap, stride or dilation is one 16-byte ldmatrix row of 8
+// channels, and x is read NCHW as it lies. A position's row is (BK + 8)·2 = 48 bytes: eight
+// consecutive positions (a phase of ldmatrix or of the staging's 16-byte stores) start on
+// distinct 16-byte bank groups, 3i mod 8. The patch is double-buffered: during block j's R·S
+// k-tiles each thread stages one unit a k-tile (8 channels of one position, 8 loads a plane
+// apart) of block j + 1's patch, so a patch costs one unit a thread a k-tile it serves.
+// B is w reordered by the host to [K][R][S][C/groups]: a k-tile is BK contiguous channels of one
+// tap for each output channel, 16-byte loads (FpropHaloFilterIterator).
+#define HALO_POSITIONS 368  // a patch's positions: 2·368·48 + 368·4 + B's 12288 bytes fill 48 KiB
+
+template <class Tile>
+struct HaloPatch {
+    typedef typename Tile::Element T;
+    static constexpr int PITCH = Tile::BK + 8;  // elements a position: 48 bytes, see above
+    T patch[2][HALO_POSITIONS][PITCH];
+    int source[HALO_POSITIONS];  // each position's offset in x (channel 0), -1 in the padding
+};
+
+template <class Tile>
+struct FpropHaloIterator {
+    typedef typename Tile::Element T;
+    typedef HaloPatch<Tile> Shared;
+    static constexpr bool KFast = true;  // the warps read A k-contiguous (ldmatrix, no .trans)
+    static constexpr int PITCH = Shared::PITCH, WARPS = Tile::THREADS / 32;
+    static constexpr int POSITIONS_A_TILE = Tile::THREADS / 2;  // a unit a thread, two a position
+    static_assert(Tile::BK == 16 && Tile::MMA_K == 16 && WARPS % 2 == 0, "a k-tile: one mma k, 2 units");
+    struct Map {  // the main loop's staging registers: one unit; the block's pixels from x(0) = 0
+        static constexpr int ELEMS = 8;
+        static __device__ __forceinline__ int x(int) { return 0; }
+    };
+    const T* x_lo;         // image n_lo, channel 0 of the group
+    const int* sources;    // Shared::source, once stage_first has filled it
+    index_t g_lo, n_lo;    // the patch's first padded row; the image of the block's first pixel
+    int H, W, Hp, Wp, pad_top, pad_left, CHW, HW, positions, blocks, taps, S;
+    int tap_step_s, tap_step_r;  // patch elements from tap (r, s) to (r, s + 1); from (r, S) to (r + 1, 0)
+    int block, tap, s, tap_offset;  // the k-tile being computed: its tap's (.., s) and patch offset
+    int channel_offset;             // x elements from channel 0 to this thread's unit of block + 1
+    int unit_position, octet;       // this thread's unit at tap 0: position and which 8 channels
+    int row[Tile::FRAGS_M];  // this lane's ldmatrix row in the patch (tap (0, 0)), each mma tile i
+
+    __device__ FpropHaloIterator(const T* x_g, index_t m_base, index_t M, int C, int C_per_group, int H_, int W_,
+                                 int R, int S_, int Q, index_t PQ, int stride_h, int stride_w, int pad_top_,
+                                 int pad_left_, int dil_h, int dil_w)
+        : H(H_), W(W_), pad_top(pad_top_), pad_left(pad_left_), CHW(C * H_ * W_), HW(H_ * W_),
+          blocks(C_per_group / Tile::BK), taps(R * S_), S(S_), block(-1), tap(0), s(0), tap_offset(0) {
+        const int P = (int)(PQ / Q);
+        Hp = (P - 1) * stride_h + (R - 1) * dil_h + 1;
+        Wp = (Q - 1) * stride_w + (S - 1) * dil_w + 1;
+        tap_step_s = dil_w * PITCH;
+        tap_step_r = (dil_h * Wp - S * dil_w) * PITCH;
+        // A pixel row (n, p) is padded row n·Hp + p·stride_h at tap r = 0.
+        const index_t row_lo = m_base / Q, row_hi = ((m_base + Tile::BM < M ? m_base + Tile::BM : M) - 1) / Q;
+        n_lo = row_lo / P;
+        g_lo = n_lo * Hp + row_lo % P * stride_h;
+        const index_t g_hi = row_hi / P * Hp + row_hi % P * stride_h + (R - 1) * dil_h;
+        positions = (int)(g_hi - g_lo + 1) * Wp;
+        x_lo = x_g + n_lo * CHW;
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, matrix = lane / 8;
+        unit_position = (warp / 2) * 32 + lane;
+        octet = warp % 2;
+        channel_offset = octet * 8 * HW;  // block 0's, which the prologue stages as block -1's next
+        // ldmatrix rows: lane l gives row l % 8 of matrix l / 8, (pixels 0-7, channels 0-7),
+        // (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) of its 16×16 A block (load_a_fragment's order).
+#pragma unroll
+        for (int i = 0; i < Tile::FRAGS_M; i++) {
+            const index_t m = m_base + (warp % Tile::WARPS_M) * Tile::WM + i * 16 + (matrix % 2) * 8 + lane % 8;
+            int position = 0;  // a pixel past M reads any position; the epilogue drops it
+            if (m < M) {
+                const index_t pixel_row = m / Q;
+                const index_t g = pixel_row / P * Hp + pixel_row % P * stride_h;
+                position = (int)(g - g_lo) * Wp + (int)(m % Q) * stride_w;
+            }
+            row[i] = position * PITCH + (matrix / 2) * 8;
+        }
+    }
+    // This thread's unit of the next block's patch at the current tap: its 8 channels, or zeros
+    // in the padding; nothing past the last block or the patch's positions.
+    __device__ __forceinline__ int unit() const { return unit_position + tap * POSITIONS_A_TILE; }
+    __device__ __forceinline__ bool staging() const { return block + 1 < blocks && unit() < positions; }
+    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
+        const int from = staging() ? sources[unit()] : -1;
+        load_strided_or_zero(v, x_lo, from + channel_offset, HW, from >= 0);
+    }
+    __device__ __forceinline__ void advance() {}  // store steps the k-tile
+    // The unit into the next block's patch, then on to the next k-tile.
+    __device__ __forceinline__ void store(Shared& shared, const T (&v)[Map::ELEMS]) {
+        if (staging()) store_staged16<Tile::KIND>(&shared.patch[(block + 1) & 1][unit()][octet * 8], v);
+        tap_offset += tap_step_s;
+        if (++s == S) s = 0, tap_offset += tap_step_r;
+        if (++tap == taps) tap = 0, tap_offset = 0, block++, channel_offset += Tile::BK * HW;
+    }
+    // The prologue: the table of the positions' sources, then block 0's whole patch, staged as
+    // the k-tiles of a block -1 would stage it.
+    __device__ __forceinline__ void stage_first(Shared& shared, T (&v)[Map::ELEMS]) {
+        for (int position = threadIdx.x; position < positions; position += Tile::THREADS) {
+            const index_t g = g_lo + position / Wp;
+            const int h = (int)(g % Hp) - pad_top, w = position % Wp - pad_left;
+            const bool inside = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
+            shared.source[position] = inside ? (int)(g / Hp - n_lo) * CHW + h * W + w : -1;
+        }
+        sources = shared.source;
+        __syncthreads();
+        for (int t = 0; t < taps; t++) {
+            load(v, 0);
+            store(shared, v);
+        }
+    }
+};
+
+// What the warps read for k-tile (block, tap): the block's patch, shifted by the tap.
+template <class Tile>
+struct HaloView {
+    const FpropHaloIterator<Tile>& a;
+    const typename Tile::Element* tap_origin;
+};
+template <int Kind, class Tile, typename T>
+__device__ __forceinline__ void stage_first(FpropHaloIterator<Tile>& a, HaloPatch<Tile>& shared, T (&v)[8], int) {
+    a.stage_first(shared, v);
+}
+template <class Tile, typename T>
+__device__ __forceinline__ void load_operand(FpropHaloIterator<Tile>& a, HaloPatch<Tile>&, int, T (&v)[8], int) {
+    a.load(v, 0);
+}
+template <int Kind, class Tile, typename T>
+__device__ __forceinline__ void stage_operand(FpropHaloIterator<Tile>& a, HaloPatch<Tile>& shared, int,
+                                              const T (&v)[8]) {
+    a.store(shared, v);
+}
+template <class Tile>
+__device__ __forceinline__ HaloView<Tile> operand_view(const FpropHaloIterator<Tile>& a,
+                                                       const HaloPatch<Tile>& shared, int) {
+    return {a, &shared.patch[a.block & 1][0][0] + a.tap_offset};
+}
+template <int Kind, bool KFast, class Tile>
+__device__ __forceinline__ void load_a_fragment(unsigned (&a)[4], const HaloView<Tile>& view, int k0, int, int i) {
+    ldmatrix_x4<false>(a, view.tap_origin + view.a.row[i] + k0);
+}
+
+// B of the halo staging: w reordered by the host to [K][R·S][C/groups], so that a k-tile (BK
+// channels of one tap) of an output channel is 32 contiguous bytes, in the patch's k-tile order
+// (tap by tap within a block). cp.async copies it straight to shared memory (VectorStagingMap's
+// 16-byte runs, no registers): issued before a k-tile's math, waited for after it; an output
+// channel past K copies zeros.
+template <class Tile>
+struct FpropHaloFilterIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = true;
+    typedef VectorStagingMap<Tile::BK, Tile::BN, Tile::THREADS, 16 / sizeof(T)> Map;
+    static constexpr int RUNS = Map::ELEMS / Map::VEC;
+    const T* w_t;        // this thread's first run of the next k-tile
+    index_t run_stride;  // Map::STEP output channels: STEP·R·S·C/groups elements
+    int live;            // runs r < live have an output channel
+    int channels, taps, tap;
+
+    __device__ FpropHaloFilterIterator(const T* w_g, int k_base, int K_per_group, int C_per_group, int RS)
+        : w_t(w_g + (index_t)(k_base + Map::x(0)) * RS * C_per_group + Map::k(0)),
+          run_stride((index_t)Map::STEP * RS * C_per_group),
+          live((K_per_group - k_base - Map::x(0) + Map::STEP - 1) / Map::STEP), channels(C_per_group), taps(RS),
+          tap(0) {}
+    template <class Operand>
+    __device__ __forceinline__ void copy(Operand& tile) const {
+#pragma unroll
+        for (int r = 0; r < RUNS; r++)
+            cp_async_zfill<16>(&tile.at(Map::k(r * Map::VEC), Map::x(r * Map::VEC)), w_t + r * run_stride, r < live);
+        cp_async_commit();
+    }
+    __device__ __forceinline__ void advance() {
+        w_t += channels;  // the next tap's
+        if (++tap == taps) tap = 0, w_t += Tile::BK - taps * channels;  // the next block's tap 0
+    }
+};
+
+template <int Kind, class Tile, int BX, typename T, int E>
+__device__ __forceinline__ void stage_first(FpropHaloFilterIterator<Tile>& b,
+                                            DoubleBuffered<Tile, FpropHaloFilterIterator<Tile>, BX>& shared,
+                                            T (&)[E], int) {
+    b.copy(shared.tile[0]);
+    cp_async_wait<0>();
+}
+template <class Tile, int BX, typename T, int E>
+__device__ __forceinline__ void load_operand(FpropHaloFilterIterator<Tile>& b,
+                                             DoubleBuffered<Tile, FpropHaloFilterIterator<Tile>, BX>& shared,
+                                             int buffer, T (&)[E], int) {
+    b.copy(shared.tile[buffer]);
+}
+template <int Kind, class Tile, int BX, typename T, int E>
+__device__ __forceinline__ void stage_operand(FpropHaloFilterIterator<Tile>&,
+                                              DoubleBuffered<Tile, FpropHaloFilterIterator<Tile>, BX>&, int,
+                                              const T (&)[E]) {
+    cp_async_wait<0>();  // this thread's copies landed; the main loop's barrier then shows them to all
+}
+
+template <class Tile>
+__device__ __forceinline__ FpropHaloIterator<Tile> make_iterator(
+        FpropHaloIterator<Tile>*, const typename Tile::Element* x_g, index_t m, index_t M, int C, int C_per_group,
+        int H, int W, int R, int S, int Q, index_t PQ, int stride_h, int stride_w, int pad_top, int pad_left,
+        int dil_h, int dil_w) {
+    return FpropHaloIterator<Tile>(x_g, m, M, C, C_per_group, H, W, R, S, Q, PQ, stride_h, stride_w, pad_top,
+                                   pad_left, dil_h, dil_w);
+}
+template <class Tile>
+__device__ __forceinline__ FpropHaloFilterIterator<Tile> make_iterator(
+        FpropHaloFilterIterator<Tile>*, const typename Tile::Element* w_g, int k_base, int K_per_group,
+        int C_per_group, int R, int S, const FpropHaloIterator<Tile>&) {
+    return FpropHaloFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group, R * S);
+}
+
 // activate<Activation>(v) for a run-time activation (ACTIVATION_*): the tensor-core fprop takes it
 // as an argument, not a template argument (a third as many instances to compile), and the branch
 // is the epilogue's, once an element, outside the main loop.
@@ -194,18 +409,22 @@ fprop_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
     typedef TensorTile<Kind, BM, BN, BK, WM, WN> Tile;
     typedef typename Tile::Element T;
     constexpr bool TapMajor = Staging != STAGING_PLAIN, VectorW = Staging == STAGING_TAP_MAJOR_VECTOR;
+    constexpr bool Halo = Staging == STAGING_HALO;
     const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
     const index_t PQ = (index_t)P * Q, M = N * PQ;
     // blockIdx.y enumerates (group, tile of BN channels within the group), as fprop_implicit_gemm.
     const int k_tiles = (K_per_group + BN - 1) / BN;
     const int g = blockIdx.y / k_tiles, k_base = (blockIdx.y % k_tiles) * BN;
     const index_t m_base = (index_t)blockIdx.x * BM;
-    // Iterators: the tap-major pair, or fprop_implicit_gemm's; B by 128-bit loads where VectorW.
-    typedef typename Select<TapMajor, FpropTapActivationIterator<Tile>, FpropActivationIterator<Tile>>::type
-        IterA;
-    typedef typename Select<VectorW, FpropFilterVectorIterator<Tile>,
-                            typename Select<TapMajor, FpropTapFilterIterator<Tile>,
-                                            FpropFilterIterator<Tile>>::type>::type IterB;
+    // Iterators: the halo pair, the tap-major pair, or fprop_implicit_gemm's; B by 128-bit loads
+    // where VectorW.
+    typedef typename Select<Halo, FpropHaloIterator<Tile>,
+                            typename Select<TapMajor, FpropTapActivationIterator<Tile>,
+                                            FpropActivationIterator<Tile>>::type>::type IterA;
+    typedef typename Select<Halo, FpropHaloFilterIterator<Tile>,
+                            typename Select<VectorW, FpropFilterVectorIterator<Tile>,
+                                            typename Select<TapMajor, FpropTapFilterIterator<Tile>,
+                                                            FpropFilterIterator<Tile>>::type>::type>::type IterB;
     const T* x_g = x + (index_t)g * C_per_group * H * W;
     const T* w_g = w + (index_t)g * K_per_group * CRS;
     IterA a = make_iterator((IterA*)nullptr, x_g, m_base + IterA::Map::x(0), M, C, C_per_group, H, W, R, S, Q,

@@ -25,11 +25,12 @@
 //   otherwise (consecutive threads, consecutive x): tile[k][x], padded by 8 elements;
 //     ldmatrix.trans turns its 8×8 blocks into the same fragments.
 // fprop and dgrad stage A k-major ([k][m]) and B n-major ([n][k]); wgrad both k-contiguous.
-// Bank conflicts, worked out (32 banks of 4 bytes), BK = 32, BX a multiple of 64:
+// Bank conflicts, worked out (32 banks of 4 bytes), BK = 32 (or 16), BX a multiple of 64:
 //   - ldmatrix: each 8-lane phase reads eight 16-byte rows. [k][x] rows are (BX + 8)·2 bytes =
 //     BX/2 + 4 words apart, 4 mod 32: the 8 rows start at banks 4i, all 32 banks once. [x][k] rows
 //     are (BK + 8)·2 = 80 bytes = 20 words apart: banks 20i mod 32 = {0, 20, 8, 28, 16, 4, 24, 12},
-//     four banks each, all distinct.
+//     four banks each, all distinct (BK = 16: 48 bytes, 12 words, banks 12i mod 32 = {0, 12, 24,
+//     4, 16, 28, 8, 20}, as distinct).
 //   - TF32 fragment loads (lane (g, t) reads element (x + g, k + t)): [k][x] rows are BX + 8 words,
 //     8 mod 32: bank 8t + g; [x][k] rows BK + 4 words, 4 mod 32: bank 4g + t; all 32 distinct.
 //   - staging stores: 32 consecutive elements of one row, 64 or 128 consecutive bytes.
@@ -59,7 +60,7 @@ struct TensorTile {
     static constexpr int WARPS_M = BM / WM, WARPS_N = BN / WN;
     static constexpr int THREADS = WARPS_M * WARPS_N * 32;
     static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0, "tiles nest");
-    static_assert(BK == 32 && BM % 64 == 0 && BN % 64 == 0,
+    static_assert((BK == 32 || BK == 16) && BM % 64 == 0 && BN % 64 == 0,
                   "the bank-conflict analysis above assumes these");
 
     // Row and column in the block tile of accumulator acc[i][j][2h + e] of this thread.
@@ -92,13 +93,35 @@ struct OperandTile<T, BK, BX, false> {  // tile[k][x]
     __device__ __forceinline__ const T* matrix_row(int k0, int x0, int row) const { return &data[k0 + row][x0]; }
 };
 
-// The shared memory of the main loop, both operands double-buffered. The kernel declares it
+// An operand's shared memory: by default its k-tiles double-buffered, each laid out as the
+// iterator stages it. An iterator that keeps a layout of its own (FpropHaloIterator) names it as
+// its Shared type; it, or one that stages otherwise (by cp.async: FpropHaloFilterIterator),
+// overloads the hooks of the main loop: stage_first (the first k-tile's staging), load_operand
+// (a later k-tile's loads, issued before the current k-tile's math), stage_operand (its stores,
+// after it) and operand_view (what the warps' fragment loads read for the k-tile computed).
+template <class Tile, class Iter, int BX>
+struct DoubleBuffered {
+    OperandTile<typename Tile::Element, Tile::BK, BX, Iter::KFast> tile[2];
+};
+template <class T>
+struct VoidOf {
+    typedef void type;
+};
+template <class Tile, class Iter, int BX, class = void>
+struct SharedOperand {
+    typedef DoubleBuffered<Tile, Iter, BX> type;
+};
+template <class Tile, class Iter, int BX>
+struct SharedOperand<Tile, Iter, BX, typename VoidOf<typename Iter::Shared>::type> {
+    typedef typename Iter::Shared type;
+};
+
+// The shared memory of the main loop. The kernel declares it
 // (`__shared__ __align__(16) TensorShared<...> shared;`), as GemmShared.
 template <class Tile, class IterA, class IterB>
 struct TensorShared {
-    typedef typename Tile::Element T;
-    OperandTile<T, Tile::BK, Tile::BM, IterA::KFast> a_tile[2];
-    OperandTile<T, Tile::BK, Tile::BN, IterB::KFast> b_tile[2];
+    typename SharedOperand<Tile, IterA, Tile::BM>::type a;
+    typename SharedOperand<Tile, IterB, Tile::BN>::type b;
 };
 
 // A staged element as shared memory holds it: half types unchanged, float rounded to TF32 (TF32x3:
@@ -140,10 +163,13 @@ struct Select<false, A, B> {
 // The staging variants of the tensor-core kernels (their Staging template argument; the host's
 // STAGINGS names the same numbers, tensor_staging picks one per problem): the op's own iterators;
 // the tap-major ones (the reduction's channels a multiple of BK); tap-major with 16-byte loads of
-// the operand that lies contiguous along the reduction (fprop's w when R·S = 1, wgrad's dy).
+// the operand that lies contiguous along the reduction (fprop's w when R·S = 1, wgrad's dy);
+// fprop's halo staging (x staged once a channel block as a patch that every tap reads, w
+// reordered; fprop_tc.cu).
 #define STAGING_PLAIN 0
 #define STAGING_TAP_MAJOR 1
 #define STAGING_TAP_MAJOR_VECTOR 2
+#define STAGING_HALO 3
 
 // A reduction index in tap-major order (r, s, channel), stepped a whole k-tile of BK channels at
 // a time: the order of the *Tap* iterators, which need the channel count a multiple of BK (the
@@ -248,14 +274,39 @@ __device__ __forceinline__ void store_operand(Operand& tile, const T (&v)[Map::E
     for (int i = 0; i < Map::ELEMS; i++) tile.at(Map::k(i), Map::x(i)) = staged<Kind>(v[i]);
 }
 
+// The default hooks of a DoubleBuffered operand (see SharedOperand): k-tile 0 loaded and stored to
+// buffer 0; a k-tile's registers stored to `buffer`; the warps read tile[buffer].
+template <int Kind, class Iter, class Tile, int BX, typename T, int E>
+__device__ __forceinline__ void stage_first(Iter& it, DoubleBuffered<Tile, Iter, BX>& shared, T (&v)[E],
+                                            int reduction) {
+    it.load(v, reduction);
+    store_operand<Kind, typename Iter::Map>(shared.tile[0], v);
+}
+template <class Iter, class Tile, int BX, typename T, int E>
+__device__ __forceinline__ void load_operand(Iter& it, DoubleBuffered<Tile, Iter, BX>&, int, T (&v)[E],
+                                             int k_remaining) {
+    it.load(v, k_remaining);
+}
+template <int Kind, class Iter, class Tile, int BX, typename T, int E>
+__device__ __forceinline__ void stage_operand(Iter&, DoubleBuffered<Tile, Iter, BX>& shared, int buffer,
+                                              const T (&v)[E]) {
+    store_operand<Kind, typename Iter::Map>(shared.tile[buffer], v);
+}
+template <class Iter, class Tile, int BX>
+__device__ __forceinline__ const OperandTile<typename Tile::Element, Tile::BK, BX, Iter::KFast>& operand_view(
+        const Iter&, const DoubleBuffered<Tile, Iter, BX>& shared, int buffer) {
+    return shared.tile[buffer];
+}
+
 // A's fragments of the 16×MMA_K block at rows m, reduction k0 of a_tile, and B's of two 8-column
 // blocks at columns n, n + 8 (b[0], b[1]): the PTX layouts. Half types by ldmatrix.x4, lane l
 // giving row l % 8 of 8×8 matrix l / 8: A's matrices are a0..a3 = (m 0-7, k 0-7), (m 8-15,
 // k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15); B's (k 0-7, n 0-7), (k 8-15, n 0-7) (b[0]) and the
 // same of n + 8 (b[1]). .trans where the tile is k-major. TF32 by direct loads of lane (g, t):
 // a = (g, t), (g+8, t), (g, t+4), (g+8, t+4) as (m, k); b = (k t, n g), (k t+4, n g).
+// (i: m's mma tile of the warp, which a view with rows of its own, HaloView, goes by instead of m.)
 template <int Kind, bool KFast, class Operand>
-__device__ __forceinline__ void load_a_fragment(unsigned (&a)[4], const Operand& tile, int k0, int m) {
+__device__ __forceinline__ void load_a_fragment(unsigned (&a)[4], const Operand& tile, int k0, int m, int) {
     const int lane = threadIdx.x % 32;
     if (tf32_kind(Kind)) {
         const int g = lane / 4, t = lane % 4;
@@ -303,10 +354,10 @@ __device__ __forceinline__ void split_tf32(unsigned (&v)[M][E], unsigned (&lo)[M
 }
 
 // One k-tile of the warp's product: acc[i][j] (the 16×8 mma tile i, j of the warp) += A·B over the
-// tile's BK, in k order (deterministic).
-template <class Tile, class IterA, class IterB>
+// tile's BK, in k order (deterministic); a_view and b_view are the operands' operand_view.
+template <class Tile, class IterA, class IterB, class ViewA, class ViewB>
 __device__ __forceinline__ void warp_mma_product(float (&acc)[Tile::FRAGS_M][Tile::FRAGS_N][4],
-                                                 const TensorShared<Tile, IterA, IterB>& shared, int buffer) {
+                                                 const ViewA& a_view, const ViewB& b_view) {
     constexpr int Kind = Tile::KIND;
     const int warp = threadIdx.x / 32;
     const int warp_m = (warp % Tile::WARPS_M) * Tile::WM, warp_n = (warp / Tile::WARPS_M) * Tile::WN;
@@ -315,10 +366,10 @@ __device__ __forceinline__ void warp_mma_product(float (&acc)[Tile::FRAGS_M][Til
         unsigned a[Tile::FRAGS_M][4], b[Tile::FRAGS_N][2];
 #pragma unroll
         for (int i = 0; i < Tile::FRAGS_M; i++)
-            load_a_fragment<Kind, IterA::KFast>(a[i], shared.a_tile[buffer], kk, warp_m + i * 16);
+            load_a_fragment<Kind, IterA::KFast>(a[i], a_view, kk, warp_m + i * 16, i);
 #pragma unroll
         for (int j = 0; j < Tile::FRAGS_N; j += 2)
-            load_b_fragments<Kind, IterB::KFast>(b[j], b[j + 1], shared.b_tile[buffer], kk, warp_n + j * 8);
+            load_b_fragments<Kind, IterB::KFast>(b[j], b[j + 1], b_view, kk, warp_n + j * 8);
         if (Kind == TENSOR_TF32X3) {
             unsigned a_lo[Tile::FRAGS_M][4], b_lo[Tile::FRAGS_N][2];
             split_tf32(a, a_lo);
@@ -356,26 +407,27 @@ __device__ __forceinline__ void tensor_implicit_gemm(TensorShared<Tile, IterA, I
     T a_staged[MapA::ELEMS] = {}, b_staged[MapB::ELEMS] = {};  // zeros: see load_strided_live
     const int k_tiles = (reduction + BK - 1) / BK;
     if (k_tiles > 0) {
-        a.load(a_staged, reduction);
-        b.load(b_staged, reduction);
-        store_operand<Tile::KIND, MapA>(shared.a_tile[0], a_staged);
-        store_operand<Tile::KIND, MapB>(shared.b_tile[0], b_staged);
+        stage_first<Tile::KIND>(a, shared.a, a_staged, reduction);
+        stage_first<Tile::KIND>(b, shared.b, b_staged, reduction);
         __syncthreads();
     }
     int buffer = 0;
     for (int tile = 1; tile < k_tiles; tile++) {
         a.advance();
         b.advance();
-        a.load(a_staged, reduction - tile * BK);
-        b.load(b_staged, reduction - tile * BK);
-        warp_mma_product<Tile>(acc, shared, buffer);
+        load_operand(a, shared.a, buffer ^ 1, a_staged, reduction - tile * BK);
+        load_operand(b, shared.b, buffer ^ 1, b_staged, reduction - tile * BK);
+        warp_mma_product<Tile, IterA, IterB>(acc, operand_view(a, shared.a, buffer),
+                                             operand_view(b, shared.b, buffer));
         // The other buffer was last read before the previous barrier: free to overwrite.
-        store_operand<Tile::KIND, MapA>(shared.a_tile[buffer ^ 1], a_staged);
-        store_operand<Tile::KIND, MapB>(shared.b_tile[buffer ^ 1], b_staged);
+        stage_operand<Tile::KIND>(a, shared.a, buffer ^ 1, a_staged);
+        stage_operand<Tile::KIND>(b, shared.b, buffer ^ 1, b_staged);
         __syncthreads();
         buffer ^= 1;
     }
-    if (k_tiles > 0) warp_mma_product<Tile>(acc, shared, buffer);
+    if (k_tiles > 0)
+        warp_mma_product<Tile, IterA, IterB>(acc, operand_view(a, shared.a, buffer),
+                                             operand_view(b, shared.b, buffer));
     epilogue(acc);
 }
 

@@ -33,8 +33,9 @@ def dtype_of(kind):
     return kb.kind_dtype(kind)
 
 
-# Every (kind, tile) the tensor-core kernels are built for.
-TILE_KINDS = [(kind, tile) for tile, t in kb.TENSOR_TILES["fprop"].items() for kind in KINDS
+# Every (kind, tile) the tensor-core kernels of all three ops are built for (fprop's halo tile:
+# tests/test_halo.py).
+TILE_KINDS = [(kind, tile) for tile, t in kb.TENSOR_TILES["dgrad"].items() for kind in KINDS
               if dtype_of(kind) in t.dtypes]
 
 
@@ -85,6 +86,7 @@ STAGING_PICKED = {
     "dgrad_tap_major": {"fprop": "plain", "dgrad": "tap_major", "wgrad": "plain"},
     "1x1_tap_vector": {"fprop": "tap_major_vector", "dgrad": "tap_major", "wgrad": "tap_major_vector"},
     "groups_stride": {"fprop": "tap_major", "dgrad": "tap_major", "wgrad": "tap_major"},
+    "halo": {"fprop": "plain", "dgrad": "plain", "wgrad": "plain"},
 }
 
 

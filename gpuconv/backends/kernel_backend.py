@@ -151,7 +151,14 @@ _TENSOR_TILES = {
     "128x128x32_tc": TensorTile(BM=128, BN=128, BK=32, WM=64, WN=32, dtypes=HALF_DTYPES),  # 256 threads
     "64x64x32_tc": TensorTile(BM=64, BN=64, BK=32, WM=32, WN=32, dtypes=(*HALF_DTYPES, "float32")),  # 128
 }
-TENSOR_TILES = {op: _TENSOR_TILES for op in ("fprop", "dgrad", "wgrad")}
+# fprop's halo tile (STAGING_HALO in kernels/fprop_tc.cu: x staged once a block of 16 channels as a
+# patch that every tap reads, w reordered to [K][R][S][C/groups]): 4 warps of 64×64, a k-tile of
+# 16 channels of one tap; its patch (HALO_POSITIONS positions) and w's k-tiles fill 48 KiB.
+HALO_TILE = "128x128x16_tc"
+HALO_POSITIONS = 368
+TENSOR_TILES = {"fprop": {**_TENSOR_TILES,
+                          HALO_TILE: TensorTile(BM=128, BN=128, BK=16, WM=64, WN=64, dtypes=HALF_DTYPES)},
+                "dgrad": _TENSOR_TILES, "wgrad": _TENSOR_TILES}
 # The first template argument of the tensor-core kernels: TENSOR_* in kernels/mma.cuh.
 TENSOR_KINDS = {"float16": 0, "bfloat16": 1, "tf32": 2, "tf32x3": 3}
 # Each op's tensor-core source.
@@ -183,8 +190,46 @@ def kind_dtype(kind: str) -> str:
 # channels of one tap: one bounds check a k-tile; wgrad: a block's columns are channels of one
 # tap, ``wgrad_tap_major``) and 'tap_major_vector' (also 16-byte loads of fprop's w, 1×1 only, or
 # wgrad's dy).
-STAGINGS = {"fprop": ("plain", "tap_major", "tap_major_vector"), "dgrad": ("plain", "tap_major"),
+STAGINGS = {"fprop": ("plain", "tap_major", "tap_major_vector", "halo"), "dgrad": ("plain", "tap_major"),
             "wgrad": ("plain", "tap_major", "tap_major_vector")}
+
+
+def tile_stagings(op: str, kernel: str) -> tuple[str, ...]:
+    """The STAGINGS[op] entries built for tile ``kernel``: the halo tile has the halo staging
+    alone, and no other tile has it."""
+    if kernel == HALO_TILE:
+        return ("halo",)
+    return tuple(s for s in STAGINGS[op] if s != "halo")
+
+
+def halo_positions(p) -> int:
+    """The most positions of padded x that a block of the halo tile stages (its patch): padded rows
+    g = n·Hp + p·stride_h + r·dil_h from its first pixel's row to its last pixel's last tap, each
+    Wp columns (FpropHaloIterator)."""
+    (sh, sw), (dh, dw), BM = p.stride, p.dilation, TENSOR_TILES["fprop"][HALO_TILE].BM
+    Hp, Wp = (p.P - 1) * sh + (p.R - 1) * dh + 1, (p.Q - 1) * sw + (p.S - 1) * dw + 1
+    first = np.arange(0, p.N * p.P * p.Q, BM, dtype=np.int64)
+    last = np.minimum(first + BM, p.N * p.P * p.Q) - 1
+
+    def padded_row(m):
+        return m // p.Q // p.P * Hp + m // p.Q % p.P * sh
+
+    rows = padded_row(last) + (p.R - 1) * dh - padded_row(first) + 1
+    return int(rows.max()) * Wp
+
+
+def halo_fits(p) -> bool:
+    """Whether the halo tile runs ``p``: a filter of several taps, C/groups a multiple of its 16
+    channels, a patch within HALO_POSITIONS that the R·S k-tiles of a block stage (a unit of 8
+    channels a thread a k-tile: 64 positions), and x's offsets from a block's first image (at most
+    ceil(BM / P·Q) + 1 images) in an int."""
+    tile = TENSOR_TILES["fprop"][HALO_TILE]
+    if p.R * p.S < 2 or p.C_per_group % tile.BK != 0 or p.N * p.P * p.Q == 0:
+        return False
+    images = min(p.N, ceil_div(tile.BM, p.P * p.Q) + 1)
+    if images * p.C * p.H * p.W > INT32_MAX:
+        return False
+    return halo_positions(p) <= min(HALO_POSITIONS, p.R * p.S * tile.threads // 2)
 
 
 def tensor_kernel_name(op: str, kind: str, kernel: str, staging: str = "plain") -> str:
@@ -207,6 +252,8 @@ def tensor_staging(op: str, p, kernel: str, array) -> str:
     16-byte loads where that array is 16-byte aligned and lies contiguous along the reduction in
     whole 16-byte runs: fprop's w of a 1×1 filter (C/groups, a multiple of BK), wgrad's dy of
     images of P·Q a multiple of 16 bytes."""
+    if kernel == HALO_TILE:
+        return "halo"
     if op == "dgrad":
         return "tap_major" if p.K_per_group % TENSOR_TILES[op][kernel].BK == 0 else "plain"
     if p.C_per_group % TENSOR_TILES[op][kernel].BK != 0:
@@ -228,7 +275,8 @@ def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
     'auto' a GEMM channel side (``_choose``'s) under 8 (a depthwise layer would fill a tile with
     zeros); a tile not built for the dtype or that cannot run ``p`` (``launchable``). 'auto' takes
     128×128 where the GEMM fills it and the grid gives every SM of an H100 a block (wgrad: where
-    the GEMM fills it, its split-K fills the GPU), else 64×64."""
+    the GEMM fills it, its split-K fills the GPU; fprop: the halo tile where it runs ``p``), else
+    64×64."""
     tiles = TENSOR_TILES[op]
     M, N = _block_gemm_shape(op, p)
     if kernel == "auto":
@@ -237,6 +285,8 @@ def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
         big = tiles["128x128x32_tc"]
         fills = M >= big.BM and N >= big.BN and (op == "wgrad" or _blocks(op, p, big) >= H100_SMS)
         kernel = "128x128x32_tc" if fills and p.dtype in big.dtypes else "64x64x32_tc"
+        if kernel == "128x128x32_tc" and op == "fprop" and launchable(op, p, HALO_TILE):
+            kernel = HALO_TILE
     if kernel not in tiles or p.dtype not in tiles[kernel].dtypes:
         return None
     return kernel if launchable(op, p, kernel) else None
@@ -381,6 +431,8 @@ def launchable(op: str, p, kernel: str) -> bool:
         return False
     if op == "wgrad" and max(p.P * p.Q, wgrad_splits(p, tile)[1]) + tile.BK > INT32_MAX:
         return False
+    if kernel == HALO_TILE and not halo_fits(p):
+        return False
     grid, _ = launch_config(0, op, tile, p)
     return grid[0] <= INT32_MAX and all(g <= 65535 for g in grid[1:])
 
@@ -421,8 +473,8 @@ def _instances(op: str, activations=(None,)) -> list[str]:
 
 
 def _tensor_instances(op: str) -> list[str]:
-    kernels = [tensor_kernel_name(op, kind, k, staging) for kind in TENSOR_KINDS for staging in STAGINGS[op]
-               for k, tile in TENSOR_TILES[op].items()
+    kernels = [tensor_kernel_name(op, kind, k, staging) for kind in TENSOR_KINDS
+               for k, tile in TENSOR_TILES[op].items() for staging in tile_stagings(op, k)
                if kind_dtype(kind) in tile.dtypes]
     return kernels + ([f"wgrad_tensor_reduce<{k}>" for k in TENSOR_KINDS.values()] if op == "wgrad" else [])
 
@@ -630,7 +682,11 @@ class KernelBackend:
         if chosen is None:
             return None
         (kind, kernel), y = chosen, self._empty(p.y_shape, p.dtype)
-        name = tensor_kernel_name("fprop", kind, kernel, tensor_staging("fprop", p, kernel, w))
+        staging = tensor_staging("fprop", p, kernel, w)
+        if staging == "halo":  # w as [K][R][S][C/groups]: a k-tile's channels of a tap contiguous
+            w = self.xp.ascontiguousarray(
+                w.reshape(p.groups, p.K_per_group, p.C_per_group, p.R * p.S).transpose(0, 1, 3, 2))
+        name = tensor_kernel_name("fprop", kind, kernel, staging)
         self._launch("fprop_tc.cu", name, y.size,
                      (x, w, _pointer(bias), y) + conv_args(p) + (np.int32(ACTIVATION_IDS[activation]),),
                      "fprop", TENSOR_TILES["fprop"][kernel], p)
