@@ -50,7 +50,6 @@ from .backends.kernel_backend import (
     BIAS_GRAD_THREADS,
     CTYPES,
     KERNELS,
-    tile_stagings,
     TENSOR_KINDS,
     TENSOR_TILES,
     THREADS_PER_BLOCK,
@@ -58,6 +57,7 @@ from .backends.kernel_backend import (
     kernel_name,
     kernels_for,
     tensor_kernel_name,
+    tile_stagings,
 )
 from .compile_check import ARCHS, nvcc_path, nvcc_version, nvrtc_compile, nvrtc_version, parse_ptxas
 

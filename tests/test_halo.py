@@ -48,7 +48,8 @@ def case_arrays(p, dtype, seed):
 
 def run_halo(p, a, activation="relu", **emulate):
     backend = kb.emulate_backend(fprop_kernel=HALO, **emulate)
-    assert kb.choose_fprop_tensor_core(p, HALO) == HALO and kb.tensor_staging("fprop", p, HALO, a["w"]) == "halo"
+    assert kb.choose_fprop_tensor_core(p, HALO) == HALO
+    assert kb.tensor_staging("fprop", p, HALO, a["w"]) == "halo"
     got = run_tensor_op(backend, "fprop", p, a, activation)
     assert got is not None and got.dtype == a["x"].dtype
     return got.astype(np.float64)
