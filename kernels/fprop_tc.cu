@@ -142,7 +142,7 @@ __device__ __forceinline__ FpropTapFilterIterator<Tile> make_iterator(
     return FpropTapFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group, R, S, a.tap);
 }
 
-// The halo staging (STAGING_HALO: float16 and bfloat16, R·S > 1, C/groups a multiple of BK = 16;
+// The halo staging (STAGING_HALO: float16 and bfloat16, R·S > 1, C/groups a multiple of BK = 32;
 // the host checks these and the patch's size). The reduction runs block by block of BK channels,
 // and within a block tap by tap: k-tile (block, tap). Every tap of a block reads the same rows of
 // x, shifted: the block's *patch*, staged to shared memory once, from which each of the R·S
@@ -151,19 +151,21 @@ __device__ __forceinline__ FpropTapFilterIterator<Tile> make_iterator(
 // an image, so g runs on without a gap from image to image) from the block's first pixel row to
 // its last pixel row's last tap, each all Wp padded columns. A position holds its BK channels
 // contiguous, so that any pixel at any tap, stride or dilation is one 16-byte ldmatrix row of 8
-// channels, and x is read NCHW as it lies. A position's row is (BK + 8)·2 = 48 bytes: eight
+// channels, and x is read NCHW as it lies. A position's row is (BK + 8)·2 = 80 bytes: eight
 // consecutive positions (a phase of ldmatrix or of the staging's 16-byte stores) start on
-// distinct 16-byte bank groups, 3i mod 8. The patch is double-buffered: during block j's R·S
-// k-tiles each thread stages one unit a k-tile (8 channels of one position, 8 loads a plane
+// distinct 16-byte bank groups, 5i mod 8. The patch is double-buffered: during block j's R·S
+// k-tiles each thread stages one unit a k-tile (16 channels of one position, 16 loads a plane
 // apart) of block j + 1's patch, so a patch costs one unit a thread a k-tile it serves.
 // B is w reordered by the host to [K][R][S][C/groups]: a k-tile is BK contiguous channels of one
-// tap for each output channel, 16-byte loads (FpropHaloFilterIterator).
-#define HALO_POSITIONS 368  // a patch's positions: 2·368·48 + 368·4 + B's 12288 bytes fill 48 KiB
+// tap for each output channel, 16-byte cp.async copies (FpropHaloFilterIterator).
+// The shared memory, 2·368·80 + 368·4 + B's 2·128·80 = 80832 bytes, is above the 48 KiB of a
+// static array: the kernel takes it as the launch's dynamic shared memory (halo_shared_bytes).
+#define HALO_POSITIONS 368  // a patch's positions: with B's tiles, two blocks an SM on sm_80 and sm_90
 
 template <class Tile>
 struct HaloPatch {
     typedef typename Tile::Element T;
-    static constexpr int PITCH = Tile::BK + 8;  // elements a position: 48 bytes, see above
+    static constexpr int PITCH = Tile::BK + 8;  // elements a position: 80 bytes, see above
     T patch[2][HALO_POSITIONS][PITCH];
     int source[HALO_POSITIONS];  // each position's offset in x (channel 0), -1 in the padding
 };
@@ -174,21 +176,22 @@ struct FpropHaloIterator {
     typedef HaloPatch<Tile> Shared;
     static constexpr bool KFast = true;  // the warps read A k-contiguous (ldmatrix, no .trans)
     static constexpr int PITCH = Shared::PITCH, WARPS = Tile::THREADS / 32;
-    static constexpr int POSITIONS_A_TILE = Tile::THREADS / 2;  // a unit a thread, two a position
-    static_assert(Tile::BK == 16 && Tile::MMA_K == 16 && WARPS % 2 == 0, "a k-tile: one mma k, 2 units");
+    static constexpr int UNIT = Tile::BK / 2;                   // channels a unit: two a position
+    static constexpr int POSITIONS_A_TILE = Tile::THREADS / 2;  // a unit a thread a k-tile
+    static_assert(Tile::BK == 32 && Tile::MMA_K == 16 && WARPS % 2 == 0, "two 16-channel units a position");
     struct Map {  // the main loop's staging registers: one unit; the block's pixels from x(0) = 0
-        static constexpr int ELEMS = 8;
+        static constexpr int ELEMS = UNIT;
         static __device__ __forceinline__ int x(int) { return 0; }
     };
     const T* x_lo;         // image n_lo, channel 0 of the group
     const int* sources;    // Shared::source, once stage_first has filled it
     index_t g_lo, n_lo;    // the patch's first padded row; the image of the block's first pixel
     int H, W, Hp, Wp, pad_top, pad_left, CHW, HW, positions, blocks, taps, S;
-    int tap_step_s, tap_step_r;  // patch elements from tap (r, s) to (r, s + 1); from (r, S) to (r + 1, 0)
-    int block, tap, s, tap_offset;  // the k-tile being computed: its tap's (.., s) and patch offset
+    int tap_step_s, tap_step_r;  // patch bytes from tap (r, s) to (r, s + 1); from (r, S) to (r + 1, 0)
+    int block, tap, s, tap_offset;  // the k-tile being computed: its tap's (.., s) and patch bytes
     int channel_offset;             // x elements from channel 0 to this thread's unit of block + 1
-    int unit_position, octet;       // this thread's unit at tap 0: position and which 8 channels
-    int row[Tile::FRAGS_M];  // this lane's ldmatrix row in the patch (tap (0, 0)), each mma tile i
+    int unit_position, half;        // this thread's unit at tap 0: position and which 16 channels
+    int row[Tile::FRAGS_M];  // this lane's ldmatrix row in the patch (tap (0, 0), bytes), each mma tile i
 
     __device__ FpropHaloIterator(const T* x_g, index_t m_base, index_t M, int C, int C_per_group, int H_, int W_,
                                  int R, int S_, int Q, index_t PQ, int stride_h, int stride_w, int pad_top_,
@@ -198,8 +201,8 @@ struct FpropHaloIterator {
         const int P = (int)(PQ / Q);
         Hp = (P - 1) * stride_h + (R - 1) * dil_h + 1;
         Wp = (Q - 1) * stride_w + (S - 1) * dil_w + 1;
-        tap_step_s = dil_w * PITCH;
-        tap_step_r = (dil_h * Wp - S * dil_w) * PITCH;
+        tap_step_s = dil_w * PITCH * (int)sizeof(T);
+        tap_step_r = (dil_h * Wp - S * dil_w) * PITCH * (int)sizeof(T);
         // A pixel row (n, p) is padded row n·Hp + p·stride_h at tap r = 0.
         const index_t row_lo = m_base / Q, row_hi = ((m_base + Tile::BM < M ? m_base + Tile::BM : M) - 1) / Q;
         n_lo = row_lo / P;
@@ -209,8 +212,8 @@ struct FpropHaloIterator {
         x_lo = x_g + n_lo * CHW;
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, matrix = lane / 8;
         unit_position = (warp / 2) * 32 + lane;
-        octet = warp % 2;
-        channel_offset = octet * 8 * HW;  // block 0's, which the prologue stages as block -1's next
+        half = warp % 2;
+        channel_offset = half * UNIT * HW;  // block 0's, which the prologue stages as block -1's next
         // ldmatrix rows: lane l gives row l % 8 of matrix l / 8, (pixels 0-7, channels 0-7),
         // (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) of its 16×16 A block (load_a_fragment's order).
 #pragma unroll
@@ -222,10 +225,10 @@ struct FpropHaloIterator {
                 const index_t g = pixel_row / P * Hp + pixel_row % P * stride_h;
                 position = (int)(g - g_lo) * Wp + (int)(m % Q) * stride_w;
             }
-            row[i] = position * PITCH + (matrix / 2) * 8;
+            row[i] = (position * PITCH + (matrix / 2) * 8) * (int)sizeof(T);
         }
     }
-    // This thread's unit of the next block's patch at the current tap: its 8 channels, or zeros
+    // This thread's unit of the next block's patch at the current tap: its 16 channels, or zeros
     // in the padding; nothing past the last block or the patch's positions.
     __device__ __forceinline__ int unit() const { return unit_position + tap * POSITIONS_A_TILE; }
     __device__ __forceinline__ bool staging() const { return block + 1 < blocks && unit() < positions; }
@@ -236,7 +239,11 @@ struct FpropHaloIterator {
     __device__ __forceinline__ void advance() {}  // store steps the k-tile
     // The unit into the next block's patch, then on to the next k-tile.
     __device__ __forceinline__ void store(Shared& shared, const T (&v)[Map::ELEMS]) {
-        if (staging()) store_staged16<Tile::KIND>(&shared.patch[(block + 1) & 1][unit()][octet * 8], v);
+        if (staging()) {
+            T* to = &shared.patch[(block + 1) & 1][unit()][half * UNIT];
+            store_staged16<Tile::KIND>(to, &v[0]);
+            store_staged16<Tile::KIND>(to + 8, &v[8]);
+        }
         tap_offset += tap_step_s;
         if (++s == S) s = 0, tap_offset += tap_step_r;
         if (++tap == taps) tap = 0, tap_offset = 0, block++, channel_offset += Tile::BK * HW;
@@ -263,29 +270,29 @@ struct FpropHaloIterator {
 template <class Tile>
 struct HaloView {
     const FpropHaloIterator<Tile>& a;
-    const typename Tile::Element* tap_origin;
+    const char* tap_origin;
 };
 template <int Kind, class Tile, typename T>
-__device__ __forceinline__ void stage_first(FpropHaloIterator<Tile>& a, HaloPatch<Tile>& shared, T (&v)[8], int) {
+__device__ __forceinline__ void stage_first(FpropHaloIterator<Tile>& a, HaloPatch<Tile>& shared, T (&v)[16], int) {
     a.stage_first(shared, v);
 }
 template <class Tile, typename T>
-__device__ __forceinline__ void load_operand(FpropHaloIterator<Tile>& a, HaloPatch<Tile>&, int, T (&v)[8], int) {
+__device__ __forceinline__ void load_operand(FpropHaloIterator<Tile>& a, HaloPatch<Tile>&, int, T (&v)[16], int) {
     a.load(v, 0);
 }
 template <int Kind, class Tile, typename T>
 __device__ __forceinline__ void stage_operand(FpropHaloIterator<Tile>& a, HaloPatch<Tile>& shared, int,
-                                              const T (&v)[8]) {
+                                              const T (&v)[16]) {
     a.store(shared, v);
 }
 template <class Tile>
 __device__ __forceinline__ HaloView<Tile> operand_view(const FpropHaloIterator<Tile>& a,
                                                        const HaloPatch<Tile>& shared, int) {
-    return {a, &shared.patch[a.block & 1][0][0] + a.tap_offset};
+    return {a, reinterpret_cast<const char*>(&shared.patch[a.block & 1][0][0]) + a.tap_offset};
 }
 template <int Kind, bool KFast, class Tile>
 __device__ __forceinline__ void load_a_fragment(unsigned (&a)[4], const HaloView<Tile>& view, int k0, int, int i) {
-    ldmatrix_x4<false>(a, view.tap_origin + view.a.row[i] + k0);
+    ldmatrix_x4<false>(a, view.tap_origin + view.a.row[i] + k0 * (int)sizeof(typename Tile::Element));
 }
 
 // B of the halo staging: w reordered by the host to [K][R·S][C/groups], so that a k-tile (BK
@@ -302,13 +309,17 @@ struct FpropHaloFilterIterator {
     const T* w_t;        // this thread's first run of the next k-tile
     index_t run_stride;  // Map::STEP output channels: STEP·R·S·C/groups elements
     int live;            // runs r < live have an output channel
-    int channels, taps, tap;
+    int channels, wrap;  // elements from a tap's k-tile to the next tap's; from the last tap's to
+                         // the next block's tap 0
+    const FpropHaloIterator<Tile>& a;  // its digits: the k-tile computed (the main loop advances
+                                       // B before A stages and steps)
 
-    __device__ FpropHaloFilterIterator(const T* w_g, int k_base, int K_per_group, int C_per_group, int RS)
+    __device__ FpropHaloFilterIterator(const T* w_g, int k_base, int K_per_group, int C_per_group, int RS,
+                                       const FpropHaloIterator<Tile>& a_)
         : w_t(w_g + (index_t)(k_base + Map::x(0)) * RS * C_per_group + Map::k(0)),
           run_stride((index_t)Map::STEP * RS * C_per_group),
-          live((K_per_group - k_base - Map::x(0) + Map::STEP - 1) / Map::STEP), channels(C_per_group), taps(RS),
-          tap(0) {}
+          live((K_per_group - k_base - Map::x(0) + Map::STEP - 1) / Map::STEP), channels(C_per_group),
+          wrap(Tile::BK - (RS - 1) * C_per_group), a(a_) {}
     template <class Operand>
     __device__ __forceinline__ void copy(Operand& tile) const {
 #pragma unroll
@@ -316,10 +327,7 @@ struct FpropHaloFilterIterator {
             cp_async_zfill<16>(&tile.at(Map::k(r * Map::VEC), Map::x(r * Map::VEC)), w_t + r * run_stride, r < live);
         cp_async_commit();
     }
-    __device__ __forceinline__ void advance() {
-        w_t += channels;  // the next tap's
-        if (++tap == taps) tap = 0, w_t += Tile::BK - taps * channels;  // the next block's tap 0
-    }
+    __device__ __forceinline__ void advance() { w_t += a.tap + 1 == a.taps ? wrap : channels; }
 };
 
 template <int Kind, class Tile, int BX, typename T, int E>
@@ -353,8 +361,8 @@ __device__ __forceinline__ FpropHaloIterator<Tile> make_iterator(
 template <class Tile>
 __device__ __forceinline__ FpropHaloFilterIterator<Tile> make_iterator(
         FpropHaloFilterIterator<Tile>*, const typename Tile::Element* w_g, int k_base, int K_per_group,
-        int C_per_group, int R, int S, const FpropHaloIterator<Tile>&) {
-    return FpropHaloFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group, R * S);
+        int C_per_group, int R, int S, const FpropHaloIterator<Tile>& a) {
+    return FpropHaloFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group, R * S, a);
 }
 
 // activate<Activation>(v) for a run-time activation (ACTIVATION_*): the tensor-core fprop takes it
@@ -432,6 +440,11 @@ fprop_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
     IterB b = make_iterator((IterB*)nullptr, w_g, k_base, K_per_group, C_per_group, R, S, a);
     const FpropTensorEpilogue<Tile> epilogue{y, bias, m_base, M, PQ, K, g * K_per_group + k_base,
                                              K_per_group - k_base, activation};
-    __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;
+    // The main loop's shared memory: a static variable, or the launch's dynamic shared memory
+    // for the halo tile's (above 48 KiB; the host passes its size).
+    typedef TensorShared<Tile, IterA, IterB> Shared;
+    __shared__ __align__(16) typename Select<Halo, char, Shared>::type static_shared;
+    extern __shared__ __align__(16) unsigned char dynamic_shared[];
+    Shared& shared = *reinterpret_cast<Shared*>(Halo ? (void*)dynamic_shared : (void*)&static_shared);
     tensor_implicit_gemm<Tile>(shared, a, b, CRS, epilogue);
 }

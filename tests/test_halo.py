@@ -1,5 +1,6 @@
-"""fprop's halo tile (kernels/fprop_tc.cu, STAGING_HALO) on the emulator: x staged once a block of
-16 channels as a patch that every tap reads, w reordered to [K][R][S][C/groups] by the backend.
+"""The halo tile (kernels/fprop_tc.cu, STAGING_HALO) on the emulator: fprop's x staged once a block
+of 32 channels as a patch that every tap reads, w reordered to [K][R][S][C/groups] by the backend;
+and dgrad at stride 1, the same kernel on dy with w flipped and transposed (dgrad_as_fprop).
 
 Small integers are exact in float16 and bfloat16 and in their float32 sums, so a result is the
 float64 reference rounded once, compared with ==; outputs are poisoned (NaN) before the kernel runs.
@@ -13,7 +14,7 @@ import pytest
 
 from gpuconv import reference as ref
 from gpuconv.backends import kernel_backend as kb
-from gpuconv.problem import conv_problem
+from gpuconv.problem import conv_problem, transpose_problem
 
 from problems import problem, rel_err, run_op, run_tensor_op
 
@@ -23,16 +24,16 @@ HALO = kb.HALO_TILE
 
 # Problems the halo tile runs (halo_fits), each reaching something of its own.
 CASES = {
-    # two pixel blocks of 128 whose patches cross images (P·Q = 42), 3 channel blocks, K = 40 of a
+    # two pixel blocks of 128 whose patches cross images (P·Q = 42), 2 channel blocks, K = 40 of a
     # 128-wide tile (B's rows past K copy zeros), a 3×2 filter, asymmetric padding
-    "images": dict(x=(5, 48, 6, 7), w=(40, 48, 3, 2), padding=(1, 1, 0, 1)),
+    "images": dict(x=(5, 64, 6, 7), w=(40, 64, 3, 2), padding=(1, 1, 0, 1)),
     # strides and dilations of both axes: a tap is an offset of dil_h·Wp + dil_w positions
-    "stride_dilation": dict(x=(3, 16, 11, 10), w=(20, 16, 3, 2), stride=(2, 1), padding=(1, 0, 2, 1),
+    "stride_dilation": dict(x=(3, 32, 11, 10), w=(20, 32, 3, 2), stride=(2, 1), padding=(1, 0, 2, 1),
                             dilation=(1, 2)),
     # groups: each group's channels and filters; 68 output channels a group
-    "groups": dict(x=(9, 32, 5, 4), w=(136, 16, 2, 3), groups=2, padding=1),
+    "groups": dict(x=(9, 64, 5, 4), w=(136, 32, 2, 3), groups=2, padding=1),
     # K = 136: a second block of output channels; one image of 16×16 pixels, 2 pixel blocks
-    "wide": dict(x=(1, 16, 16, 16), w=(136, 16, 3, 3), padding=1),
+    "wide": dict(x=(1, 32, 16, 16), w=(136, 32, 3, 3), padding=1),
 }
 
 
@@ -43,21 +44,22 @@ def integers(rng, shape, dtype, bound=3):
 def case_arrays(p, dtype, seed):
     rng = np.random.default_rng(seed)
     return dict(x=integers(rng, p.x_shape, dtype), w=integers(rng, p.w_shape, dtype),
-                bias_k=integers(rng, (p.K,), dtype), dy=None, bias_c=None)
+                dy=integers(rng, p.y_shape, dtype), bias_k=integers(rng, (p.K,), dtype),
+                bias_c=integers(rng, (p.C,), dtype))
 
 
-def run_halo(p, a, activation="relu", **emulate):
-    backend = kb.emulate_backend(fprop_kernel=HALO, **emulate)
-    assert kb.choose_fprop_tensor_core(p, HALO) == HALO
-    assert kb.tensor_staging("fprop", p, HALO, a["w"]) == "halo"
-    got = run_tensor_op(backend, "fprop", p, a, activation)
+def run_halo(p, a, activation="relu", op="fprop", **emulate):
+    backend = kb.emulate_backend(**{f"{op}_kernel": HALO}, **emulate)
+    assert kb.choose_tensor_core(op, p, HALO) == HALO
+    assert kb.tensor_staging(op, p, HALO, a["w"]) == "halo"
+    got = run_tensor_op(backend, op, p, a, activation if op == "fprop" else None)
     assert got is not None and got.dtype == a["x"].dtype
     return got.astype(np.float64)
 
 
-def exact(p, a, activation="relu"):
-    want = run_op(ref, "fprop", p, {k: None if v is None else v.astype(np.float64) for k, v in a.items()},
-                  activation)
+def exact(p, a, activation="relu", op="fprop"):
+    want = run_op(ref, op, p, {k: None if v is None else v.astype(np.float64) for k, v in a.items()},
+                  activation if op == "fprop" else None)
     return want.astype(a["x"].dtype).astype(np.float64)
 
 
@@ -68,6 +70,49 @@ def test_small_integers_are_exact(name, dtype):
     assert kb.halo_fits(p), name
     a = case_arrays(p, dtype, seed=len(name))
     np.testing.assert_array_equal(run_halo(p, a), exact(p, a))
+
+
+# dgrad at stride 1: the reduction runs over K (a multiple of 32), the output is x's H×W.
+DGRAD_CASES = {
+    # two blocks of 32 output channels (dgrad's reduction), dx's pixels crossing images, C = 40
+    "images": dict(x=(5, 40, 6, 7), w=(64, 40, 3, 2), padding=(1, 1, 0, 1)),
+    # dilation and padding less than the filter reaches: dgrad_as_fprop pads more than fprop did
+    "dilation": dict(x=(2, 24, 9, 10), w=(32, 24, 3, 3), padding=(2, 0, 1, 3), dilation=(1, 2)),
+    # groups: 32 output channels and 68 input channels a group
+    "groups": dict(x=(3, 136, 5, 4), w=(64, 68, 2, 3), groups=2, padding=1),
+}
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("name", DGRAD_CASES)
+def test_dgrad_small_integers_are_exact(name, dtype):
+    p = problem(DGRAD_CASES[name], dtype)
+    assert kb.halo_fits(kb.dgrad_as_fprop(p)), name
+    a = case_arrays(p, dtype, seed=len(name))
+    np.testing.assert_array_equal(run_halo(p, a, op="dgrad"), exact(p, a, op="dgrad"))
+
+
+def test_conv_transpose2d_output_padding_takes_the_halo_tile():
+    """output_padding makes x's H×W larger than P, Q give: dgrad_as_fprop pads the bottom and right
+    more; the bias is fprop's, over dgrad's C."""
+    p = transpose_problem((2, 32, 6, 5), (32, 16, 3, 3), padding=1, output_padding=(1, 0), dilation=2,
+                          dtype="float16")
+    assert (p.H, p.W) == (p.P + 3, p.Q + 2)
+    a = case_arrays(p, "float16", seed=6)
+    np.testing.assert_array_equal(run_halo(p, a, op="dgrad"), exact(p, a, op="dgrad"))
+
+
+def test_dgrad_as_fprop_only_at_stride_1_and_within_the_filter():
+    p = conv_problem((2, 32, 9, 9), (64, 32, 3, 3), padding=1, dtype="float16")
+    q = kb.dgrad_as_fprop(p)
+    assert (q.x_shape, q.w_shape, q.y_shape) == (p.y_shape, (32, 64, 3, 3), p.x_shape)
+    assert q.padding == (1, 1, 1, 1)
+    assert kb.choose_tensor_core("dgrad", conv_problem((32, 128, 28, 28), (256, 128, 3, 3), padding=1,
+                                                       dtype="float16")) == HALO  # 'auto' takes it
+    assert kb.dgrad_as_fprop(conv_problem((2, 32, 9, 9), (64, 32, 3, 3), stride=2, dtype="float16")) is None
+    # padding beyond the filter's reach would pad dy negatively: the other tiles take it
+    wide_pad = conv_problem((2, 32, 9, 9), (64, 32, 3, 3), padding=3, dtype="float16")
+    assert kb.dgrad_as_fprop(wide_pad) is None and kb.choose_tensor_core("dgrad", wide_pad, HALO) is None
 
 
 @pytest.mark.parametrize("mode", ["race", "asan"])
@@ -126,10 +171,10 @@ def test_halo_fits_only_what_the_kernel_runs():
     assert kb.halo_fits(fits) and kb.choose_fprop_tensor_core(fits) == HALO  # 'auto' takes it
     assert not kb.halo_fits(conv_problem((32, 128, 28, 28), (256, 128, 1, 1), dtype="float16"))  # one tap
     assert not kb.halo_fits(conv_problem((32, 24, 28, 28), (256, 24, 3, 3), dtype="float16"))  # 24 channels
-    wide = conv_problem((2, 16, 8, 400), (8, 16, 3, 3), padding=1, dtype="float16")
+    wide = conv_problem((2, 32, 8, 400), (8, 32, 3, 3), padding=1, dtype="float16")
     assert kb.halo_positions(wide) > kb.HALO_POSITIONS and not kb.halo_fits(wide)
     # a 2-tap filter's k-tiles stage 2·64 positions of a patch
-    two_taps = conv_problem((1, 16, 12, 12), (8, 16, 2, 1), dtype="float16")
+    two_taps = conv_problem((1, 32, 12, 12), (8, 32, 2, 1), dtype="float16")
     assert kb.halo_positions(two_taps) > 128 and not kb.halo_fits(two_taps)
     assert kb.choose_fprop_tensor_core(wide, HALO) is None  # forced where it cannot run: not taken
     # 'auto' on a problem the halo tile does not fit takes the tap-major tile

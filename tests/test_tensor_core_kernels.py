@@ -33,9 +33,9 @@ def dtype_of(kind):
     return kb.kind_dtype(kind)
 
 
-# Every (kind, tile) the tensor-core kernels of all three ops are built for (fprop's halo tile:
-# tests/test_halo.py).
-TILE_KINDS = [(kind, tile) for tile, t in kb.TENSOR_TILES["dgrad"].items() for kind in KINDS
+# Every (kind, tile) the tensor-core kernels of all three ops are built for (the halo tile of fprop
+# and dgrad: tests/test_halo.py).
+TILE_KINDS = [(kind, tile) for tile, t in kb.TENSOR_TILES["wgrad"].items() for kind in KINDS
               if dtype_of(kind) in t.dtypes]
 
 
@@ -86,7 +86,7 @@ STAGING_PICKED = {
     "dgrad_tap_major": {"fprop": "plain", "dgrad": "tap_major", "wgrad": "plain"},
     "1x1_tap_vector": {"fprop": "tap_major_vector", "dgrad": "tap_major", "wgrad": "tap_major_vector"},
     "groups_stride": {"fprop": "tap_major", "dgrad": "tap_major", "wgrad": "tap_major"},
-    "halo": {"fprop": "plain", "dgrad": "plain", "wgrad": "plain"},
+    "halo": {"fprop": "tap_major", "dgrad": "plain", "wgrad": "tap_major"},
 }
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _paths
-from ..problem import HALF_DTYPES
+from ..problem import HALF_DTYPES, Conv2dProblem
 from . import CUDA_INSTALL_HINT
 
 # Compile options of every kernel module: the cuda backend's, the emulator's, and the compile
@@ -151,14 +151,25 @@ _TENSOR_TILES = {
     "128x128x32_tc": TensorTile(BM=128, BN=128, BK=32, WM=64, WN=32, dtypes=HALF_DTYPES),  # 256 threads
     "64x64x32_tc": TensorTile(BM=64, BN=64, BK=32, WM=32, WN=32, dtypes=(*HALF_DTYPES, "float32")),  # 128
 }
-# fprop's halo tile (STAGING_HALO in kernels/fprop_tc.cu: x staged once a block of 16 channels as a
+# fprop's halo tile (STAGING_HALO in kernels/fprop_tc.cu: x staged once a block of 32 channels as a
 # patch that every tap reads, w reordered to [K][R][S][C/groups]): 4 warps of 64×64, a k-tile of
-# 16 channels of one tap; its patch (HALO_POSITIONS positions) and w's k-tiles fill 48 KiB.
-HALO_TILE = "128x128x16_tc"
+# 32 channels of one tap; its patch (HALO_POSITIONS positions) and w's k-tiles take
+# halo_shared_bytes() of dynamic shared memory.
+HALO_TILE = "128x128x32_64x64_tc"
 HALO_POSITIONS = 368
-TENSOR_TILES = {"fprop": {**_TENSOR_TILES,
-                          HALO_TILE: TensorTile(BM=128, BN=128, BK=16, WM=64, WN=64, dtypes=HALF_DTYPES)},
-                "dgrad": _TENSOR_TILES, "wgrad": _TENSOR_TILES}
+# dgrad at stride 1 runs it too, as fprop of dy (dgrad_as_fprop).
+_HALO = {HALO_TILE: TensorTile(BM=128, BN=128, BK=32, WM=64, WN=64, dtypes=HALF_DTYPES)}
+TENSOR_TILES = {"fprop": {**_TENSOR_TILES, **_HALO}, "dgrad": {**_TENSOR_TILES, **_HALO},
+                "wgrad": _TENSOR_TILES}
+
+
+def halo_shared_bytes() -> int:
+    """The halo kernel's dynamic shared memory: TensorShared of a HaloPatch (two patches of
+    HALO_POSITIONS positions of BK + 8 16-bit elements, an int a position) and B's two k-tiles of
+    BN rows of BK + 8."""
+    tile = TENSOR_TILES["fprop"][HALO_TILE]
+    pitch = (tile.BK + 8) * 2
+    return 2 * HALO_POSITIONS * pitch + 4 * HALO_POSITIONS + 2 * tile.BN * pitch
 # The first template argument of the tensor-core kernels: TENSOR_* in kernels/mma.cuh.
 TENSOR_KINDS = {"float16": 0, "bfloat16": 1, "tf32": 2, "tf32x3": 3}
 # Each op's tensor-core source.
@@ -195,11 +206,28 @@ STAGINGS = {"fprop": ("plain", "tap_major", "tap_major_vector", "halo"), "dgrad"
 
 
 def tile_stagings(op: str, kernel: str) -> tuple[str, ...]:
-    """The STAGINGS[op] entries built for tile ``kernel``: the halo tile has the halo staging
-    alone, and no other tile has it."""
+    """The STAGINGS[op] entries built for tile ``kernel`` in ``op``'s source: the halo tile has the
+    halo staging alone (fprop_tc.cu; dgrad runs fprop's), and no other tile has it."""
     if kernel == HALO_TILE:
-        return ("halo",)
+        return ("halo",) if "halo" in STAGINGS[op] else ()
     return tuple(s for s in STAGINGS[op] if s != "halo")
+
+
+def dgrad_as_fprop(p) -> Conv2dProblem | None:
+    """The fprop problem that dgrad of ``p`` is at stride 1: dy convolved with w flipped in R and S
+    and transposed group by group (K ↔ C), padded so that its output is x's H×W; None at another
+    stride, or where that padding would be negative (more padding than the filter reaches)."""
+    if p.stride != (1, 1):
+        return None
+    (dh, dw), (pt, _, pl, _) = p.dilation, p.padding
+    top, left = dh * (p.R - 1) - pt, dw * (p.S - 1) - pl
+    # P' = P + top + bottom - dh·(R - 1) = H, Q' likewise = W (conv_transpose2d's output_padding too)
+    bottom, right = p.H - p.P - top + dh * (p.R - 1), p.W - p.Q - left + dw * (p.S - 1)
+    if min(top, bottom, left, right) < 0:
+        return None
+    return Conv2dProblem(N=p.N, C=p.K, H=p.P, W=p.Q, K=p.C, R=p.R, S=p.S, P=p.H, Q=p.W,
+                         padding=(top, bottom, left, right), dilation=p.dilation, groups=p.groups,
+                         dtype=p.dtype)
 
 
 def halo_positions(p) -> int:
@@ -218,13 +246,13 @@ def halo_positions(p) -> int:
     return int(rows.max()) * Wp
 
 
-def halo_fits(p) -> bool:
-    """Whether the halo tile runs ``p``: a filter of several taps, C/groups a multiple of its 16
-    channels, a patch within HALO_POSITIONS that the R·S k-tiles of a block stage (a unit of 8
+def halo_fits(p: Conv2dProblem | None) -> bool:
+    """Whether the halo tile runs ``p``: a filter of several taps, C/groups a multiple of its 32
+    channels, a patch within HALO_POSITIONS that the R·S k-tiles of a block stage (a unit of 16
     channels a thread a k-tile: 64 positions), and x's offsets from a block's first image (at most
     ceil(BM / P·Q) + 1 images) in an int."""
     tile = TENSOR_TILES["fprop"][HALO_TILE]
-    if p.R * p.S < 2 or p.C_per_group % tile.BK != 0 or p.N * p.P * p.Q == 0:
+    if p is None or p.R * p.S < 2 or p.C_per_group % tile.BK != 0 or p.N * p.P * p.Q == 0:
         return False
     images = min(p.N, ceil_div(tile.BM, p.P * p.Q) + 1)
     if images * p.C * p.H * p.W > INT32_MAX:
@@ -235,6 +263,8 @@ def halo_fits(p) -> bool:
 def tensor_kernel_name(op: str, kind: str, kernel: str, staging: str = "plain") -> str:
     """The name expression of ``op``'s tensor-core tile ``kernel`` for ``kind`` (TENSOR_KINDS) and
     ``staging`` (STAGINGS[op]). fprop's activation is a run-time argument."""
+    if staging == "halo":
+        op = "fprop"  # dgrad's too (dgrad_as_fprop)
     return (f"{op}_tensor_core<{TENSOR_KINDS[kind]}, {STAGINGS[op].index(staging)}, "
             f"{TENSOR_TILES[op][kernel].template_args()}>")
 
@@ -285,7 +315,7 @@ def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
         big = tiles["128x128x32_tc"]
         fills = M >= big.BM and N >= big.BN and (op == "wgrad" or _blocks(op, p, big) >= H100_SMS)
         kernel = "128x128x32_tc" if fills and p.dtype in big.dtypes else "64x64x32_tc"
-        if kernel == "128x128x32_tc" and op == "fprop" and launchable(op, p, HALO_TILE):
+        if kernel == "128x128x32_tc" and op != "wgrad" and launchable(op, p, HALO_TILE):
             kernel = HALO_TILE
     if kernel not in tiles or p.dtype not in tiles[kernel].dtypes:
         return None
@@ -431,7 +461,7 @@ def launchable(op: str, p, kernel: str) -> bool:
         return False
     if op == "wgrad" and max(p.P * p.Q, wgrad_splits(p, tile)[1]) + tile.BK > INT32_MAX:
         return False
-    if kernel == HALO_TILE and not halo_fits(p):
+    if kernel == HALO_TILE and not halo_fits(p if op == "fprop" else dgrad_as_fprop(p)):
         return False
     grid, _ = launch_config(0, op, tile, p)
     return grid[0] <= INT32_MAX and all(g <= 65535 for g in grid[1:])
@@ -651,11 +681,15 @@ class KernelBackend:
         return out
 
     def _launch(self, filename: str, name_expression: str, total: int, args: tuple, op=None,
-                tile=None, p=None):
+                tile=None, p=None, dynamic_shared: int = 0):
+        """One launch; ``dynamic_shared`` bytes of dynamic shared memory (opted in above 48 KiB)."""
         if total == 0:  # a grid of zero blocks is a launch error; there is nothing to do
             return
         grid, block = launch_config(total, op, tile, p)
-        self._get_function(filename, name_expression)(grid, block, args)
+        kernel = self._get_function(filename, name_expression)
+        if dynamic_shared:
+            kernel.max_dynamic_shared_size_bytes = dynamic_shared
+        kernel(grid, block, args, shared_mem=dynamic_shared)
 
     # -- convolutions ------------------------------------------------------------------------
     @_on_input_device
@@ -684,12 +718,22 @@ class KernelBackend:
         (kind, kernel), y = chosen, self._empty(p.y_shape, p.dtype)
         staging = tensor_staging("fprop", p, kernel, w)
         if staging == "halo":  # w as [K][R][S][C/groups]: a k-tile's channels of a tap contiguous
-            w = self.xp.ascontiguousarray(
-                w.reshape(p.groups, p.K_per_group, p.C_per_group, p.R * p.S).transpose(0, 1, 3, 2))
+            w = w.reshape(p.groups, p.K_per_group, p.C_per_group, p.R, p.S).transpose(0, 1, 3, 4, 2)
+            return self._fprop_halo(kind, p, x, w, bias, y, activation)
         name = tensor_kernel_name("fprop", kind, kernel, staging)
         self._launch("fprop_tc.cu", name, y.size,
                      (x, w, _pointer(bias), y) + conv_args(p) + (np.int32(ACTIVATION_IDS[activation]),),
                      "fprop", TENSOR_TILES["fprop"][kernel], p)
+        return y
+
+    def _fprop_halo(self, kind: str, p, x, w_krsc, bias, y, activation=None):
+        """y of fprop ``p`` on the halo tile: ``w_krsc`` is w as [K/groups·groups][R][S][C/groups]
+        (any strides: copied contiguous here), the kernel's shared memory dynamic."""
+        name = tensor_kernel_name("fprop", kind, HALO_TILE, "halo")
+        self._launch("fprop_tc.cu", name, y.size,
+                     (x, self.xp.ascontiguousarray(w_krsc), _pointer(bias), y) + conv_args(p)
+                     + (np.int32(ACTIVATION_IDS[activation]),),
+                     "fprop", TENSOR_TILES["fprop"][HALO_TILE], p, halo_shared_bytes())
         return y
 
     @_on_input_device
@@ -699,6 +743,9 @@ class KernelBackend:
         if chosen is None:
             return None
         (kind, kernel), dx = chosen, self._empty(p.x_shape, p.dtype)
+        if kernel == HALO_TILE:  # stride 1: fprop of dy with w flipped and transposed, group by group
+            w_krsc = w.reshape(p.groups, p.K_per_group, p.C_per_group, p.R, p.S)[:, :, :, ::-1, ::-1]
+            return self._fprop_halo(kind, dgrad_as_fprop(p), dy, w_krsc.transpose(0, 2, 3, 4, 1), bias, dx)
         name = tensor_kernel_name("dgrad", kind, kernel, staging=tensor_staging("dgrad", p, kernel, w))
         self._launch("dgrad_tc.cu", name, dx.size,
                      (dy, w, _pointer(bias), dx) + conv_args(p), "dgrad", TENSOR_TILES["dgrad"][kernel], p)
