@@ -65,7 +65,9 @@ def run(op: str, p, kernel: str = "auto", seed: int = 0, precision: str = "highe
         p = dataclasses.replace(p, dtype="float32")
     kernel = tensor_tile or CHOOSE[op](p, kernel)
     backend = kb.emulate_backend(**{f"{op}_kernel": kernel}, mode="profile")
-    module = kb._emulate_module(kb.TENSOR_SOURCES[op] if tensor_tile else SOURCES[op], mode="profile")
+    # dgrad's halo tile is fprop's kernel (kb.dgrad_as_fprop)
+    source = kb.TENSOR_SOURCES["fprop" if kernel == kb.HALO_TILE else op] if tensor_tile else SOURCES[op]
+    module = kb._emulate_module(source, mode="profile")
     module.reset_counters()
     rng = np.random.default_rng(seed)
 
@@ -82,7 +84,8 @@ def run(op: str, p, kernel: str = "auto", seed: int = 0, precision: str = "highe
             backend.dgrad_tensor_cores(p, normal(p.y_shape), normal(p.w_shape), None, precision)
         else:
             backend.wgrad_tensor_cores(p, normal(p.x_shape), normal(p.y_shape), precision)
-        grid, _ = kb.launch_config(0, op, kb.TENSOR_TILES[op][kernel], p)
+        launched = ("fprop", kb.dgrad_as_fprop(p)) if kernel == kb.HALO_TILE and op == "dgrad" else (op, p)
+        grid, _ = kb.launch_config(0, launched[0], kb.TENSOR_TILES[op][kernel], launched[1])
         return Profile(op, p, kernel, int(np.prod(grid)), tuple(module.counters()))
     if op == "fprop":
         backend.fprop(p, normal(p.x_shape), normal(p.w_shape), normal((p.K,)), None)

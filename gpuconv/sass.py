@@ -49,13 +49,16 @@ from .backends.kernel_backend import (
     ACTIVATION_IDS,
     BIAS_GRAD_THREADS,
     CTYPES,
+    HALO_TILE,
     KERNELS,
     TENSOR_KINDS,
     TENSOR_TILES,
     THREADS_PER_BLOCK,
     TILES,
+    halo_shared_bytes,
     kernel_name,
     kernels_for,
+    kind_dtype,
     tensor_kernel_name,
     tile_stagings,
 )
@@ -422,6 +425,14 @@ def launch_threads() -> dict[str, int]:
     return threads
 
 
+def launch_dynamic_shared() -> dict[str, int]:
+    """Dynamic shared memory bytes the cuda backend launches instances with: the halo tile's
+    (``halo_shared_bytes``); none for the others."""
+    tile = TENSOR_TILES["fprop"][HALO_TILE]
+    return {tensor_kernel_name("fprop", kind, HALO_TILE, "halo"): halo_shared_bytes()
+            for kind in TENSOR_KINDS if kind_dtype(kind) in tile.dtypes}
+
+
 def analyze(archs=ARCHS, kernels=None) -> list[LoopReport]:
     """Reports for every kernel instance of ``kernels/*.cu`` (or only the name expressions in
     ``kernels``) on every architecture of ``archs``, compiled as the cuda backend compiles them."""
@@ -443,7 +454,7 @@ def analyze(archs=ARCHS, kernels=None) -> list[LoopReport]:
             subset = None if wanted is None else [e for e in expressions if e in wanted]
             cubin, log, names = nvrtc_compile(filename, arch, ("-Xptxas=-v",), name_expressions=subset)
             names = {m: e for m, e in names.items() if wanted is None or e in wanted}
-            reports += analyze_cubin(cubin, arch, names, threads, ptxas_log=log)
+            reports += analyze_cubin(cubin, arch, names, threads, launch_dynamic_shared(), ptxas_log=log)
     return reports
 
 

@@ -181,3 +181,39 @@ def test_halo_fits_only_what_the_kernel_runs():
     assert kb.choose_fprop_tensor_core(conv_problem((32, 32, 28, 400), (256, 32, 3, 3), padding=1,
                                                     dtype="float16")) == "128x128x32_tc"
     assert kb.choose_fprop_tensor_core(dataclasses.replace(fits, dtype="float32")) == "64x64x32_tc"  # TF32
+
+
+@pytest.mark.parametrize("op", ["fprop", "dgrad"])
+def test_shared_memory_is_conflict_free(op):
+    """Every shared access (the position table, the patch's 16-byte staging stores, B's cp.async
+    copies, ldmatrix of the patch and of B) takes the ideal wavefronts in ``gpuconv profile``:
+    positions 80 bytes apart start on distinct bank groups. 8 pixels a row (Q = W = 8): each 8-lane
+    phase of ldmatrix reads 8 consecutive positions."""
+    from gpuconv import profile
+
+    p = problem(dict(x=(2, 32, 8, 8), w=(32, 32, 3, 3), padding=1), "float16")
+    run = profile.run(op, p, HALO)
+    assert run.kernel == HALO
+    shared = [row for row in run.rows if row["space"] == "shared"]
+    assert {row["kind"] for row in shared} >= {"store", "load", "cp.async"}
+    assert all(row["wavefronts"] == row["ideal"] for row in shared), shared
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_main_loop_is_hmma_ldmatrix_and_cp_async(arch):
+    """NVRTC compiles the halo kernel as the cuda backend does: a k-tile's 64 HMMA (4×8 mma tiles
+    of a 64×64 warp, two k16 steps), 16 ldmatrix.x4, B's 4 LDGSTS, the patch unit's 16 loads and
+    two 16-byte stores, one barrier, no spills; two blocks of 4 warps an SM (dynamic shared memory)."""
+    from gpuconv import compile_check, sass
+
+    if not compile_check.nvrtc_available():
+        pytest.skip("NVRTC is not installed (pip install 'gpuconv[nvrtc]')")
+    try:
+        sass.tool_path("nvdisasm"), sass.tool_path("cuobjdump")
+    except sass.ToolMissing as e:
+        pytest.skip(str(e))
+    name = kb.tensor_kernel_name("fprop", "float16", HALO, "halo")
+    (r,) = sass.analyze([arch], [name])
+    assert (r.hmma, r.ldsm, r.ldgsts, r.bar, r.spills) == (64, 16, {128: 4}, 1, 0)
+    assert (r.ldg, r.sts) == ({16: 16}, {128: 2})  # the patch unit: 16 planes, two 16-byte stores
+    assert (r.threads, r.shared_bytes, r.blocks_per_sm) == (128, kb.halo_shared_bytes(), 2)
