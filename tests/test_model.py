@@ -149,8 +149,8 @@ def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
     tc_tile = kb.TENSOR_TILES["fprop"][tc_kernel]
     # Only the fprop tiles' reports, ours and CUTLASS's (their labels carry the stages).
     sass = [sass_entry(kernel_name("fprop", "float32", kernel), threads=tile.threads),
-            # res5_3x3's 512 channels a multiple of BK, 3×3 taps: the tap-major staging
-            sass_entry(kb.tensor_kernel_name("fprop", "float16", tc_kernel, "tap_major"), ffma=0, hmma=8,
+            # res5_3x3 at stride 1: the halo tile, whose kernel dgrad runs too
+            sass_entry(kb.tensor_kernel_name("fprop", "float16", tc_kernel, "halo"), ffma=0, hmma=8,
                        threads=tc_tile.threads),
             sass_entry("cutlass_simt_sfprop_optimized_128x128_8x4_nhwc_align1", "cutlass", blocks_per_sm=1),
             sass_entry("cutlass_tensorop_f16_s16816fprop_optimized_f16_128x128_64x3_nhwc_align8", "cutlass",
@@ -172,13 +172,14 @@ def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
     assert "MODELLED" in text and "measured ÷ modelled" in text
     # Kernels the SASS file does not hold are not modelled, and say so; CUTLASS's loop is (no
     # CUTLASS TF32 loop is compiled: the TF32 rows have none).
-    others = [r for r in rows if r["op"] != "fprop" and r["math"] != "tf32"]
+    others = [r for r in rows if r["op"] != "fprop" and r["math"] == "ffma"]
     assert others and all("ms" not in r and "cutlass_ms" in r for r in others)
     # The tensor-core rows: ours beside CUTLASS's tensor-op loop, as a fraction of the FP16 peak.
     [tc] = [r for r in rows if r["math"] == "hmma" and r["op"] == "fprop"]
     tc_others = [r for r in rows if r["math"] == "hmma" and r["op"] != "fprop"]
-    assert {r["op"] for r in tc_others} == {"dgrad", "wgrad"} and all("ms" not in r for r in tc_others)
-    assert tc["kernel"] == tc_kernel and tc["dtype"] == "float16"
+    assert {r["op"]: "ms" in r for r in tc_others} == {"dgrad": True, "wgrad": False}
+    assert all("cutlass_ms" in r for r in tc_others)
+    assert tc["kernel"] == tc_kernel == kb.HALO_TILE and tc["dtype"] == "float16"
     assert tc["peak"] == pytest.approx(tc["tflops"] / model.GPUS["h100"].tensor_tflops)
     assert tc["ours_over_cutlass"] == pytest.approx(tc["tflops"] / tc["cutlass_tflops"])
     # res5_3x3 is a ResNet-50 3×3 layer: it is in the restated targets, once per op and math.
@@ -254,6 +255,15 @@ def test_every_tile_has_its_issue_figure_and_it_matches_the_committed_sass():
         dtype = "float32" if "float32" in TILES["fprop"][name].dtypes else "float64"
         r = reports[kernel_name("fprop", dtype, name)]
         assert r.loop_instructions / (r.ffma or r.dfma) == pytest.approx(per_fma, abs=0.01), name
+
+
+def test_tensor_issue_figures_match_the_committed_sass():
+    """ISSUE_PER_HMMA: fprop float16's loops on sm_90, tap-major (the halo tile: halo)."""
+    reports = committed_reports("sm_90")
+    for name, per_hmma in kb.ISSUE_PER_HMMA.items():
+        staging = "halo" if name == kb.HALO_TILE else "tap_major"
+        r = reports[kb.tensor_kernel_name("fprop", "float16", name, staging)]
+        assert r.loop_instructions / r.hmma == pytest.approx(per_hmma, abs=0.01), name
 
 
 def test_the_heuristic_picks_the_models_best_tile():

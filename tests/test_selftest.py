@@ -18,8 +18,11 @@ from gpuconv.backends import kernel_backend as kb
 @pytest.fixture
 def launches_run_nothing(monkeypatch):
     """kb.emulate_backend whose kernels run nothing (outputs stay NaN): the dispatch's launches only."""
+    def nothing(grid, block, args, **launch):  # launch: shared_mem, as CuPy's RawKernel takes
+        return None
+
     def backend(**kernels):
-        return kb.KernelBackend("emulate", np, lambda filename, name: (lambda grid, block, args: None),
+        return kb.KernelBackend("emulate", np, lambda filename, name: nothing,
                                 lambda array: contextlib.nullcontext(), True, **kernels)
 
     monkeypatch.setattr(kb, "emulate_backend", backend)

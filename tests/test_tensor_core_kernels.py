@@ -268,8 +268,11 @@ def test_conv_transpose2d_runs_on_tensor_cores():
 
 def test_auto_routes_only_what_tensor_cores_run():
     half = conv_problem((32, 128, 28, 28), (256, 128, 3, 3), padding=1, dtype="float16")
+    # fprop and dgrad: the halo tile (tests/test_halo.py), wgrad 128×128
+    assert [kb.choose_tensor_core(op, half) for op in OPS] == [kb.HALO_TILE] * 2 + ["128x128x32_tc"]
+    half_1x1 = conv_problem((32, 128, 28, 28), (256, 128, 1, 1), dtype="float16")
     for op in OPS:
-        assert kb.choose_tensor_core(op, half) == "128x128x32_tc", op
+        assert kb.choose_tensor_core(op, half_1x1) == "128x128x32_tc", op
     tf32 = dataclasses.replace(half, dtype="float32")
     # 128×128 holds no float32 tile: where a half type takes it, TF32 takes 64×64 (never SIMT)
     assert [kb.choose_tensor_core(op, tf32) for op in OPS] == ["64x64x32_tc"] * 3

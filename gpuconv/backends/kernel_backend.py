@@ -305,8 +305,8 @@ def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
     'auto' a GEMM channel side (``_choose``'s) under 8 (a depthwise layer would fill a tile with
     zeros); a tile not built for the dtype or that cannot run ``p`` (``launchable``). 'auto' takes
     128×128 where the GEMM fills it and the grid gives every SM of an H100 a block (wgrad: where
-    the GEMM fills it, its split-K fills the GPU; fprop: the halo tile where it runs ``p``), else
-    64×64."""
+    the GEMM fills it, its split-K fills the GPU), else 64×64; then fprop and dgrad take the halo
+    tile where it runs ``p`` and its busiest SM issues less (``tensor_busiest_sm_cost``)."""
     tiles = TENSOR_TILES[op]
     M, N = _block_gemm_shape(op, p)
     if kernel == "auto":
@@ -315,7 +315,8 @@ def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
         big = tiles["128x128x32_tc"]
         fills = M >= big.BM and N >= big.BN and (op == "wgrad" or _blocks(op, p, big) >= H100_SMS)
         kernel = "128x128x32_tc" if fills and p.dtype in big.dtypes else "64x64x32_tc"
-        if kernel == "128x128x32_tc" and op != "wgrad" and launchable(op, p, HALO_TILE):
+        if (HALO_TILE in tiles and launchable(op, p, HALO_TILE)
+                and tensor_busiest_sm_cost(op, p, HALO_TILE) < tensor_busiest_sm_cost(op, p, kernel)):
             kernel = HALO_TILE
     if kernel not in tiles or p.dtype not in tiles[kernel].dtypes:
         return None
@@ -408,6 +409,21 @@ def busiest_sm_cost(op: str, p, kernel: str) -> float:
     reduction = wgrad_splits(p, tile)[1] if op == "wgrad" else 1
     clocks_per_fma = max(ISSUE_PER_FMA[kernel] / H100_ISSUE_PER_CLOCK, 32 / H100_FMA_LANES[p.dtype])
     return ceil_div(_blocks(op, p, tile), H100_SMS) * tile.BM * tile.BN * reduction * clocks_per_fma
+
+
+# The tensor-core tiles' main-loop instructions per HMMA (float16, sm_90 SASS: `python -m
+# gpuconv.sass --arch sm_90`), fprop's loops at their best staging for 3×3 filters: tap-major, and
+# the halo tile's (tests/test_model.py checks them against the committed SASS).
+ISSUE_PER_HMMA = {"128x128x32_tc": 7.00, "64x64x32_tc": 12.75, HALO_TILE: 3.25}
+
+
+def tensor_busiest_sm_cost(op: str, p, kernel: str) -> float:
+    """``busiest_sm_cost`` of a tensor-core tile, issue-bound: ceil(grid / SMs) × one block's
+    mma tiles × ISSUE_PER_HMMA. fprop and dgrad only (a block's reduction is the whole one)."""
+    tile = TENSOR_TILES[op][kernel]
+    blocks = _blocks("fprop", dgrad_as_fprop(p), tile) if kernel == HALO_TILE and op == "dgrad" else \
+        _blocks(op, p, tile)
+    return ceil_div(blocks, H100_SMS) * tile.BM * tile.BN * ISSUE_PER_HMMA[kernel]
 
 
 def cp_async_twin(op: str, p, kernel: str) -> str:
