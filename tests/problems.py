@@ -6,6 +6,7 @@ says what each one is there to catch. ``RESNET`` holds real layer shapes (slow o
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from gpuconv.problem import conv_problem
 
@@ -220,3 +221,20 @@ def transpose_cases(max_hw: int = 6, max_channels: int = 3, max_batch: int = 2):
                     output_padding=output_padding, groups=groups, dilation=dilation)
 
     return case()
+
+
+def _sass_tools_missing() -> str | None:
+    """Why the SASS analyzer cannot run here (NVRTC, nvdisasm or cuobjdump missing), or None."""
+    from gpuconv import compile_check, sass
+
+    if not compile_check.nvrtc_available():
+        return "NVRTC is not installed (pip install 'gpuconv[nvrtc]')"
+    try:
+        sass.tool_path("nvdisasm"), sass.tool_path("cuobjdump")
+    except sass.ToolMissing as e:
+        return str(e)
+    return None
+
+
+# A test that compiles kernels and reads their SASS.
+needs_sass_tools = pytest.mark.skipif(_sass_tools_missing() is not None, reason=_sass_tools_missing() or "")

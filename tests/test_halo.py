@@ -16,7 +16,7 @@ from gpuconv import reference as ref
 from gpuconv.backends import kernel_backend as kb
 from gpuconv.problem import conv_problem, transpose_problem
 
-from problems import problem, rel_err, run_op, run_tensor_op
+from problems import needs_sass_tools, problem, rel_err, run_op, run_tensor_op
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 TYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -199,19 +199,14 @@ def test_shared_memory_is_conflict_free(op):
     assert all(row["wavefronts"] == row["ideal"] for row in shared), shared
 
 
+@needs_sass_tools
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_main_loop_is_hmma_ldmatrix_and_cp_async(arch):
     """NVRTC compiles the halo kernel as the cuda backend does: a k-tile's 64 HMMA (4×8 mma tiles
     of a 64×64 warp, two k16 steps), 16 ldmatrix.x4, B's 4 LDGSTS, the patch unit's 16 loads and
     two 16-byte stores, one barrier, no spills; two blocks of 4 warps an SM (dynamic shared memory)."""
-    from gpuconv import compile_check, sass
+    from gpuconv import sass
 
-    if not compile_check.nvrtc_available():
-        pytest.skip("NVRTC is not installed (pip install 'gpuconv[nvrtc]')")
-    try:
-        sass.tool_path("nvdisasm"), sass.tool_path("cuobjdump")
-    except sass.ToolMissing as e:
-        pytest.skip(str(e))
     name = kb.tensor_kernel_name("fprop", "float16", HALO, "halo")
     (r,) = sass.analyze([arch], [name])
     assert (r.hmma, r.ldsm, r.ldgsts, r.bar, r.spills) == (64, 16, {128: 4}, 1, 0)

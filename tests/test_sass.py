@@ -9,18 +9,9 @@ import pytest
 from gpuconv import compile_check, sass
 from gpuconv.backends.kernel_backend import KERNELS, TILES
 
+from problems import needs_sass_tools
 
-def _tools_missing() -> str | None:
-    if not compile_check.nvrtc_available():
-        return "NVRTC is not installed (pip install 'gpuconv[nvrtc]')"
-    try:
-        sass.tool_path("nvdisasm"), sass.tool_path("cuobjdump")
-    except sass.ToolMissing as e:
-        return str(e)
-    return None
-
-
-needs_tools = pytest.mark.skipif(_tools_missing() is not None, reason=_tools_missing() or "")
+needs_tools = needs_sass_tools
 
 # Per iteration: one 128-bit shared load and exactly four FFMAs (fmaf is never split).
 FOUR_FFMA = r"""

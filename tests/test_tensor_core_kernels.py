@@ -20,7 +20,7 @@ from gpuconv.api import round_to_tf32
 from gpuconv.backends import kernel_backend as kb
 from gpuconv.problem import conv_problem
 
-from problems import EDGE, TENSOR_STAGING, conv_kwargs, problem, run_op, run_tensor_op
+from problems import EDGE, TENSOR_STAGING, conv_kwargs, needs_sass_tools, problem, run_op, run_tensor_op
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 # kind (TENSOR_KINDS) -> (array dtype, precision, largest |x|, |w| and |dy| of the exact tests)
@@ -305,20 +305,15 @@ SASS_CASES = [("float16", "128x128x32_tc"), ("bfloat16", "64x64x32_tc"), ("tf32"
               ("tf32x3", "64x64x32_tc")]
 
 
+@needs_sass_tools
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("op", OPS)
 def test_main_loop_runs_on_hmma_and_ldmatrix(op, arch):
     """NVRTC compiles the kernels as the cuda backend does; the main loop holds one HMMA per
     mma.sync (three a product in TF32x3), one LDSM per ldmatrix (none for TF32's direct loads), one
     barrier, and no spills."""
-    from gpuconv import compile_check, sass
+    from gpuconv import sass
 
-    if not compile_check.nvrtc_available():
-        pytest.skip("NVRTC is not installed (pip install 'gpuconv[nvrtc]')")
-    try:
-        sass.tool_path("nvdisasm"), sass.tool_path("cuobjdump")
-    except sass.ToolMissing as e:
-        pytest.skip(str(e))
     names = {kb.tensor_kernel_name(op, kind, tile): (kind, tile) for kind, tile in SASS_CASES}
     reports = sass.analyze([arch], list(names))
     assert sorted(r.kernel for r in reports) == sorted(names)
