@@ -142,23 +142,27 @@ __device__ __forceinline__ FpropTapFilterIterator<Tile> make_iterator(
     return FpropTapFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group, R, S, a.tap);
 }
 
-// The halo staging (STAGING_HALO: float16 and bfloat16, R·S > 1, C/groups a multiple of BK = 32;
-// the host checks these and the patch's size). The reduction runs block by block of BK channels,
+// The halo staging (STAGING_HALO: float16 and bfloat16, R·S > 1, C/groups a multiple of BK = 32,
+// W even; the host checks these and the patch's size). The reduction runs block by block of BK channels,
 // and within a block tap by tap: k-tile (block, tap). Every tap of a block reads the same rows of
 // x, shifted: the block's *patch*, staged to shared memory once, from which each of the R·S
 // k-tiles reads A directly, a tap being an offset. The patch holds every position of the padded
 // input that the block's pixels reach: padded rows g = n·Hp + p·stride_h + r·dil_h (Hp padded rows
 // an image, so g runs on without a gap from image to image) from the block's first pixel row to
-// its last pixel row's last tap, each all Wp padded columns. A position holds its BK channels
+// its last pixel row's last tap, each all Wp padded columns (and one more before them where the
+// left padding is odd, and one after to make the row even, so that positions pair up on even
+// columns of x). A position holds its BK channels
 // contiguous, so that any pixel at any tap, stride or dilation is one 16-byte ldmatrix row of 8
 // channels, and x is read NCHW as it lies. A position's row is (BK + 8)·2 = 80 bytes: eight
 // consecutive positions (a phase of ldmatrix or of the staging's 16-byte stores) start on
 // distinct 16-byte bank groups, 5i mod 8. The patch is double-buffered: during block j's R·S
-// k-tiles each thread stages one unit a k-tile (16 channels of one position, 16 loads a plane
-// apart) of block j + 1's patch, so a patch costs one unit a thread a k-tile it serves.
+// k-tiles each thread stages one unit a k-tile of block j + 1's patch, so a patch costs one unit a
+// thread a k-tile it serves. A unit is 8 channels of two neighbouring positions: 8 four-byte loads
+// a plane apart (the two positions lie side by side in x: W even, the pair on an even column, both
+// in x or both in its padding), split into two 16-byte stores.
 // B is w reordered by the host to [K][R][S][C/groups]: a k-tile is BK contiguous channels of one
 // tap for each output channel, 16-byte cp.async copies (FpropHaloFilterIterator).
-// The shared memory, 2·368·80 + 368·4 + B's 2·128·80 = 80832 bytes, is above the 48 KiB of a
+// The shared memory, 2·368·80 + 184·4 + B's 2·128·80 = 80096 bytes, is above the 48 KiB of a
 // static array: the kernel takes it as the launch's dynamic shared memory (halo_shared_bytes).
 #define HALO_POSITIONS 368  // a patch's positions: with B's tiles, two blocks an SM on sm_80 and sm_90
 
@@ -167,7 +171,7 @@ struct HaloPatch {
     typedef typename Tile::Element T;
     static constexpr int PITCH = Tile::BK + 8;  // elements a position: 80 bytes, see above
     T patch[2][HALO_POSITIONS][PITCH];
-    int source[HALO_POSITIONS];  // each position's offset in x (channel 0), -1 in the padding
+    int source[HALO_POSITIONS / 2];  // each pair's offset in x in words (channel 0), -1 in the padding
 };
 
 template <class Tile>
@@ -176,9 +180,10 @@ struct FpropHaloIterator {
     typedef HaloPatch<Tile> Shared;
     static constexpr bool KFast = true;  // the warps read A k-contiguous (ldmatrix, no .trans)
     static constexpr int PITCH = Shared::PITCH, WARPS = Tile::THREADS / 32;
-    static constexpr int UNIT = Tile::BK / 2;                   // channels a unit: two a position
-    static constexpr int POSITIONS_A_TILE = Tile::THREADS / 2;  // a unit a thread a k-tile
-    static_assert(Tile::BK == 32 && Tile::MMA_K == 16 && WARPS % 2 == 0, "two 16-channel units a position");
+    static constexpr int UNIT = 8;  // channels a unit, of a pair of positions
+    static constexpr int PAIRS_A_TILE = Tile::THREADS / (Tile::BK / UNIT);  // a unit a thread a k-tile
+    static_assert(Tile::BK == 4 * UNIT && Tile::MMA_K == 16 && WARPS % 2 == 0, "four units a pair");
+    typedef unsigned Staged;  // a unit's registers: channel j of both positions, word j
     struct Map {  // the main loop's staging registers: one unit; the block's pixels from x(0) = 0
         static constexpr int ELEMS = UNIT;
         static __device__ __forceinline__ int x(int) { return 0; }
@@ -186,11 +191,13 @@ struct FpropHaloIterator {
     const T* x_lo;         // image n_lo, channel 0 of the group
     const int* sources;    // Shared::source, once stage_first has filled it
     index_t g_lo, n_lo;    // the patch's first padded row; the image of the block's first pixel
-    int H, W, Hp, Wp, pad_top, pad_left, CHW, HW, positions, blocks, taps, S;
+    int H, W, Hp, Wp, pad_top, pad_left, CHW, HW, pairs, blocks, taps, S;
+    int first_column;  // the patch column of padded column 0: 1 where pad_left is odd, else 0
     int tap_step_s, tap_step_r;  // patch bytes from tap (r, s) to (r, s + 1); from (r, S) to (r + 1, 0)
     int block, tap, s, tap_offset;  // the k-tile being computed: its tap's (.., s) and patch bytes
-    int channel_offset;             // x elements from channel 0 to this thread's unit of block + 1
-    int unit_position, half;        // this thread's unit at tap 0: position and which 16 channels
+    int channel_offset;             // x words (pairs of elements) from channel 0 to this thread's
+                                    // unit of block + 1
+    int unit_pair, octet;           // this thread's unit at tap 0: pair and which 8 channels
     int row[Tile::FRAGS_M];  // this lane's ldmatrix row in the patch (tap (0, 0), bytes), each mma tile i
 
     __device__ FpropHaloIterator(const T* x_g, index_t m_base, index_t M, int C, int C_per_group, int H_, int W_,
@@ -200,7 +207,8 @@ struct FpropHaloIterator {
           blocks(C_per_group / Tile::BK), taps(R * S_), S(S_), block(-1), tap(0), s(0), tap_offset(0) {
         const int P = (int)(PQ / Q);
         Hp = (P - 1) * stride_h + (R - 1) * dil_h + 1;
-        Wp = (Q - 1) * stride_w + (S - 1) * dil_w + 1;
+        first_column = pad_left & 1;
+        Wp = ((Q - 1) * stride_w + (S - 1) * dil_w + 1 + first_column + 1) / 2 * 2;  // pairs a row
         tap_step_s = dil_w * PITCH * (int)sizeof(T);
         tap_step_r = (dil_h * Wp - S * dil_w) * PITCH * (int)sizeof(T);
         // A pixel row (n, p) is padded row n·Hp + p·stride_h at tap r = 0.
@@ -208,12 +216,14 @@ struct FpropHaloIterator {
         n_lo = row_lo / P;
         g_lo = n_lo * Hp + row_lo % P * stride_h;
         const index_t g_hi = row_hi / P * Hp + row_hi % P * stride_h + (R - 1) * dil_h;
-        positions = (int)(g_hi - g_lo + 1) * Wp;
+        pairs = (int)(g_hi - g_lo + 1) * Wp / 2;
         x_lo = x_g + n_lo * CHW;
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, matrix = lane / 8;
-        unit_position = (warp / 2) * 32 + lane;
-        half = warp % 2;
-        channel_offset = half * UNIT * HW;  // block 0's, which the prologue stages as block -1's next
+        // A quarter-warp stores 4 pairs × 2 octets: 16-byte stores 80·2 bytes apart in pairs and 16
+        // in octets, 2i + o mod 8: the 8 bank groups once. Warps 0, 1 (2, 3) take octets 0-1 (2-3).
+        unit_pair = (warp / 2) * 16 + (lane / 8) * 4 + lane % 4;
+        octet = (warp % 2) * 2 + (lane / 4) % 2;
+        channel_offset = octet * UNIT * HW / 2;  // block 0's, which the prologue stages as block -1's next
         // ldmatrix rows: lane l gives row l % 8 of matrix l / 8, (pixels 0-7, channels 0-7),
         // (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) of its 16×16 A block (load_a_fragment's order).
 #pragma unroll
@@ -223,39 +233,43 @@ struct FpropHaloIterator {
             if (m < M) {
                 const index_t pixel_row = m / Q;
                 const index_t g = pixel_row / P * Hp + pixel_row % P * stride_h;
-                position = (int)(g - g_lo) * Wp + (int)(m % Q) * stride_w;
+                position = (int)(g - g_lo) * Wp + first_column + (int)(m % Q) * stride_w;
             }
             row[i] = (position * PITCH + (matrix / 2) * 8) * (int)sizeof(T);
         }
     }
-    // This thread's unit of the next block's patch at the current tap: its 16 channels, or zeros
-    // in the padding; nothing past the last block or the patch's positions.
-    __device__ __forceinline__ int unit() const { return unit_position + tap * POSITIONS_A_TILE; }
-    __device__ __forceinline__ bool staging() const { return block + 1 < blocks && unit() < positions; }
-    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
+    // This thread's unit of the next block's patch at the current tap: its 8 channels of a pair,
+    // word j channel j of both positions (the first in the low half), or zeros in the padding;
+    // nothing past the last block or the patch's pairs.
+    __device__ __forceinline__ int unit() const { return unit_pair + tap * PAIRS_A_TILE; }
+    __device__ __forceinline__ bool staging() const { return block + 1 < blocks && unit() < pairs; }
+    __device__ __forceinline__ void load(Staged (&v)[Map::ELEMS], int) const {
         const int from = staging() ? sources[unit()] : -1;
-        load_strided_or_zero(v, x_lo, from + channel_offset, HW, from >= 0);
+        load_strided_or_zero(v, reinterpret_cast<const unsigned*>(x_lo), from + channel_offset, HW / 2, from >= 0);
     }
     __device__ __forceinline__ void advance() {}  // store steps the k-tile
     // The unit into the next block's patch, then on to the next k-tile.
-    __device__ __forceinline__ void store(Shared& shared, const T (&v)[Map::ELEMS]) {
-        if (staging()) {
-            T* to = &shared.patch[(block + 1) & 1][unit()][half * UNIT];
-            store_staged16<Tile::KIND>(to, &v[0]);
-            store_staged16<Tile::KIND>(to + 8, &v[8]);
+    __device__ __forceinline__ void store(Shared& shared, const Staged (&v)[Map::ELEMS]) {
+        if (staging()) {  // each position's 8 channels, two a word: the words' low halves, then high
+            T* first = &shared.patch[(block + 1) & 1][2 * unit()][octet * UNIT];
+            *reinterpret_cast<uint4*>(first) = make_uint4(low_halves(v[0], v[1]), low_halves(v[2], v[3]),
+                                                          low_halves(v[4], v[5]), low_halves(v[6], v[7]));
+            *reinterpret_cast<uint4*>(first + PITCH) = make_uint4(high_halves(v[0], v[1]), high_halves(v[2], v[3]),
+                                                                  high_halves(v[4], v[5]), high_halves(v[6], v[7]));
         }
         tap_offset += tap_step_s;
         if (++s == S) s = 0, tap_offset += tap_step_r;
-        if (++tap == taps) tap = 0, tap_offset = 0, block++, channel_offset += Tile::BK * HW;
+        if (++tap == taps) tap = 0, tap_offset = 0, block++, channel_offset += Tile::BK * HW / 2;
     }
     // The prologue: the table of the positions' sources, then block 0's whole patch, staged as
     // the k-tiles of a block -1 would stage it.
-    __device__ __forceinline__ void stage_first(Shared& shared, T (&v)[Map::ELEMS]) {
-        for (int position = threadIdx.x; position < positions; position += Tile::THREADS) {
-            const index_t g = g_lo + position / Wp;
-            const int h = (int)(g % Hp) - pad_top, w = position % Wp - pad_left;
+    __device__ __forceinline__ void stage_first(Shared& shared, Staged (&v)[Map::ELEMS]) {
+        for (int pair = threadIdx.x; pair < pairs; pair += Tile::THREADS) {
+            const index_t g = g_lo + 2 * pair / Wp;
+            // the pair's first column of x: even (W even), so both lie in x or both outside it
+            const int h = (int)(g % Hp) - pad_top, w = 2 * pair % Wp - first_column - pad_left;
             const bool inside = (unsigned)h < (unsigned)H && (unsigned)w < (unsigned)W;
-            shared.source[position] = inside ? (int)(g / Hp - n_lo) * CHW + h * W + w : -1;
+            shared.source[pair] = inside ? ((int)(g / Hp - n_lo) * CHW + h * W + w) / 2 : -1;
         }
         sources = shared.source;
         __syncthreads();
@@ -273,16 +287,16 @@ struct HaloView {
     const char* tap_origin;
 };
 template <int Kind, class Tile, typename T>
-__device__ __forceinline__ void stage_first(FpropHaloIterator<Tile>& a, HaloPatch<Tile>& shared, T (&v)[16], int) {
+__device__ __forceinline__ void stage_first(FpropHaloIterator<Tile>& a, HaloPatch<Tile>& shared, T (&v)[8], int) {
     a.stage_first(shared, v);
 }
 template <class Tile, typename T>
-__device__ __forceinline__ void load_operand(FpropHaloIterator<Tile>& a, HaloPatch<Tile>&, int, T (&v)[16], int) {
+__device__ __forceinline__ void load_operand(FpropHaloIterator<Tile>& a, HaloPatch<Tile>&, int, T (&v)[8], int) {
     a.load(v, 0);
 }
 template <int Kind, class Tile, typename T>
 __device__ __forceinline__ void stage_operand(FpropHaloIterator<Tile>& a, HaloPatch<Tile>& shared, int,
-                                              const T (&v)[16]) {
+                                              const T (&v)[8]) {
     a.store(shared, v);
 }
 template <class Tile>
@@ -307,7 +321,7 @@ struct FpropHaloFilterIterator {
     typedef VectorStagingMap<Tile::BK, Tile::BN, Tile::THREADS, 16 / sizeof(T)> Map;
     static constexpr int RUNS = Map::ELEMS / Map::VEC;
     const T* w_t;        // this thread's first run of the next k-tile
-    index_t run_stride;  // Map::STEP output channels: STEP·R·S·C/groups elements
+    int run_stride;      // Map::STEP output channels: STEP·R·S·C/groups elements (< 2^31: halo_fits)
     int live;            // runs r < live have an output channel
     int channels, wrap;  // elements from a tap's k-tile to the next tap's; from the last tap's to
                          // the next block's tap 0
@@ -317,7 +331,7 @@ struct FpropHaloFilterIterator {
     __device__ FpropHaloFilterIterator(const T* w_g, int k_base, int K_per_group, int C_per_group, int RS,
                                        const FpropHaloIterator<Tile>& a_)
         : w_t(w_g + (index_t)(k_base + Map::x(0)) * RS * C_per_group + Map::k(0)),
-          run_stride((index_t)Map::STEP * RS * C_per_group),
+          run_stride(Map::STEP * RS * C_per_group),
           live((K_per_group - k_base - Map::x(0) + Map::STEP - 1) / Map::STEP), channels(C_per_group),
           wrap(Tile::BK - (RS - 1) * C_per_group), a(a_) {}
     template <class Operand>

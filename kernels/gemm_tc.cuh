@@ -116,6 +116,17 @@ struct SharedOperand<Tile, Iter, BX, typename VoidOf<typename Iter::Shared>::typ
     typedef typename Iter::Shared type;
 };
 
+// The type of an iterator's staging registers: the tile's element, or the iterator's Staged type
+// (FpropHaloIterator: 32-bit words of two elements).
+template <class Iter, typename T, class = void>
+struct StagedOf {
+    typedef T type;
+};
+template <class Iter, typename T>
+struct StagedOf<Iter, T, typename VoidOf<typename Iter::Staged>::type> {
+    typedef typename Iter::Staged type;
+};
+
 // The shared memory of the main loop. The kernel declares it
 // (`__shared__ __align__(16) TensorShared<...> shared;`), as GemmShared.
 template <class Tile, class IterA, class IterB>
@@ -404,7 +415,8 @@ __device__ __forceinline__ void tensor_implicit_gemm(TensorShared<Tile, IterA, I
     typedef typename IterB::Map MapB;
     constexpr int BK = Tile::BK;
     float acc[Tile::FRAGS_M][Tile::FRAGS_N][4] = {};
-    T a_staged[MapA::ELEMS] = {}, b_staged[MapB::ELEMS] = {};  // zeros: see load_strided_live
+    typename StagedOf<IterA, T>::type a_staged[MapA::ELEMS] = {};  // zeros: see load_strided_live
+    typename StagedOf<IterB, T>::type b_staged[MapB::ELEMS] = {};
     const int k_tiles = (reduction + BK - 1) / BK;
     if (k_tiles > 0) {
         stage_first<Tile::KIND>(a, shared.a, a_staged, reduction);

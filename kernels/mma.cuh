@@ -71,6 +71,23 @@ __device__ __forceinline__ float bfloat16_bits_to_float(unsigned short b) {
     return __uint_as_float(unsigned(b) << 16);  // bfloat16 is float's upper half
 }
 
+// Two words' 16-bit halves regrouped (prmt): the low halves (a's in the low half of the result),
+// and the high halves.
+__device__ __forceinline__ unsigned low_halves(unsigned a, unsigned b) {
+#ifdef GPUCONV_EMULATE
+    return (a & 0xffffu) | b << 16;
+#else
+    return __byte_perm(a, b, 0x5410);
+#endif
+}
+__device__ __forceinline__ unsigned high_halves(unsigned a, unsigned b) {
+#ifdef GPUCONV_EMULATE
+    return a >> 16 | (b & 0xffff0000u);
+#else
+    return __byte_perm(a, b, 0x7632);
+#endif
+}
+
 // ldmatrix.x4 / .x4.trans: four 8×8 matrices of 16-bit values from shared memory; lanes 8i..8i+7
 // give the 16-byte-aligned addresses of matrix i's eight rows, lane l receives in r[i] row l/4,
 // columns 2(l%4) and 2(l%4)+1 of matrix i (of its transpose with .trans).

@@ -24,13 +24,14 @@ HALO = kb.HALO_TILE
 
 # Problems the halo tile runs (halo_fits), each reaching something of its own.
 CASES = {
-    # two pixel blocks of 128 whose patches cross images (P·Q = 42), 2 channel blocks, K = 40 of a
+    # two pixel blocks of 128 whose patches cross images (P·Q = 48), 2 channel blocks, K = 40 of a
     # 128-wide tile (B's rows past K copy zeros), a 3×2 filter, asymmetric padding
-    "images": dict(x=(5, 64, 6, 7), w=(40, 64, 3, 2), padding=(1, 1, 0, 1)),
+    "images": dict(x=(5, 64, 6, 8), w=(40, 64, 3, 2), padding=(1, 1, 0, 1)),
     # strides and dilations of both axes: a tap is an offset of dil_h·Wp + dil_w positions
-    "stride_dilation": dict(x=(3, 32, 11, 10), w=(20, 32, 3, 2), stride=(2, 1), padding=(1, 0, 2, 1),
+    "stride_dilation": dict(x=(3, 32, 7, 10), w=(20, 32, 3, 2), stride=(2, 1), padding=(1, 0, 2, 1),
                             dilation=(1, 2)),
-    # groups: each group's channels and filters; 68 output channels a group
+    # groups: each group's channels and filters; 68 output channels a group; odd left padding (an
+    # extra patch column before the padded ones, so that pairs start on even columns of x)
     "groups": dict(x=(9, 64, 5, 4), w=(136, 32, 2, 3), groups=2, padding=1),
     # K = 136: a second block of output channels; one image of 16×16 pixels, 2 pixel blocks
     "wide": dict(x=(1, 32, 16, 16), w=(136, 32, 3, 3), padding=1),
@@ -75,7 +76,7 @@ def test_small_integers_are_exact(name, dtype):
 # dgrad at stride 1: the reduction runs over K (a multiple of 32), the output is x's H×W.
 DGRAD_CASES = {
     # two blocks of 32 output channels (dgrad's reduction), dx's pixels crossing images, C = 40
-    "images": dict(x=(5, 40, 6, 7), w=(64, 40, 3, 2), padding=(1, 1, 0, 1)),
+    "images": dict(x=(5, 40, 6, 8), w=(64, 40, 3, 2), padding=(1, 1, 0, 1)),
     # dilation and padding less than the filter reaches: dgrad_as_fprop pads more than fprop did
     "dilation": dict(x=(2, 24, 9, 10), w=(32, 24, 3, 3), padding=(2, 0, 1, 3), dilation=(1, 2)),
     # groups: 32 output channels and 68 input channels a group
@@ -95,7 +96,7 @@ def test_dgrad_small_integers_are_exact(name, dtype):
 def test_conv_transpose2d_output_padding_takes_the_halo_tile():
     """output_padding makes x's H×W larger than P, Q give: dgrad_as_fprop pads the bottom and right
     more; the bias is fprop's, over dgrad's C."""
-    p = transpose_problem((2, 32, 6, 5), (32, 16, 3, 3), padding=1, output_padding=(1, 0), dilation=2,
+    p = transpose_problem((2, 32, 6, 6), (32, 16, 3, 3), padding=1, output_padding=(1, 0), dilation=2,
                           dtype="float16")
     assert (p.H, p.W) == (p.P + 3, p.Q + 2)
     a = case_arrays(p, "float16", seed=6)
@@ -145,9 +146,13 @@ def test_random_inputs_are_as_accurate_as_the_other_tiles():
 
 def brute_force_positions(p) -> int:
     """The most padded positions of x that a block of 128 pixels reads, counted pixel by pixel and
-    tap by tap: the rows between its lowest and highest padded row, times the padded width."""
+    tap by tap: the rows between its lowest and highest padded row, times the padded width and
+    the columns that pair the positions on even columns of x (one before where pad_left is odd,
+    one after where that leaves the row odd)."""
     (sh, sw), (dh, dw) = p.stride, p.dilation
-    Hp, Wp = (p.P - 1) * sh + (p.R - 1) * dh + 1, (p.Q - 1) * sw + (p.S - 1) * dw + 1
+    Hp = (p.P - 1) * sh + (p.R - 1) * dh + 1
+    Wp = (p.Q - 1) * sw + (p.S - 1) * dw + 1 + p.padding[2] % 2
+    Wp += Wp % 2
     most = 0
     for first in range(0, p.N * p.P * p.Q, 128):
         rows = {n * Hp + pp * sh + r * dh
@@ -171,6 +176,8 @@ def test_halo_fits_only_what_the_kernel_runs():
     assert kb.halo_fits(fits) and kb.choose_fprop_tensor_core(fits) == HALO  # 'auto' takes it
     assert not kb.halo_fits(conv_problem((32, 128, 28, 28), (256, 128, 1, 1), dtype="float16"))  # one tap
     assert not kb.halo_fits(conv_problem((32, 24, 28, 28), (256, 24, 3, 3), dtype="float16"))  # 24 channels
+    odd_width = conv_problem((32, 64, 7, 7), (256, 64, 3, 3), padding=1, dtype="float16")
+    assert not kb.halo_fits(odd_width)  # a pair of positions is one 4-byte load: W even
     wide = conv_problem((2, 32, 8, 400), (8, 32, 3, 3), padding=1, dtype="float16")
     assert kb.halo_positions(wide) > kb.HALO_POSITIONS and not kb.halo_fits(wide)
     # a 2-tap filter's k-tiles stage 2·64 positions of a patch
@@ -203,12 +210,13 @@ def test_shared_memory_is_conflict_free(op):
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_main_loop_is_hmma_ldmatrix_and_cp_async(arch):
     """NVRTC compiles the halo kernel as the cuda backend does: a k-tile's 64 HMMA (4×8 mma tiles
-    of a 64×64 warp, two k16 steps), 16 ldmatrix.x4, B's 4 LDGSTS, the patch unit's 16 loads and
-    two 16-byte stores, one barrier, no spills; two blocks of 4 warps an SM (dynamic shared memory)."""
+    of a 64×64 warp, two k16 steps), 16 ldmatrix.x4, B's 4 LDGSTS, the patch unit's 8 four-byte
+    loads and two 16-byte stores, one barrier, no spills; two blocks of 4 warps an SM (dynamic
+    shared memory)."""
     from gpuconv import sass
 
     name = kb.tensor_kernel_name("fprop", "float16", HALO, "halo")
     (r,) = sass.analyze([arch], [name])
     assert (r.hmma, r.ldsm, r.ldgsts, r.bar, r.spills) == (64, 16, {128: 4}, 1, 0)
-    assert (r.ldg, r.sts) == ({16: 16}, {128: 2})  # the patch unit: 16 planes, two 16-byte stores
+    assert (r.ldg, r.sts) == ({32: 8}, {128: 2})  # the patch unit: 8 planes, two 16-byte stores
     assert (r.threads, r.shared_bytes, r.blocks_per_sm) == (128, kb.halo_shared_bytes(), 2)

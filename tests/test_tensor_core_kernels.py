@@ -86,7 +86,7 @@ STAGING_PICKED = {
     "dgrad_tap_major": {"fprop": "plain", "dgrad": "tap_major", "wgrad": "plain"},
     "1x1_tap_vector": {"fprop": "tap_major_vector", "dgrad": "tap_major", "wgrad": "tap_major_vector"},
     "groups_stride": {"fprop": "tap_major", "dgrad": "tap_major", "wgrad": "tap_major"},
-    "halo": {"fprop": "tap_major", "dgrad": "plain", "wgrad": "tap_major"},
+    "halo": {"fprop": "tap_major", "dgrad": "plain", "wgrad": "tap_major_vector"},
 }
 
 

@@ -165,11 +165,11 @@ TENSOR_TILES = {"fprop": {**_TENSOR_TILES, **_HALO}, "dgrad": {**_TENSOR_TILES, 
 
 def halo_shared_bytes() -> int:
     """The halo kernel's dynamic shared memory: TensorShared of a HaloPatch (two patches of
-    HALO_POSITIONS positions of BK + 8 16-bit elements, an int a position) and B's two k-tiles of
-    BN rows of BK + 8."""
+    HALO_POSITIONS positions of BK + 8 16-bit elements, an int a pair of positions) and B's two
+    k-tiles of BN rows of BK + 8."""
     tile = TENSOR_TILES["fprop"][HALO_TILE]
     pitch = (tile.BK + 8) * 2
-    return 2 * HALO_POSITIONS * pitch + 4 * HALO_POSITIONS + 2 * tile.BN * pitch
+    return 2 * HALO_POSITIONS * pitch + 4 * (HALO_POSITIONS // 2) + 2 * tile.BN * pitch
 # The first template argument of the tensor-core kernels: TENSOR_* in kernels/mma.cuh.
 TENSOR_KINDS = {"float16": 0, "bfloat16": 1, "tf32": 2, "tf32x3": 3}
 # Each op's tensor-core source.
@@ -233,9 +233,11 @@ def dgrad_as_fprop(p) -> Conv2dProblem | None:
 def halo_positions(p) -> int:
     """The most positions of padded x that a block of the halo tile stages (its patch): padded rows
     g = n·Hp + p·stride_h + r·dil_h from its first pixel's row to its last pixel's last tap, each
-    Wp columns (FpropHaloIterator)."""
+    of the Wp padded columns, one more before them where pad_left is odd and one after to make
+    the row even: pairs of positions start on even columns of x (FpropHaloIterator)."""
     (sh, sw), (dh, dw), BM = p.stride, p.dilation, TENSOR_TILES["fprop"][HALO_TILE].BM
-    Hp, Wp = (p.P - 1) * sh + (p.R - 1) * dh + 1, (p.Q - 1) * sw + (p.S - 1) * dw + 1
+    Hp = (p.P - 1) * sh + (p.R - 1) * dh + 1
+    Wp = ceil_div((p.Q - 1) * sw + (p.S - 1) * dw + 1 + p.padding[2] % 2, 2) * 2
     first = np.arange(0, p.N * p.P * p.Q, BM, dtype=np.int64)
     last = np.minimum(first + BM, p.N * p.P * p.Q) - 1
 
@@ -248,11 +250,14 @@ def halo_positions(p) -> int:
 
 def halo_fits(p: Conv2dProblem | None) -> bool:
     """Whether the halo tile runs ``p``: a filter of several taps, C/groups a multiple of its 32
-    channels, a patch within HALO_POSITIONS that the R·S k-tiles of a block stage (a unit of 16
-    channels a thread a k-tile: 64 positions), and x's offsets from a block's first image (at most
-    ceil(BM / P·Q) + 1 images) in an int."""
+    channels, W even (a unit reads two neighbouring positions a 4-byte load), a patch within
+    HALO_POSITIONS that the R·S k-tiles of a block stage (a unit of 8 channels of two positions a
+    thread a k-tile: 64 positions), x's offsets from a block's first image (at most
+    ceil(BM / P·Q) + 1 images) and 32 output channels of w in an int."""
     tile = TENSOR_TILES["fprop"][HALO_TILE]
-    if p is None or p.R * p.S < 2 or p.C_per_group % tile.BK != 0 or p.N * p.P * p.Q == 0:
+    if p is None or p.R * p.S < 2 or p.C_per_group % tile.BK != 0 or p.W % 2 or p.N * p.P * p.Q == 0:
+        return False
+    if 32 * p.C_per_group * p.R * p.S > INT32_MAX:
         return False
     images = min(p.N, ceil_div(tile.BM, p.P * p.Q) + 1)
     if images * p.C * p.H * p.W > INT32_MAX:
