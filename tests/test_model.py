@@ -141,15 +141,15 @@ def sass_entry(kernel, source="gpuconv", ffma=64, hmma=0, threads=256, blocks_pe
 
 
 def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
-    p = layer_problem("res5_3x3", "gpu")
+    p = layer_problem("res4_3x3", "gpu")
     kernel = choose_fprop(p)
     tile = TILES["fprop"][kernel]
-    p16 = layer_problem("res5_3x3", "gpu", dtype="float16")
+    p16 = layer_problem("res4_3x3", "gpu", dtype="float16")
     tc_kernel = kb.choose_fprop_tensor_core(p16)
     tc_tile = kb.TENSOR_TILES["fprop"][tc_kernel]
     # Only the fprop tiles' reports, ours and CUTLASS's (their labels carry the stages).
     sass = [sass_entry(kernel_name("fprop", "float32", kernel), threads=tile.threads),
-            # res5_3x3 at stride 1: the halo tile, whose kernel dgrad runs too
+            # res4_3x3 at stride 1 (W = 14 even): the halo tile, whose kernel dgrad runs too
             sass_entry(kb.tensor_kernel_name("fprop", "float16", tc_kernel, "halo"), ffma=0, hmma=8,
                        threads=tc_tile.threads),
             sass_entry("cutlass_simt_sfprop_optimized_128x128_8x4_nhwc_align1", "cutlass", blocks_per_sm=1),
@@ -157,12 +157,12 @@ def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
                        ffma=0, hmma=32, threads=128)]
     (tmp_path / "sass-sm_90.json").write_text(json.dumps({"arch": "sm_90", "reports": sass}))
     (tmp_path / "gpu-2027-01-01.json").write_text(json.dumps({"schema": "gpuconv-bench/1", "results": [
-        {"impl": "cuda", "shape": "res5_3x3", "op": "fprop", "ms": 1.0}]}))
+        {"impl": "cuda", "shape": "res4_3x3", "op": "fprop", "ms": 1.0}]}))
     # A float16 bench report is not a measurement of the FP32 rows: ignored.
     (tmp_path / "gpu-float16-2027-01-02.json").write_text(json.dumps({
         "schema": "gpuconv-bench/1", "dtype": "float16", "precision": "highest",
-        "results": [{"impl": "cuda", "shape": "res5_3x3", "op": "fprop", "ms": 7.0}]}))
-    text, rows = model.table("h100", ["res5_3x3"], tmp_path)
+        "results": [{"impl": "cuda", "shape": "res4_3x3", "op": "fprop", "ms": 7.0}]}))
+    text, rows = model.table("h100", ["res4_3x3"], tmp_path)
     [fprop] = [r for r in rows if r["op"] == "fprop" and r["math"] == "ffma"]
     assert fprop["kernel"] == kernel
     assert fprop["limiter"] in ("issue", "math", "shared", "L2", "DRAM", "latency")
@@ -182,7 +182,7 @@ def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
     assert tc["kernel"] == tc_kernel == kb.HALO_TILE and tc["dtype"] == "float16"
     assert tc["peak"] == pytest.approx(tc["tflops"] / model.GPUS["h100"].tensor_tflops)
     assert tc["ours_over_cutlass"] == pytest.approx(tc["tflops"] / tc["cutlass_tflops"])
-    # res5_3x3 is a ResNet-50 3×3 layer: it is in the restated targets, once per op and math.
+    # res4_3x3 is a ResNet-50 3×3 layer: it is in the restated targets, once per op and math.
     assert "| ffma | fprop |" in text and "| hmma | fprop |" in text and "| ffma | wgrad |" not in text
     assert "Calibration" not in text  # no sm_80 report beside it: the anchors are not modelled
 
