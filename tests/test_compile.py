@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(
 
 # NVRTC, the compiler the cuda backend uses, for sm_75 (no tensor-core sources) and sm_80 (every
 # source); nvcc, the cross-check, for sm_80 alone. `python -m gpuconv.compile_check` runs both for
-# all five architectures, and the SASS tests compile kernels of every source for sm_90: 141
+# all five architectures, and the SASS tests compile tensor-core kernels for sm_90 too: 141
 # instances a compiler and architecture make the full sweep most of the default test run's time
 # on 2 cores.
 NVRTC_ARCHS = ("sm_75", "sm_80")

@@ -160,7 +160,10 @@ def test_tiled_kernels_loop_over_one_reduction_step():
     """The main loop of every tiled kernel holds one BK step: TM·TN·BK multiply-adds per thread,
     and one barrier (double-buffered shared memory: the next tile is stored while others read this
     one)."""
-    tiled = [e for es in KERNELS.values() for e in es if "_implicit_gemm<" in e]
+    # fprop's activation (its second template argument) is the epilogue's: its main loop is the
+    # same for all three, so one activation (0, none) a tile
+    tiled = [e for es in KERNELS.values() for e in es
+             if "_implicit_gemm<" in e and (not e.startswith("fprop") or e.split(", ")[1] == "0")]
     reports = sass.analyze(["sm_80"], tiled)
     assert sorted(r.kernel for r in reports) == sorted(tiled)
     for r in reports:
