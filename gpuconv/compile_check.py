@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -112,41 +113,74 @@ def nvrtc_supported_archs() -> list[int]:
     return [int(a) for a in _nvrtc_check(nvrtc.nvrtcGetSupportedArchs())]
 
 
+# Whole modules (every instance kernels_for(arch) lists) compiled in this process, the newest
+# last: (filename, source, arch, options) → (image, PTX, log, lowered names). One process (the
+# test suite: the compile sweep, the SASS loops, the PTX checks) asks for the same modules
+# several times. An instance's code does not depend on the others compiled beside it, so any
+# part of a whole module is served from it; and a compute_XY module's PTX is the PTX that the
+# sm_XY cubin was assembled from, with the same options but ptxas' (test_compile_check).
+_WHOLE_MODULES: OrderedDict = OrderedDict()
+_MODULES_KEPT = 16  # a sweep's sources for two architectures
+
+
+def _compiled(filename: str, arch: str, options: tuple, expressions: list[str]):
+    """(image, PTX, log, lowered → expression) of ``expressions`` from one NVRTC compile."""
+    from cuda.bindings import nvrtc
+
+    def text(get_size, get):
+        out = b" " * _nvrtc_check(get_size(prog))
+        _nvrtc_check(get(prog, out))
+        return out
+
+    prog = _nvrtc_check(nvrtc.nvrtcCreateProgram(source(filename).encode(), filename.encode(), 0, [], []))
+    try:
+        for expr in expressions:
+            _nvrtc_check(nvrtc.nvrtcAddNameExpression(prog, expr.encode()))
+        encoded = [o.encode() for o in options]
+        status = nvrtc.nvrtcCompileProgram(prog, len(encoded), encoded)[0]
+        log = text(nvrtc.nvrtcGetProgramLogSize, nvrtc.nvrtcGetProgramLog).rstrip(b"\x00 ").decode()
+        if int(status) != 0:
+            raise CompileError(f"NVRTC failed on {filename} for {arch}:\n{log}")
+        names = {_nvrtc_check(nvrtc.nvrtcGetLoweredName(prog, e.encode())).decode(): e for e in expressions}
+        ptx = text(nvrtc.nvrtcGetPTXSize, nvrtc.nvrtcGetPTX)
+        image = ptx if arch.startswith("compute_") else text(nvrtc.nvrtcGetCUBINSize, nvrtc.nvrtcGetCUBIN)
+        return image, ptx, log, names
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
 def nvrtc_compile(filename: str, arch: str, extra_options=(),
                   name_expressions=None) -> tuple[bytes, str, dict[str, str]]:
     """(image, log, lowered name → name expression) of one kernels/ source for ``arch``, compiled
     with ``nvrtc_options(arch)`` and ``extra_options``: the cuda backend's compile and the compile
     check's. The image is a cubin for ``sm_XY``, PTX for ``compute_XY``. ``name_expressions``:
-    the instances to compile (default: all of ``kernels_for(arch)[filename]``)."""
-    from cuda.bindings import nvrtc
+    the instances to compile (default: all of ``kernels_for(arch)[filename]``). Served from a
+    whole module this process compiled before where there is one (_WHOLE_MODULES)."""
+    whole = kernels_for(arch).get(filename, [])
+    wanted = list(whole if name_expressions is None else name_expressions)
+    options = (*nvrtc_options(arch), *extra_options)
+    text = source(filename)
+    if set(wanted) <= set(whole):
+        for (f, src, a, o), (image, ptx, log, names) in reversed(_WHOLE_MODULES.items()):
+            if (f, src) != (filename, text):
+                continue
+            same = (a, o) == (arch, options)
+            ptx_of_cubin = arch == a.replace("sm_", "compute_") and _front_end(o) == _front_end(options)
+            if same or ptx_of_cubin:
+                _WHOLE_MODULES.move_to_end((f, src, a, o))
+                return (image if same else ptx), log, {m: e for m, e in names.items() if e in wanted}
+    compiled = _compiled(filename, arch, options, wanted)
+    if whole and set(wanted) == set(whole):
+        _WHOLE_MODULES[(filename, text, arch, options)] = compiled
+        while len(_WHOLE_MODULES) > _MODULES_KEPT:
+            _WHOLE_MODULES.popitem(last=False)
+    image, _, log, names = compiled
+    return image, log, names
 
-    expressions = kernels_for(arch)[filename] if name_expressions is None else name_expressions
-    prog = _nvrtc_check(nvrtc.nvrtcCreateProgram(source(filename).encode(), filename.encode(),
-                                                 0, [], []))
-    try:
-        for expr in expressions:
-            _nvrtc_check(nvrtc.nvrtcAddNameExpression(prog, expr.encode()))
-        options = [o.encode() for o in (*nvrtc_options(arch), *extra_options)]
-        status = nvrtc.nvrtcCompileProgram(prog, len(options), options)[0]
-        size = _nvrtc_check(nvrtc.nvrtcGetProgramLogSize(prog))
-        log = b" " * size
-        _nvrtc_check(nvrtc.nvrtcGetProgramLog(prog, log))
-        log = log.rstrip(b"\x00 ").decode()
-        if int(status) != 0:
-            raise CompileError(f"NVRTC failed on {filename} for {arch}:\n{log}")
-        names = {}
-        for expr in expressions:
-            lowered = _nvrtc_check(nvrtc.nvrtcGetLoweredName(prog, expr.encode()))
-            names[lowered.decode()] = expr
-        if arch.startswith("compute_"):
-            image = b" " * _nvrtc_check(nvrtc.nvrtcGetPTXSize(prog))
-            _nvrtc_check(nvrtc.nvrtcGetPTX(prog, image))
-        else:
-            image = b" " * _nvrtc_check(nvrtc.nvrtcGetCUBINSize(prog))
-            _nvrtc_check(nvrtc.nvrtcGetCUBIN(prog, image))
-        return image, log, names
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
+
+def _front_end(options) -> tuple:
+    """The options but ptxas' (-Xptxas=...) and the architecture: those the PTX depends on."""
+    return tuple(o for o in options if not o.startswith(("-Xptxas", "-arch")))
 
 
 def compile_nvrtc(filename: str, arch: str) -> list[Resources]:

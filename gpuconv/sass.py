@@ -31,6 +31,7 @@ type aliases below live here), compiled by the machine's ``nvcc -cubin`` (the cu
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import json
@@ -372,6 +373,13 @@ def resource_usage(cubin: bytes) -> dict[str, tuple[int, int, int, int]]:
 _RESOURCES = re.compile(r"Function ([^:\s]+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
+@functools.lru_cache(maxsize=4)
+def _functions(cubin: bytes) -> dict[str, tuple[list[Instruction], dict[str, int]]]:
+    """parse_sass of ``cubin``'s listing, kept for the next few cubins: the kernels of one module
+    compiled whole are analyzed a few at a time (compile_check serves parts of it)."""
+    return parse_sass(disassemble(cubin))
+
+
 def analyze_cubin(cubin: bytes, arch: str, names: dict[str, str], threads=None, dynamic_shared=None,
                   ptxas_log: str | None = None, source: str = "gpuconv") -> list[LoopReport]:
     """Reports for the kernels of any cubin: ``names`` maps mangled → the name to report (kernels
@@ -379,7 +387,7 @@ def analyze_cubin(cubin: bytes, arch: str, names: dict[str, str], threads=None, 
     and dynamic shared bytes of a launch (occupancy is None without ``threads``); ``ptxas_log``,
     the ``-Xptxas -v`` report, gives the spills."""
     threads, dynamic_shared = threads or {}, dynamic_shared or {}
-    functions = parse_sass(disassemble(cubin))
+    functions = _functions(cubin)
     resources = resource_usage(cubin)
     # ptxas' figures when there is a report: on sm_90, cuobjdump's shared memory also holds the
     # driver's 1 KB reservation, which occupancy() adds to every block itself.

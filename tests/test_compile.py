@@ -67,3 +67,35 @@ ptxas info    : Used 255 registers, used 1 barriers, 8192 bytes smem, 360 bytes 
     assert (r.kernel, r.arch, r.registers, r.shared_bytes) == ("foo<float>", "sm_80", 255, 8192)
     assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (16, 8, 4)
     assert compile_check.spills([r]) == [r]
+
+
+@pytest.mark.skipif("nvrtc" not in PRESENT, reason="needs NVRTC")
+def test_a_whole_module_serves_its_parts_and_its_ptx(monkeypatch):
+    """compile_check keeps the modules it compiles whole: a later call for some of its instances,
+    or for the compute_XY PTX of an sm_XY module, is served from it and gets what a compile of its
+    own gives; another front-end option or another source compiles anew."""
+    from collections import OrderedDict
+
+    monkeypatch.setattr(compile_check, "_WHOLE_MODULES", OrderedDict())
+    verbose = ("-Xptxas=-v",)
+    cubin, _, names = compile_check.nvrtc_compile("elementwise.cu", "sm_80", verbose)
+    compiles, compiled, source = [], compile_check._compiled, compile_check.source
+
+    def counted(*args):
+        compiles.append(args[:2])
+        return compiled(*args)
+
+    monkeypatch.setattr(compile_check, "_compiled", counted)
+    (lowered, expression), *_ = names.items()
+    part, _, part_names = compile_check.nvrtc_compile("elementwise.cu", "sm_80", verbose, [expression])
+    ptx, _, ptx_names = compile_check.nvrtc_compile("elementwise.cu", "compute_80")
+    assert compiles == [] and part == cubin and part_names == {lowered: expression} and ptx_names == names
+    assert b".target sm_80" in ptx and f".entry {lowered}(".encode() in ptx
+    compile_check.nvrtc_compile("elementwise.cu", "compute_80", ("-DGPUCONV_UNUSED=1",))
+    assert compiles == [("elementwise.cu", "compute_80")]
+    monkeypatch.setattr(compile_check, "source", lambda filename: "// another source\n" + source(filename))
+    compile_check.nvrtc_compile("elementwise.cu", "compute_80")
+    assert len(compiles) == 2
+    monkeypatch.setattr(compile_check, "source", source)
+    monkeypatch.setattr(compile_check, "_WHOLE_MODULES", OrderedDict())
+    assert compile_check.nvrtc_compile("elementwise.cu", "compute_80")[0] == ptx  # what its own compile gives
