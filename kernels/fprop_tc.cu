@@ -460,5 +460,5 @@ fprop_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
     __shared__ __align__(16) typename Select<Halo, char, Shared>::type static_shared;
     extern __shared__ __align__(16) unsigned char dynamic_shared[];
     Shared& shared = *reinterpret_cast<Shared*>(Halo ? (void*)dynamic_shared : (void*)&static_shared);
-    tensor_implicit_gemm<Tile>(shared, a, b, CRS, epilogue);
+    tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging)>(shared, a, b, CRS, epilogue);
 }

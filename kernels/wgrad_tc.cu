@@ -155,7 +155,7 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
         const WgradTensorEpilogue<Tile> epilogue{out + c_base * R * S + tap, CRS, R * S, K_per_group - k_base,
                                                  C_per_group - c_base};
         __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;
-        tensor_implicit_gemm<Tile>(shared, a, b, reduction, epilogue);
+        tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging)>(shared, a, b, reduction, epilogue);
     } else {
         const int crs_base = blockIdx.x * BN;
         typedef WgradActivationIterator<Tile> IterB;
@@ -163,7 +163,7 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                 pad_left, dil_h, dil_w);
         const WgradTensorEpilogue<Tile> epilogue{out + crs_base, CRS, 1, K_per_group - k_base, CRS - crs_base};
         __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;
-        tensor_implicit_gemm<Tile>(shared, a, b, reduction, epilogue);
+        tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging)>(shared, a, b, reduction, epilogue);
     }
 }
 

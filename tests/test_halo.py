@@ -209,14 +209,14 @@ def test_shared_memory_is_conflict_free(op):
 @needs_sass_tools
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_main_loop_is_hmma_ldmatrix_and_cp_async(arch):
-    """NVRTC compiles the halo kernel as the cuda backend does: a k-tile's 64 HMMA (4×8 mma tiles
-    of a 64×64 warp, two k16 steps), 16 ldmatrix.x4, B's 4 LDGSTS, the patch unit's 8 four-byte
-    loads and two 16-byte stores, one barrier, no spills; two blocks of 4 warps an SM (dynamic
-    shared memory)."""
+    """NVRTC compiles the halo kernel as the cuda backend does: a loop of two k-tiles (the main
+    loop's KTilesAnIteration), each 64 HMMA (4×8 mma tiles of a 64×64 warp, two k16 steps), 16
+    ldmatrix.x4, B's 4 LDGSTS, the patch unit's 8 four-byte loads and two 16-byte stores and one
+    barrier; no spills; two blocks of 4 warps an SM (dynamic shared memory)."""
     from gpuconv import sass
 
     name = kb.tensor_kernel_name("fprop", "float16", HALO, "halo")
     (r,) = sass.analyze([arch], [name])
-    assert (r.hmma, r.ldsm, r.ldgsts, r.bar, r.spills) == (64, 16, {128: 4}, 1, 0)
-    assert (r.ldg, r.sts) == ({32: 8}, {128: 2})  # the patch unit: 8 planes, two 16-byte stores
+    assert (r.hmma, r.ldsm, r.ldgsts, r.bar, r.spills) == (2 * 64, 2 * 16, {128: 2 * 4}, 2, 0)
+    assert (r.ldg, r.sts) == ({32: 2 * 8}, {128: 2 * 2})  # the patch unit: 8 planes, two 16-byte stores
     assert (r.threads, r.shared_bytes, r.blocks_per_sm) == (128, kb.halo_shared_bytes(), 2)

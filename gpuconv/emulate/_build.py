@@ -116,10 +116,15 @@ def unroll_as_nvcc(preprocessed: str) -> str:
     headers and ``_Pragma("unroll")`` have become lines of their own); a bare ``#pragma unroll`` gets
     65534, GCC's largest factor: unrolled completely, as nvcc does, when the trip count is a
     constant. g++ ignores the CUDA spelling and, at -O1, keeps such loops rolled: the profile would
-    then see one instruction where the GPU runs one per element. The line count is unchanged."""
-    return _PRAGMA_UNROLL.sub(
-        lambda m: f"{m.group(1)}#pragma GCC unroll {m.group(2) or 65534}", preprocessed
-    )
+    then see one instruction where the GPU runs one per element. A factor that is not a number
+    (``#pragma unroll (KTilesAnIteration)``, a template argument, which g++ 12 refuses) is
+    dropped: it marks a loop of run-time trip count, which the profile build never unrolls (its
+    instructions a trip are the same either way). The line count is unchanged."""
+    def gcc(m: re.Match) -> str:
+        factor = m.group(2) or "65534"
+        return f"{m.group(1)}#pragma GCC unroll {factor}" if factor.isdigit() else ""
+
+    return _PRAGMA_UNROLL.sub(gcc, preprocessed)
 
 
 def entry_points(name_expressions, mode: str) -> str:
