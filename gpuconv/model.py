@@ -16,7 +16,8 @@ wave quantization) and for the whole GPU:
   issue    warp instructions ÷ (4 schedulers × 1 per clock)
   math     FFMA/DFMA lanes ÷ the SM's FP32/FP64 lanes, or HMMA flops ÷ its tensor rate
   shared   wavefronts ÷ 1 per clock (128 bytes)
-  L2       the blocks' A and B panels (and outputs) ÷ L2 bandwidth, divided by sector efficiency
+  L2       the blocks' A and B panels (the halo tile: its patches for A) ÷ L2 bandwidth, divided
+           by sector efficiency
   DRAM     the problem's compulsory bytes ÷ DRAM bandwidth
   latency  the global-load latency the pipeline's stages must cover, per k-tile (below)
 
@@ -47,7 +48,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -123,29 +124,44 @@ class Loop:
     sts: dict
     threads: int
     blocks_per_sm: int
+    ldgsts: dict = field(default_factory=dict)  # cp.async: global → shared, bits per thread
 
     @classmethod
     def of(cls, report) -> Loop:
         """From a ``gpuconv.sass.LoopReport``."""
         r = report
-        return cls(r.loop_instructions, r.ffma, r.dfma, r.hmma, r.lds, r.sts, r.threads, r.blocks_per_sm)
+        return cls(r.loop_instructions, r.ffma, r.dfma, r.hmma, r.lds, r.sts, r.threads, r.blocks_per_sm,
+                   r.ldgsts)
 
     def wavefronts(self) -> float:
         """Shared-memory wavefronts of one warp's iteration when conflict-free: a 32-lane request
-        of b bits is b/32 wavefronts (LDS.128: 4)."""
-        return sum(n * max(bits, 32) / 32 for d in (self.lds, self.sts) for bits, n in d.items())
+        of b bits is b/32 wavefronts (LDS.128: 4). A cp.async writes shared memory as a store of
+        its width does."""
+        return sum(n * max(bits, 32) / 32 for d in (self.lds, self.sts, self.ldgsts) for bits, n in d.items())
 
 
 @dataclass(frozen=True)
 class Geometry:
     """The grid of one launch: ``blocks`` blocks of a BM×BN output tile, each reducing over
-    ``reduction`` GEMM-K steps, BK per main-loop tile."""
+    ``reduction`` GEMM-K steps, BK per main-loop tile. ``a_panel``: the A elements a block reads
+    (default BM × reduction, its A panel); ``a_first``: those its first k-tile waits for (default
+    BM × BK). The halo tile reads less A than its panel but waits for a whole patch first."""
 
     blocks: int
     BM: int
     BN: int
     BK: int
     reduction: int
+    a_panel: int | None = None
+    a_first: int | None = None
+
+    @property
+    def a_elements(self) -> int:
+        return self.BM * self.reduction if self.a_panel is None else self.a_panel
+
+    @property
+    def a_first_elements(self) -> int:
+        return self.BM * self.BK if self.a_first is None else self.a_first
 
 
 @dataclass(frozen=True)
@@ -192,7 +208,7 @@ def predict(gpu: Gpu, loop: Loop, geometry: Geometry, flops: float, compulsory_b
         lanes = gpu.fp64_lanes if math_kind == "dfma" else gpu.fp32_lanes
         per_block["math"] = warps * iterations * (loop.ffma or loop.dfma) * 32 / lanes
     terms = {name: busiest * cycles / clock for name, cycles in per_block.items()}
-    panels = g.blocks * (g.BM + g.BN) * g.reduction * itemsize
+    panels = g.blocks * (g.a_elements + g.BN * g.reduction) * itemsize
     terms["L2"] = panels / sector_efficiency / (gpu.l2_gbs * 1e9)
     terms["DRAM"] = compulsory_bytes / (gpu.dram_gbs * 1e9)
     # Latency (module docstring): R resident blocks run in lock-step rounds; each k-tile of a
@@ -202,7 +218,7 @@ def predict(gpu: Gpu, loop: Loop, geometry: Geometry, flops: float, compulsory_b
     rounds = math.ceil(busiest / resident)
     terms["latency"] = rounds * k_tiles * LOAD_LATENCY / (stages - 1) / clock
     l2_bytes_per_clock = gpu.l2_gbs * 1e9 / (gpu.sms * clock)
-    fill = LOAD_LATENCY + resident * (g.BM + g.BN) * g.BK * itemsize / l2_bytes_per_clock
+    fill = LOAD_LATENCY + resident * (g.a_first_elements + g.BN * g.BK) * itemsize / l2_bytes_per_clock
     drain = resident * g.BM * g.BN * (out_itemsize or itemsize) / l2_bytes_per_clock
     fill_drain = rounds * (fill + drain) / clock
     effective = {k: v / EFFICIENCY if k in per_block else v for k, v in terms.items()}
@@ -269,7 +285,20 @@ def geometry(op: str, p, tile) -> Geometry:
         reduction = math.ceil(p.K_per_group * phase_taps_mean(p))
     else:
         reduction = wgrad_splits(p, tile)[1]
-    return Geometry(math.prod(grid), tile.BM, tile.BN, tile.BK, reduction)
+    return Geometry(math.prod(grid), tile.BM, tile.BN, tile.BK, reduction, *halo_a_reads(op, p, tile))
+
+
+def halo_a_reads(op: str, p, tile) -> tuple[int | None, int | None]:
+    """(a_panel, a_first) of the halo tile: each block reads its patch once a channel block, for
+    every tap (at most halo_positions × the channels), and stages block 0's whole patch before
+    its first k-tile; (None, None), the panel's defaults, for any other tile."""
+    from .backends import kernel_backend as kb
+
+    if op == "wgrad" or tile != kb.TENSOR_TILES["fprop"][kb.HALO_TILE]:
+        return None, None
+    as_fprop = p if op == "fprop" else kb.dgrad_as_fprop(p)
+    positions = kb.halo_positions(as_fprop)
+    return positions * as_fprop.C_per_group, positions * tile.BK
 
 
 def predict_problem(gpu: Gpu, op: str, p, report, tile, conflict: float = 1.0,

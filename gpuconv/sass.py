@@ -111,6 +111,7 @@ class Instruction:
     address: int
     opcode: str  # with its modifiers, e.g. "LDS.U.128"; no predicate
     target: str | None  # the label a BRA / CALL names
+    never: bool = False  # guarded by @!PT: issued, never executed (ptxas pads LDGSTS with LDS so)
 
 
 _SECTION = re.compile(r"^\s*\.section\s+\.text\.([^,\s]+)")
@@ -139,10 +140,10 @@ def parse_sass(text: str) -> dict[str, tuple[list[Instruction], dict[str, int]]]
                 labels[label] = address
             pending = []
             words = m.group(2).split()
-            if words[0].startswith("@"):  # a predicate guard: @P0, @!UP1
-                words = words[1:]
+            guard = words.pop(0) if words[0].startswith("@") else None  # @P0, @!UP1, @!PT
             target = _TARGET.search(m.group(2))
-            instructions.append(Instruction(address, words[0], target.group(1) if target else None))
+            instructions.append(Instruction(address, words[0], target.group(1) if target else None,
+                                            guard == "@!PT"))
     return functions
 
 
@@ -212,6 +213,9 @@ def count(body: list[Instruction]) -> LoopCounts:
     by_base = {"LDS": lds, "LDSM": lds, "LDG": ldg, "LDGSTS": ldgsts, "STS": sts}
     for ins in body:
         base = ins.opcode.split(".")[0]
+        if ins.never:  # an issue slot, no access and no math
+            rest[f"@!PT {base}"] += 1
+            continue
         bases[base] += 1
         if base in by_base:
             by_base[base][access_bits(ins.opcode)] += 1
@@ -303,7 +307,8 @@ class LoopReport:
     narrow accesses) to the number of such instructions: ``sum(r.lds.values())`` is all shared
     loads. ``lds`` includes LDSM (``ldsm`` of them), counted at 32 bits per 8×8 matrix.
     ``calls`` maps each called subroutine to its calls in the body. ``rest`` is every other
-    instruction of the body (integer, address, conversion, control), ``rest_opcodes`` the same
+    instruction of the body (integer, address, conversion, control, and those guarded by @!PT,
+    which issue but never execute: ``@!PT LDS`` loads nothing), ``rest_opcodes`` the same
     by opcode. ``shared_bytes`` is static plus dynamic shared memory per block; ``spills`` the
     bytes of spill stores plus loads in ptxas' report (None without one). ``occupancy`` is
     resident warps ÷ the SM's maximum (None when ``threads`` is unknown). ``loop`` is the body's

@@ -78,7 +78,8 @@ def test_ptxas_report_leaves_the_sass_unchanged():
 
 
 # A hand-written listing in nvdisasm's format: an outer loop (.L_x_0) around an inner one (.L_x_1)
-# holding all 2 FFMAs, a loop exit through CALL.REL.NOINC, a real call, and the halt after EXIT.
+# holding all 2 FFMAs, a loop exit through CALL.REL.NOINC, a real call, ptxas' never-executed
+# `@!PT LDS` after an LDGSTS, and the halt after EXIT.
 LISTING = """
 \t.section\t.text._Z1kv,"ax",@progbits
 _Z1kv:
@@ -91,6 +92,7 @@ _Z1kv:
         /*0040*/               @P0 LDG.E.64.CONSTANT R10, [R12.64] ;
         /*0050*/                   LDSM.16.M88.4 R16, [R3] ;
         /*0060*/                   LDGSTS.E.BYPASS.LTC128B.128 [R2], [R12.64] ;
+        /*0068*/              @!PT LDS RZ, [RZ] ;
         /*0070*/                   STS.U8 [R2], R4 ;
         /*0080*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
         /*0090*/               @P1 CALL.REL.NOINC `(.L_x_2) ;
@@ -109,13 +111,14 @@ $__internal_0_$__cuda_sm20_div_s64:
 
 def test_main_loop_is_the_innermost_loop_holding_the_math():
     ((instructions, labels),) = sass.parse_sass(LISTING).values()
-    assert sass.loops(instructions, labels) == [(2, 11), (1, 13)]  # the halt at 0xf0 is no loop
-    assert sass.main_loop(instructions, labels) == (2, 11)
-    c = sass.count(instructions[2:12])
+    assert sass.loops(instructions, labels) == [(2, 12), (1, 14)]  # the halt at 0xf0 is no loop
+    assert sass.main_loop(instructions, labels) == (2, 12)
+    c = sass.count(instructions[2:13])
     assert (c.instructions, c.ffma, c.lds, c.ldsm, c.ldg, c.ldgsts, c.sts, c.bar) == (
-        10, 2, {128: 1}, 1, {64: 1}, {128: 1}, {8: 1}, 1)
+        11, 2, {128: 1}, 1, {64: 1}, {128: 1}, {8: 1}, 1)
     assert c.calls == {"$__internal_0_$__cuda_sm20_div_s64": 1}
-    assert c.rest == {"CALL": 1, "BRA": 1}  # the loop exit through CALL.REL.NOINC is a jump
+    # the loop exit through CALL.REL.NOINC is a jump; @!PT LDS an issue slot but no shared load
+    assert c.rest == {"CALL": 1, "BRA": 1, "@!PT LDS": 1}
 
 
 @pytest.mark.parametrize("opcode, bits", [
