@@ -50,6 +50,7 @@ from .backends.kernel_backend import (
     ACTIVATION_IDS,
     BIAS_GRAD_THREADS,
     CTYPES,
+    HALO_REPORTED_POSITIONS,
     HALO_TILE,
     KERNELS,
     TENSOR_KINDS,
@@ -440,9 +441,10 @@ def launch_threads() -> dict[str, int]:
 
 def launch_dynamic_shared() -> dict[str, int]:
     """Dynamic shared memory bytes the cuda backend launches instances with: the halo tile's
-    (``halo_shared_bytes``); none for the others."""
+    (``halo_shared_bytes``, sized by the problem: here for HALO_REPORTED_POSITIONS); none for
+    the others."""
     tile = TENSOR_TILES["fprop"][HALO_TILE]
-    return {tensor_kernel_name("fprop", kind, HALO_TILE, "halo"): halo_shared_bytes()
+    return {tensor_kernel_name("fprop", kind, HALO_TILE, "halo"): halo_shared_bytes(HALO_REPORTED_POSITIONS)
             for kind in TENSOR_KINDS if kind_dtype(kind) in tile.dtypes}
 
 

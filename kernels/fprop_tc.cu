@@ -162,16 +162,21 @@ __device__ __forceinline__ FpropTapFilterIterator<Tile> make_iterator(
 // in x or both in its padding), split into two 16-byte stores.
 // B is w reordered by the host to [K][R][S][C/groups]: a k-tile is BK contiguous channels of one
 // tap for each output channel, 16-byte cp.async copies (FpropHaloFilterIterator).
-// The shared memory, 2·368·80 + 184·4 + B's 2·128·80 = 80096 bytes, is above the 48 KiB of a
-// static array: the kernel takes it as the launch's dynamic shared memory (halo_shared_bytes).
-#define HALO_POSITIONS 368  // a patch's positions: with B's tiles, two blocks an SM on sm_80 and sm_90
+// The shared memory is B's 2·128·80 bytes, the position table and the two patch buffers, each as
+// many positions as the problem's largest patch (up to HALO_POSITIONS): at most 103 KB, above
+// the 48 KiB of a static array. The kernel takes it as the launch's dynamic shared memory, sized
+// by the host for the problem (halo_shared_bytes): patches of up to 384 positions (ResNet-50's
+// res3 and res4) leave room for two blocks an SM on sm_80, and up to 512 (res2) on sm_90.
+#define HALO_POSITIONS 512  // the most positions a patch may have (halo_fits)
 
 template <class Tile>
 struct HaloPatch {
     typedef typename Tile::Element T;
     static constexpr int PITCH = Tile::BK + 8;  // elements a position: 80 bytes, see above
-    T patch[2][HALO_POSITIONS][PITCH];
     int source[HALO_POSITIONS / 2];  // each pair's offset in x in words (channel 0), -1 in the padding
+    // The two buffers, each the block's patch (2·pairs positions) long: a launch's dynamic shared
+    // memory ends where the problem's largest patch's second buffer does, short of this array's end.
+    T patch[2 * HALO_POSITIONS][PITCH];
 };
 
 template <class Tile>
@@ -195,6 +200,7 @@ struct FpropHaloIterator {
     int first_column;  // the patch column of padded column 0: 1 where pad_left is odd, else 0
     int tap_step_s, tap_step_r;  // patch bytes from tap (r, s) to (r, s + 1); from (r, S) to (r + 1, 0)
     int block, tap, s, tap_offset;  // the k-tile being computed: its tap's (.., s) and patch bytes
+    int buffer_bytes, read_buffer;  // a patch buffer's bytes (2·pairs positions); block's, 0 or that
     int channel_offset;             // x words (pairs of elements) from channel 0 to this thread's
                                     // unit of block + 1
     int unit_pair, octet;           // this thread's unit at tap 0: pair and which 8 channels
@@ -217,6 +223,8 @@ struct FpropHaloIterator {
         g_lo = n_lo * Hp + row_lo % P * stride_h;
         const index_t g_hi = row_hi / P * Hp + row_hi % P * stride_h + (R - 1) * dil_h;
         pairs = (int)(g_hi - g_lo + 1) * Wp / 2;
+        buffer_bytes = 2 * pairs * PITCH * (int)sizeof(T);
+        read_buffer = buffer_bytes;  // block -1's: the prologue stages block 0 into buffer 0
         x_lo = x_g + n_lo * CHW;
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, matrix = lane / 8;
         // A quarter-warp stores 4 pairs × 2 octets: 16-byte stores 80·2 bytes apart in pairs and 16
@@ -251,7 +259,8 @@ struct FpropHaloIterator {
     // The unit into the next block's patch, then on to the next k-tile.
     __device__ __forceinline__ void store(Shared& shared, const Staged (&v)[Map::ELEMS]) {
         if (staging()) {  // each position's 8 channels, two a word: the words' low halves, then high
-            T* first = &shared.patch[(block + 1) & 1][2 * unit()][octet * UNIT];
+            T* first = reinterpret_cast<T*>(reinterpret_cast<char*>(&shared.patch[2 * unit()][octet * UNIT])
+                                            + (buffer_bytes - read_buffer));
             *reinterpret_cast<uint4*>(first) = make_uint4(low_halves(v[0], v[1]), low_halves(v[2], v[3]),
                                                           low_halves(v[4], v[5]), low_halves(v[6], v[7]));
             *reinterpret_cast<uint4*>(first + PITCH) = make_uint4(high_halves(v[0], v[1]), high_halves(v[2], v[3]),
@@ -259,7 +268,10 @@ struct FpropHaloIterator {
         }
         tap_offset += tap_step_s;
         if (++s == S) s = 0, tap_offset += tap_step_r;
-        if (++tap == taps) tap = 0, tap_offset = 0, block++, channel_offset += Tile::BK * HW / 2;
+        if (++tap == taps) {
+            tap = 0, tap_offset = 0, block++, channel_offset += Tile::BK * HW / 2;
+            read_buffer = buffer_bytes - read_buffer;
+        }
     }
     // The prologue: the table of the positions' sources, then block 0's whole patch, staged as
     // the k-tiles of a block -1 would stage it.
@@ -302,7 +314,7 @@ __device__ __forceinline__ void stage_operand(FpropHaloIterator<Tile>& a, HaloPa
 template <class Tile>
 __device__ __forceinline__ HaloView<Tile> operand_view(const FpropHaloIterator<Tile>& a,
                                                        const HaloPatch<Tile>& shared, int) {
-    return {a, reinterpret_cast<const char*>(&shared.patch[a.block & 1][0][0]) + a.tap_offset};
+    return {a, reinterpret_cast<const char*>(&shared.patch[0][0]) + a.read_buffer + a.tap_offset};
 }
 template <int Kind, bool KFast, class Tile>
 __device__ __forceinline__ void load_a_fragment(unsigned (&a)[4], const HaloView<Tile>& view, int k0, int, int i) {

@@ -128,11 +128,12 @@ struct StagedOf<Iter, T, typename VoidOf<typename Iter::Staged>::type> {
 };
 
 // The shared memory of the main loop. The kernel declares it
-// (`__shared__ __align__(16) TensorShared<...> shared;`), as GemmShared.
+// (`__shared__ __align__(16) TensorShared<...> shared;`), as GemmShared. B first: A's may be a
+// layout of its own of which a launch takes only the part its problem uses (HaloPatch).
 template <class Tile, class IterA, class IterB>
 struct TensorShared {
-    typename SharedOperand<Tile, IterA, Tile::BM>::type a;
     typename SharedOperand<Tile, IterB, Tile::BN>::type b;
+    typename SharedOperand<Tile, IterA, Tile::BM>::type a;
 };
 
 // A staged element as shared memory holds it: half types unchanged, float rounded to TF32 (TF32x3:

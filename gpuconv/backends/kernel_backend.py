@@ -153,23 +153,26 @@ _TENSOR_TILES = {
 }
 # fprop's halo tile (STAGING_HALO in kernels/fprop_tc.cu: x staged once a block of 32 channels as a
 # patch that every tap reads, w reordered to [K][R][S][C/groups]): 4 warps of 64×64, a k-tile of
-# 32 channels of one tap; its patch (HALO_POSITIONS positions) and w's k-tiles take
-# halo_shared_bytes() of dynamic shared memory.
+# 32 channels of one tap; its patches (up to HALO_POSITIONS positions) and w's k-tiles take
+# halo_shared_bytes(positions) of dynamic shared memory. The SASS reports give its occupancy
+# at HALO_REPORTED_POSITIONS, the largest patch that leaves room for two blocks an sm_80 SM.
 HALO_TILE = "128x128x32_64x64_tc"
-HALO_POSITIONS = 368
+HALO_POSITIONS = 512
+HALO_REPORTED_POSITIONS = 384
 # dgrad at stride 1 runs it too, as fprop of dy (dgrad_as_fprop).
 _HALO = {HALO_TILE: TensorTile(BM=128, BN=128, BK=32, WM=64, WN=64, dtypes=HALF_DTYPES)}
 TENSOR_TILES = {"fprop": {**_TENSOR_TILES, **_HALO}, "dgrad": {**_TENSOR_TILES, **_HALO},
                 "wgrad": _TENSOR_TILES}
 
 
-def halo_shared_bytes() -> int:
-    """The halo kernel's dynamic shared memory: TensorShared of a HaloPatch (two patches of
-    HALO_POSITIONS positions of BK + 8 16-bit elements, an int a pair of positions) and B's two
-    k-tiles of BN rows of BK + 8."""
+def halo_shared_bytes(positions: int) -> int:
+    """The halo kernel's dynamic shared memory for patches of ``positions`` positions (a
+    problem's halo_positions): TensorShared's B (two k-tiles of BN rows of BK + 8 16-bit
+    elements), then its HaloPatch as far as that problem uses it: the position table (an int a
+    pair, HALO_POSITIONS / 2) and two patch buffers of ``positions`` rows of BK + 8."""
     tile = TENSOR_TILES["fprop"][HALO_TILE]
     pitch = (tile.BK + 8) * 2
-    return 2 * HALO_POSITIONS * pitch + 4 * (HALO_POSITIONS // 2) + 2 * tile.BN * pitch
+    return 2 * tile.BN * pitch + 4 * (HALO_POSITIONS // 2) + 2 * positions * pitch
 # The first template argument of the tensor-core kernels: TENSOR_* in kernels/mma.cuh.
 TENSOR_KINDS = {"float16": 0, "bfloat16": 1, "tf32": 2, "tf32x3": 3}
 # Each op's tensor-core source.
@@ -762,7 +765,7 @@ class KernelBackend:
         self._launch("fprop_tc.cu", name, y.size,
                      (x, self.xp.ascontiguousarray(w_krsc), _pointer(bias), y) + conv_args(p)
                      + (np.int32(ACTIVATION_IDS[activation]),),
-                     "fprop", TENSOR_TILES["fprop"][HALO_TILE], p, halo_shared_bytes())
+                     "fprop", TENSOR_TILES["fprop"][HALO_TILE], p, halo_shared_bytes(halo_positions(p)))
         return y
 
     @_on_input_device
