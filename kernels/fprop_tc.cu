@@ -163,11 +163,12 @@ __device__ __forceinline__ FpropTapFilterIterator<Tile> make_iterator(
 // B is w reordered by the host to [K][R][S][C/groups]: a k-tile is BK contiguous channels of one
 // tap for each output channel, 16-byte cp.async copies (FpropHaloFilterIterator).
 // The shared memory is B's 2·128·80 bytes, the position table and the two patch buffers, each as
-// many positions as the problem's largest patch (up to HALO_POSITIONS): at most 103 KB, above
+// many positions as the problem's largest patch (up to HALO_POSITIONS): at most 99 KB, above
 // the 48 KiB of a static array. The kernel takes it as the launch's dynamic shared memory, sized
 // by the host for the problem (halo_shared_bytes): patches of up to 384 positions (ResNet-50's
-// res3 and res4) leave room for two blocks an SM on sm_80, and up to 512 (res2) on sm_90.
-#define HALO_POSITIONS 512  // the most positions a patch may have (halo_fits)
+// res3 and res4) leave room for two blocks an SM on sm_80, and up to 496 (res2) on sm_90.
+#define HALO_POSITIONS 496  // the most positions a patch may have (halo_fits): 100,832 bytes in all,
+                            // within the 99 KB a block may take on sm_86 and sm_89
 
 template <class Tile>
 struct HaloPatch {

@@ -175,6 +175,20 @@ def test_patch_size_is_the_most_a_block_reads(shape):
     assert kb.halo_positions(p) == brute_force_positions(p)
 
 
+def test_the_largest_patch_fits_every_tensor_core_gpus_block():
+    """halo_fits takes patches up to HALO_POSITIONS; the launch's dynamic shared memory for one
+    that large is within what a block may opt in to on every architecture the tensor-core
+    kernels compile for (sm_86 and sm_89: 99 KB), and the launch is sized by the problem."""
+    from gpuconv import sass
+
+    largest = kb.halo_shared_bytes(kb.HALO_POSITIONS)
+    for arch in ("sm_80", "sm_86", "sm_89", "sm_90"):
+        assert largest <= sass.ARCH_LIMITS[arch].shared_per_block, arch
+    assert kb.HALO_POSITIONS % 8 == 0  # the position table's ints keep the patches 16-byte aligned
+    p = problem(CASES["wide"], "float16")
+    assert kb.halo_shared_bytes(kb.halo_positions(p)) < largest
+
+
 def test_halo_fits_only_what_the_kernel_runs():
     fits = conv_problem((32, 128, 28, 28), (256, 128, 3, 3), padding=1, dtype="float16")
     assert kb.halo_fits(fits) and kb.choose_fprop_tensor_core(fits) == HALO  # 'auto' takes it
