@@ -373,12 +373,15 @@ def sass_reports(arch: str, results: Path) -> dict:
     return {r.kernel: r for r in reports}
 
 
-def cutlass_report(reports: dict, kind: str):
-    """CUTLASS's SIMT ('simt') or tensor-op ('tensorop') fprop report among ``reports``, or None."""
-    for r in reports.values():
-        if r.source == "cutlass" and (r.hmma > 0) == (kind == "tensorop"):
-            return r
-    return None
+def cutlass_report(reports: dict, kind: str, op: str = "fprop"):
+    """CUTLASS's SIMT ('simt') or tensor-op ('tensorop') report of ``op`` among ``reports``: its
+    own dgrad or wgrad loop where the analyzer compiled one (the tensor-op ones), else its fprop
+    loop on that op's GEMM; None without either."""
+    from .sass import cutlass_op
+
+    found = {cutlass_op(r.kernel): r for r in reports.values()
+             if r.source == "cutlass" and (r.hmma > 0) == (kind == "tensorop")}
+    return found.get(op, found.get("fprop"))
 
 
 def measured_ms(results: Path) -> dict[tuple[str, str], float]:
@@ -458,12 +461,12 @@ def _tensor_rows(gpu, shapes, reports, progress, dtype="float16"):
     from .shapes import layer_problem
 
     kind = kb.tensor_kind(dtype, "tf32")
-    theirs = cutlass_report(reports, "tensorop") if kind != "tf32" else None
     rows = []
     for op in OPS:
         choose = getattr(kb, f"choose_{op}_tensor_core", None)
         if choose is None:
             continue
+        theirs = cutlass_report(reports, "tensorop", op) if kind != "tf32" else None
         for name in shapes:
             if progress:
                 progress(f"{name} {op} {dtype}")
@@ -556,7 +559,8 @@ def table(gpu_key: str, shapes, results: Path, progress=None) -> tuple[str, list
         f"cover (LOAD_LATENCY = {LOAD_LATENCY} cycles) and each round's fill and drain; "
         f"EFFICIENCY = {EFFICIENCY} is calibrated on CUTLASS's published SIMT fprop figure. "
         "CUTLASS: its main loops compiled from the nvidia-cutlass headers, at their compiled stages, "
-        "modelled on the same GEMM (for dgrad and wgrad too, with our split-K for wgrad). No GPU has "
+        "modelled on the same GEMM (with our split-K for wgrad): in float16 its tensor-op fprop, dgrad "
+        "and wgrad loops, each for its op; in float32 its SIMT fprop loop for all three. No GPU has "
         "measured any of this"
         + ("; measured ÷ modelled from the committed GPU report." if measured else "."),
         "",

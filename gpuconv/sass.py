@@ -20,10 +20,11 @@ kernel:
   and the theoretical occupancy on the architecture (``occupancy``: cuda_occupancy.h's rules over
   ``ARCH_LIMITS``).
 
-The anchor: CUTLASS's SIMT fp32 and sm_80 tensor-op f16 implicit-GEMM conv2d fprop, instantiated
-from the ``nvidia-cutlass`` wheel's headers in a translation unit written at run time (only the
-type aliases below live here), compiled by the machine's ``nvcc -cubin`` (the cubin is cached under
-``~/.cache/gpuconv/sass``) and analyzed by the same code.
+The anchor: CUTLASS's SIMT fp32 implicit-GEMM conv2d fprop and its sm_80 tensor-op f16 fprop,
+dgrad (unit stride) and wgrad, instantiated from the ``nvidia-cutlass`` wheel's headers in a
+translation unit written at run time (only the type aliases below live here), compiled by the
+machine's ``nvcc -cubin`` (the cubin is cached under ``~/.cache/gpuconv/sass``) and analyzed by
+the same code.
 
 ``python -m gpuconv.sass --arch sm_80 --out bench/results`` writes ``sass-sm_80.md`` and
 ``sass-sm_80.json``; ``--json`` prints the list of reports.
@@ -475,8 +476,21 @@ def analyze(archs=ARCHS, kernels=None) -> list[LoopReport]:
 
 # -- the anchor: CUTLASS -------------------------------------------------------------------------
 
-# The template arguments of cutlass::conv::kernel::DefaultConv2dFprop per kernel, named as CUTLASS's
-# profiler names them. Only these aliases live here: the headers come from the nvidia-cutlass wheel.
+# The template arguments of cutlass::conv::kernel::DefaultConv2d<Op> per kernel, named as CUTLASS's
+# profiler names them (the op is in the name: cutlass_op). Only these aliases live here: the
+# headers come from the nvidia-cutlass wheel.
+# Tensor-op f16 in, f32 accumulation, f16 out: mma.sync 16×8×16, 128×128×64 threadblock, 64×64×64
+# warps, 3 stages, optimized iterators, strided, 128-bit (8 × f16) accesses.
+_TENSOROP_F16 = """
+        cutlass::half_t, cutlass::layout::TensorNHWC, cutlass::half_t, cutlass::layout::TensorNHWC,
+        cutlass::half_t, cutlass::layout::TensorNHWC, float,
+        cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80,
+        cutlass::gemm::GemmShape<128, 128, 64>, cutlass::gemm::GemmShape<64, 64, 64>,
+        cutlass::gemm::GemmShape<16, 8, 16>,
+        cutlass::epilogue::thread::LinearCombination<cutlass::half_t, 8, float, float>,
+        cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<>, 3,
+        cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized,
+        cutlass::conv::StrideSupport::kStrided, 8, 8"""
 CUTLASS_KERNELS = {
     # SIMT fp32, 128×128×8 threadblock, 32×64×8 warps, 4 stages, optimized iterators, align 1.
     "cutlass_simt_sfprop_optimized_128x128_8x4_nhwc_align1": """
@@ -489,18 +503,11 @@ CUTLASS_KERNELS = {
         cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<>, 4,
         cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized,
         cutlass::conv::StrideSupport::kStrided, 1, 1""",
-    # Tensor-op f16 in, f32 accumulation, f16 out: mma.sync 16×8×16, 128×128×64 threadblock,
-    # 64×64×64 warps, 3 stages, optimized iterators, 128-bit (8 × f16) accesses.
-    "cutlass_tensorop_f16_s16816fprop_optimized_f16_128x128_64x3_nhwc_align8": """
-        cutlass::half_t, cutlass::layout::TensorNHWC, cutlass::half_t, cutlass::layout::TensorNHWC,
-        cutlass::half_t, cutlass::layout::TensorNHWC, float,
-        cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80,
-        cutlass::gemm::GemmShape<128, 128, 64>, cutlass::gemm::GemmShape<64, 64, 64>,
-        cutlass::gemm::GemmShape<16, 8, 16>,
-        cutlass::epilogue::thread::LinearCombination<cutlass::half_t, 8, float, float>,
-        cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<>, 3,
-        cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized,
-        cutlass::conv::StrideSupport::kStrided, 8, 8""",
+    "cutlass_tensorop_f16_s16816fprop_optimized_f16_128x128_64x3_nhwc_align8": _TENSOROP_F16,
+    # dgrad at unit stride (kUnity): kStrided needs a swizzle of its own; the main loop is the same
+    "cutlass_tensorop_f16_s16816dgrad_optimized_f16_128x128_64x3_nhwc_unity_stride_align8":
+        _TENSOROP_F16.replace("StrideSupport::kStrided", "StrideSupport::kUnity"),
+    "cutlass_tensorop_f16_s16816wgrad_optimized_f16_128x128_64x3_nhwc_align8": _TENSOROP_F16,
 }
 CUTLASS_HINT = "pip install 'gpuconv[bench]' (the nvidia-cutlass wheel)"
 # As CUTLASS's own Python front end compiles with nvcc (cutlass_cppgen/backend/compiler.py).
@@ -508,16 +515,26 @@ CUTLASS_NVCC_OPTIONS = ("-std=c++17", "--expt-relaxed-constexpr", "-DNDEBUG")
 _LAUNCH_SHAPE = re.compile(r"gpuconv_launch_shapeILi(\d+)ELi(\d+)EE")
 
 
+def cutlass_op(kernel: str) -> str:
+    """The op of a CUTLASS kernel name: 'fprop', 'dgrad' or 'wgrad' (..._s16816dgrad_..., _sfprop_)."""
+    found = re.search(r"_s(?:16816)?(fprop|dgrad|wgrad)_", kernel)
+    if not found:
+        raise ValueError(f"no op (fprop, dgrad, wgrad) in the CUTLASS kernel name {kernel!r}")
+    return found.group(1)
+
+
 def cutlass_translation_unit(kernel: str) -> str:
     """The .cu that instantiates CUTLASS kernel ``kernel`` (a CUTLASS_KERNELS name). A second, empty
     kernel carries the launch's block size and dynamic shared memory in its mangled name."""
+    op = cutlass_op(kernel)
+    default = f"DefaultConv2d{op.capitalize()}"
     return f"""#include "cutlass/cutlass.h"
 #include "cutlass/device_kernel.h"
-#include "cutlass/conv/kernel/default_conv2d_fprop.h"
+#include "cutlass/conv/kernel/default_conv2d_{op}.h"
 #include "cutlass/epilogue/thread/linear_combination.h"
 #include "cutlass/gemm/threadblock/threadblock_swizzle.h"
 
-using Conv = typename cutlass::conv::kernel::DefaultConv2dFprop<{CUTLASS_KERNELS[kernel]}>::Kernel;
+using Conv = typename cutlass::conv::kernel::{default}<{CUTLASS_KERNELS[kernel]}>::Kernel;
 
 template <int Threads, int SharedBytes> __global__ void gpuconv_launch_shape() {{}}
 void* gpuconv_instances[] = {{(void*)cutlass::Kernel<Conv>,

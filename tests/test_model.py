@@ -221,6 +221,25 @@ def test_table_reads_the_sass_json_and_a_gpu_report(tmp_path):
     assert "Calibration" not in text  # no sm_80 report beside it: the anchors are not modelled
 
 
+def test_each_op_is_beside_cutlass_own_loop_for_it():
+    """The tensor-op rows take CUTLASS's dgrad and wgrad loops for their ops where the analyzer
+    compiled them, its fprop loop otherwise; the SIMT rows its fprop loop (the one compiled)."""
+    from types import SimpleNamespace as Report
+
+    names = {"simt": "cutlass_simt_sfprop_optimized_128x128_8x4_nhwc_align1",
+             "fprop": "cutlass_tensorop_f16_s16816fprop_optimized_f16_128x128_64x3_nhwc_align8",
+             "wgrad": "cutlass_tensorop_f16_s16816wgrad_optimized_f16_128x128_64x3_nhwc_align8"}
+    reports = {n: Report(kernel=n, source="cutlass", hmma=0 if k == "simt" else 8) for k, n in names.items()}
+    reports["ours"] = Report(kernel="fprop_tensor_core<0, 3>", source="gpuconv", hmma=8)
+    assert model.cutlass_report(reports, "tensorop", "wgrad").kernel == names["wgrad"]
+    assert model.cutlass_report(reports, "tensorop", "dgrad").kernel == names["fprop"]  # none compiled
+    assert model.cutlass_report(reports, "simt", "wgrad").kernel == names["simt"]
+    assert model.cutlass_report({"ours": reports["ours"]}, "tensorop") is None
+    assert [sass.cutlass_op(n) for n in sass.CUTLASS_KERNELS] == ["fprop", "fprop", "dgrad", "wgrad"]
+    with pytest.raises(ValueError, match="no op"):
+        sass.cutlass_op("cutlass_tensorop_gemm")
+
+
 def committed_reports(arch: str) -> dict:
     return {r.kernel: r for r in sass.load_reports(RESULTS / f"sass-{arch}.json")}
 
