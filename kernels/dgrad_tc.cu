@@ -161,6 +161,6 @@ dgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ dy,
                                              stride_w, H, W, C, g * C_per_group + c_base,
                                              C_per_group - c_base};
     __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;
-    tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging)>(shared, a, b, K_per_group * tap_r.count * tap_s.count,
-                                                              epilogue);
+    const int reduction = K_per_group * tap_r.count * tap_s.count;
+    tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging)>(shared, a, b, reduction, epilogue);
 }

@@ -186,9 +186,10 @@ struct Select<false, A, B> {
 // k-tiles an iteration of the main loop (its unroll factor) for a staging: 2 for the halo
 // tile, whose k-tile is 190 instructions around 64 HMMA on sm_80. Unrolled twice, the double
 // buffer's index is a constant in each copy and the loop's counter and branch serve two k-tiles:
-// 37.1% HMMA instead of 33.7% (bench/results/sass-sm_80.md), at 255 registers and no spills. The
-// other stagings stay at 1: measured unrolled, the tap-major tiles gain at most a point (14.2% →
-// 14.9% on 128×128), TF32x3's spill, and the plain iterators lose (fprop's 5.3% → 4.0%).
+// 36.3% HMMA instead of 33.7% (37.1% with the patch's read offset, FpropHaloIterator; see
+// bench/results/sass-sm_80.md), at 255 registers and no spills. The other stagings stay at 1:
+// measured unrolled, the tap-major tiles gain at most a point (14.2% → 14.9% on 128×128),
+// TF32x3's spill, and the plain iterators lose (fprop's 5.3% → 4.0%).
 __host__ __device__ constexpr int k_tiles_an_iteration(int staging) { return staging == STAGING_HALO ? 2 : 1; }
 
 // A reduction index in tap-major order (r, s, channel), stepped a whole k-tile of BK channels at
