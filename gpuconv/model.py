@@ -145,7 +145,9 @@ class Geometry:
     """The grid of one launch: ``blocks`` blocks of a BM×BN output tile, each reducing over
     ``reduction`` GEMM-K steps, BK per main-loop tile. ``a_panel``: the A elements a block reads
     (default BM × reduction, its A panel); ``a_first``: those its first k-tile waits for (default
-    BM × BK). The halo tile reads less A than its panel but waits for a whole patch first."""
+    BM × BK); ``b_panel`` and ``b_first`` likewise of B. fprop's halo tile reads less A than its
+    panel but waits for a whole patch first; wgrad's reads a patch of x a k-tile for all its taps,
+    less B than its panel."""
 
     blocks: int
     BM: int
@@ -154,6 +156,8 @@ class Geometry:
     reduction: int
     a_panel: int | None = None
     a_first: int | None = None
+    b_panel: int | None = None
+    b_first: int | None = None
 
     @property
     def a_elements(self) -> int:
@@ -162,6 +166,14 @@ class Geometry:
     @property
     def a_first_elements(self) -> int:
         return self.BM * self.BK if self.a_first is None else self.a_first
+
+    @property
+    def b_elements(self) -> int:
+        return self.BN * self.reduction if self.b_panel is None else self.b_panel
+
+    @property
+    def b_first_elements(self) -> int:
+        return self.BN * self.BK if self.b_first is None else self.b_first
 
 
 @dataclass(frozen=True)
@@ -208,7 +220,7 @@ def predict(gpu: Gpu, loop: Loop, geometry: Geometry, flops: float, compulsory_b
         lanes = gpu.fp64_lanes if math_kind == "dfma" else gpu.fp32_lanes
         per_block["math"] = warps * iterations * (loop.ffma or loop.dfma) * 32 / lanes
     terms = {name: busiest * cycles / clock for name, cycles in per_block.items()}
-    panels = g.blocks * (g.a_elements + g.BN * g.reduction) * itemsize
+    panels = g.blocks * (g.a_elements + g.b_elements) * itemsize
     terms["L2"] = panels / sector_efficiency / (gpu.l2_gbs * 1e9)
     terms["DRAM"] = compulsory_bytes / (gpu.dram_gbs * 1e9)
     # Latency (module docstring): R resident blocks run in lock-step rounds; each k-tile of a
@@ -218,7 +230,7 @@ def predict(gpu: Gpu, loop: Loop, geometry: Geometry, flops: float, compulsory_b
     rounds = math.ceil(busiest / resident)
     terms["latency"] = rounds * k_tiles * LOAD_LATENCY / (stages - 1) / clock
     l2_bytes_per_clock = gpu.l2_gbs * 1e9 / (gpu.sms * clock)
-    fill = LOAD_LATENCY + resident * (g.a_first_elements + g.BN * g.BK) * itemsize / l2_bytes_per_clock
+    fill = LOAD_LATENCY + resident * (g.a_first_elements + g.b_first_elements) * itemsize / l2_bytes_per_clock
     drain = resident * g.BM * g.BN * (out_itemsize or itemsize) / l2_bytes_per_clock
     fill_drain = rounds * (fill + drain) / clock
     effective = {k: v / EFFICIENCY if k in per_block else v for k, v in terms.items()}
@@ -285,20 +297,25 @@ def geometry(op: str, p, tile) -> Geometry:
         reduction = math.ceil(p.K_per_group * phase_taps_mean(p))
     else:
         reduction = wgrad_splits(p, tile)[1]
-    return Geometry(math.prod(grid), tile.BM, tile.BN, tile.BK, reduction, *halo_a_reads(op, p, tile))
+    return Geometry(math.prod(grid), tile.BM, tile.BN, tile.BK, reduction,
+                    *halo_reads(op, p, tile, reduction))
 
 
-def halo_a_reads(op: str, p, tile) -> tuple[int | None, int | None]:
-    """(a_panel, a_first) of the halo tile: each block reads its patch once a channel block, for
-    every tap (at most halo_positions × the channels), and stages block 0's whole patch before
-    its first k-tile; (None, None), the panel's defaults, for any other tile."""
+def halo_reads(op: str, p, tile, reduction: int) -> tuple[int | None, ...]:
+    """(a_panel, a_first, b_panel, b_first) of a halo tile, None where the panel's default holds.
+    fprop's (dgrad's at stride 1) reads its patch once a channel block, for every tap (at most
+    halo_positions × the channels), and stages block 0's whole patch before its first k-tile.
+    wgrad's reads a patch of wgrad_halo_positions × its 32 channels a k-tile of ``reduction``."""
     from .backends import kernel_backend as kb
 
+    if op == "wgrad" and tile == kb.TENSOR_TILES["wgrad"][kb.WGRAD_HALO_TILE]:
+        patch = kb.wgrad_halo_positions(p) * kb.WGRAD_HALO_CHANNELS
+        return None, None, math.ceil(reduction / tile.BK) * patch, patch
     if op == "wgrad" or tile != kb.TENSOR_TILES["fprop"][kb.HALO_TILE]:
-        return None, None
+        return None, None, None, None
     as_fprop = p if op == "fprop" else kb.dgrad_as_fprop(p)
     positions = kb.halo_positions(as_fprop)
-    return positions * as_fprop.C_per_group, positions * tile.BK
+    return positions * as_fprop.C_per_group, positions * tile.BK, None, None
 
 
 def predict_problem(gpu: Gpu, op: str, p, report, tile, conflict: float = 1.0,

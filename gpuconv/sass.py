@@ -58,12 +58,14 @@ from .backends.kernel_backend import (
     TENSOR_TILES,
     THREADS_PER_BLOCK,
     TILES,
+    WGRAD_HALO_TILE,
     halo_shared_bytes,
     kernel_name,
     kernels_for,
     kind_dtype,
     tensor_kernel_name,
     tile_stagings,
+    wgrad_halo_shared_bytes,
 )
 from .compile_check import ARCHS, nvcc_path, nvcc_version, nvrtc_compile, nvrtc_version, parse_ptxas
 
@@ -441,12 +443,14 @@ def launch_threads() -> dict[str, int]:
 
 
 def launch_dynamic_shared() -> dict[str, int]:
-    """Dynamic shared memory bytes the cuda backend launches instances with: the halo tile's
-    (``halo_shared_bytes``, sized by the problem: here for HALO_REPORTED_POSITIONS); none for
-    the others."""
-    tile = TENSOR_TILES["fprop"][HALO_TILE]
-    return {tensor_kernel_name("fprop", kind, HALO_TILE, "halo"): halo_shared_bytes(HALO_REPORTED_POSITIONS)
-            for kind in TENSOR_KINDS if kind_dtype(kind) in tile.dtypes}
+    """Dynamic shared memory bytes the cuda backend launches instances with: fprop's halo tile's
+    (``halo_shared_bytes``, sized by the problem: here for HALO_REPORTED_POSITIONS) and wgrad's
+    (``wgrad_halo_shared_bytes``); none for the others."""
+    kinds = [kind for kind in TENSOR_KINDS if kind_dtype(kind) in TENSOR_TILES["fprop"][HALO_TILE].dtypes]
+    fprop_halo = halo_shared_bytes(HALO_REPORTED_POSITIONS)
+    return {**{tensor_kernel_name("fprop", kind, HALO_TILE, "halo"): fprop_halo for kind in kinds},
+            **{tensor_kernel_name("wgrad", kind, WGRAD_HALO_TILE, "halo"): wgrad_halo_shared_bytes()
+               for kind in kinds}}
 
 
 def analyze(archs=ARCHS, kernels=None) -> list[LoopReport]:

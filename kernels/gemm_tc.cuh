@@ -59,9 +59,8 @@ struct TensorTile {
     static constexpr int FRAGS_M = WM / 16, FRAGS_N = WN / 8;    // mma tiles of a warp
     static constexpr int WARPS_M = BM / WM, WARPS_N = BN / WN;
     static constexpr int THREADS = WARPS_M * WARPS_N * 32;
-    static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0, "tiles nest");
-    static_assert((BK == 32 || BK == 16) && BM % 64 == 0 && BN % 64 == 0,
-                  "the bank-conflict analysis above assumes these");
+    static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 8 == 0, "tiles nest");
+    static_assert(BK == 32 || BK == 16, "the bank-conflict analysis above assumes it");
 
     // Row and column in the block tile of accumulator acc[i][j][2h + e] of this thread.
     static __device__ __forceinline__ int row(int i, int h) {
@@ -79,6 +78,7 @@ template <typename T, int BK, int BX, bool KFast>
 struct OperandTile;
 template <typename T, int BK, int BX>
 struct OperandTile<T, BK, BX, true> {  // tile[x][k]
+    static_assert(BX % 64 == 0, "the bank-conflict analysis above assumes it");
     T data[BX][BK + 16 / sizeof(T)];
     __device__ __forceinline__ T& at(int k, int x) { return data[x][k]; }
     __device__ __forceinline__ const T& at(int k, int x) const { return data[x][k]; }
@@ -87,6 +87,7 @@ struct OperandTile<T, BK, BX, true> {  // tile[x][k]
 };
 template <typename T, int BK, int BX>
 struct OperandTile<T, BK, BX, false> {  // tile[k][x]
+    static_assert(BX % 64 == 0, "the bank-conflict analysis above assumes it");
     T data[BK][BX + 8];
     __device__ __forceinline__ T& at(int k, int x) { return data[k][x]; }
     __device__ __forceinline__ const T& at(int k, int x) const { return data[k][x]; }
@@ -183,8 +184,8 @@ struct Select<false, A, B> {
 #define STAGING_TAP_MAJOR_VECTOR 2
 #define STAGING_HALO 3
 
-// k-tiles an iteration of the main loop (its unroll factor) for a staging: 2 for the halo
-// tile, whose k-tile is 190 instructions around 64 HMMA on sm_80. Unrolled twice, the double
+// k-tiles an iteration of the main loop (its unroll factor) for a staging: 2 for fprop's halo
+// tile, whose k-tile is 190 instructions around 64 HMMA on sm_80 (wgrad's takes 1: wgrad_tc.cu). Unrolled twice, the double
 // buffer's index is a constant in each copy and the loop's counter and branch serve two k-tiles:
 // 36.3% HMMA instead of 33.7% (37.1% with the patch's read offset, FpropHaloIterator; see
 // bench/results/sass-sm_80.md), at 255 registers and no spills. The other stagings stay at 1:
@@ -325,7 +326,8 @@ __device__ __forceinline__ const OperandTile<typename Tile::Element, Tile::BK, B
 // k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15); B's (k 0-7, n 0-7), (k 8-15, n 0-7) (b[0]) and the
 // same of n + 8 (b[1]). .trans where the tile is k-major. TF32 by direct loads of lane (g, t):
 // a = (g, t), (g+8, t), (g, t+4), (g+8, t+4) as (m, k); b = (k t, n g), (k t+4, n g).
-// (i: m's mma tile of the warp, which a view with rows of its own, HaloView, goes by instead of m.)
+// (i and j: m's and n's mma tile of the warp, which a view with rows of its own, HaloView and
+// WgradHaloView, goes by instead of m and n.)
 template <int Kind, bool KFast, class Operand>
 __device__ __forceinline__ void load_a_fragment(unsigned (&a)[4], const Operand& tile, int k0, int m, int) {
     const int lane = threadIdx.x % 32;
@@ -342,7 +344,7 @@ __device__ __forceinline__ void load_a_fragment(unsigned (&a)[4], const Operand&
 }
 template <int Kind, bool KFast, class Operand>
 __device__ __forceinline__ void load_b_fragments(unsigned (&b0)[2], unsigned (&b1)[2], const Operand& tile,
-                                                 int k0, int n) {
+                                                 int k0, int n, int) {
     const int lane = threadIdx.x % 32;
     if (tf32_kind(Kind)) {
         const int g = lane / 4, t = lane % 4;
@@ -382,17 +384,18 @@ __device__ __forceinline__ void warp_mma_product(float (&acc)[Tile::FRAGS_M][Til
     constexpr int Kind = Tile::KIND;
     const int warp = threadIdx.x / 32;
     const int warp_m = (warp % Tile::WARPS_M) * Tile::WM, warp_n = (warp / Tile::WARPS_M) * Tile::WN;
+    constexpr int B_FRAGS = (Tile::FRAGS_N + 1) / 2 * 2;  // b by pairs: an odd FRAGS_N loads one unused
 #pragma unroll
     for (int kk = 0; kk < Tile::BK; kk += Tile::MMA_K) {
-        unsigned a[Tile::FRAGS_M][4], b[Tile::FRAGS_N][2];
+        unsigned a[Tile::FRAGS_M][4], b[B_FRAGS][2];
 #pragma unroll
         for (int i = 0; i < Tile::FRAGS_M; i++)
             load_a_fragment<Kind, IterA::KFast>(a[i], a_view, kk, warp_m + i * 16, i);
 #pragma unroll
         for (int j = 0; j < Tile::FRAGS_N; j += 2)
-            load_b_fragments<Kind, IterB::KFast>(b[j], b[j + 1], b_view, kk, warp_n + j * 8);
+            load_b_fragments<Kind, IterB::KFast>(b[j], b[j + 1], b_view, kk, warp_n + j * 8, j);
         if (Kind == TENSOR_TF32X3) {
-            unsigned a_lo[Tile::FRAGS_M][4], b_lo[Tile::FRAGS_N][2];
+            unsigned a_lo[Tile::FRAGS_M][4], b_lo[B_FRAGS][2];
             split_tf32(a, a_lo);
             split_tf32(b, b_lo);
 #pragma unroll

@@ -3,6 +3,8 @@
 // (wgrad.cu: M = K/groups output channels, N = C/groups·R·S taps, reduction N·P·Q pixels, split-K
 // over blockIdx.z), with the same iterators reading dy and x where they lie (NCHW, no transpose
 // kernel), on gemm_tc.cuh's tensor-core main loop. sm_80+ only; an older GPU runs wgrad.cu.
+// 3×3 filters at stride 1 take the halo staging (below): x staged once a k-tile for all 9 taps, a
+// block all taps of 32 channels; the others the tap-major or plain iterators, a block one tap.
 //
 // Each split writes its float32 partial tile to its slice of a float32 workspace
 // partial[splits][K][C/groups·R·S] (TF32 with one split: dw itself), and wgrad_tensor_reduce sums
@@ -47,6 +49,45 @@ struct WgradGradientVectorIterator {
     }
     __device__ __forceinline__ void advance() { pixel.add(step, 1, PQ); }
 };
+
+// WgradGradientVectorIterator by cp.async: its 16-byte runs copied straight to shared memory, no
+// registers (half types; TF32 rounds as it stages): issued before a k-tile's math, waited for
+// after it; a run past the reduction or the output channels copies zeros. A of the halo staging.
+template <class Tile>
+struct WgradGradientCopyIterator : WgradGradientVectorIterator<Tile> {
+    typedef WgradGradientVectorIterator<Tile> Base;
+    typedef typename Base::Map Map;
+    using Base::Base;
+    template <class Operand>
+    __device__ __forceinline__ void copy(Operand& tile, int k_remaining) const {
+        const bool live = Map::k(0) < k_remaining;
+        const typename Tile::Element* dy_t = this->dy_k + this->pixel.hi * this->image_stride + this->pixel.lo;
+#pragma unroll
+        for (int u = 0; u < Map::ELEMS / Map::VEC; u++)
+            cp_async_zfill<16>(&tile.at(Map::k(u * Map::VEC), Map::x(u * Map::VEC)), dy_t + u * this->channel_stride,
+                               live && Map::x(u * Map::VEC) < this->channels_left);
+        cp_async_commit();
+    }
+};
+template <int Kind, class Tile, int BX, typename T, int E>
+__device__ __forceinline__ void stage_first(WgradGradientCopyIterator<Tile>& a,
+                                            DoubleBuffered<Tile, WgradGradientCopyIterator<Tile>, BX>& shared,
+                                            T (&)[E], int reduction) {
+    a.copy(shared.tile[0], reduction);
+    cp_async_wait<0>();
+}
+template <class Tile, int BX, typename T, int E>
+__device__ __forceinline__ void load_operand(WgradGradientCopyIterator<Tile>& a,
+                                             DoubleBuffered<Tile, WgradGradientCopyIterator<Tile>, BX>& shared,
+                                             int buffer, T (&)[E], int k_remaining) {
+    a.copy(shared.tile[buffer], k_remaining);
+}
+template <int Kind, class Tile, int BX, typename T, int E>
+__device__ __forceinline__ void stage_operand(WgradGradientCopyIterator<Tile>&,
+                                              DoubleBuffered<Tile, WgradGradientCopyIterator<Tile>, BX>&, int,
+                                              const T (&)[E]) {
+    cp_async_wait<0>();  // this thread's copies landed; the main loop's barrier shows them to all
+}
 
 // WgradGradientIterator with its loads stepping a pointer from element to element
 // (load_strided_live: no multiply or channel compare an element): A where dy takes no 16-byte loads.
@@ -97,6 +138,194 @@ struct WgradTapActivationIterator {
     __device__ __forceinline__ void advance() { npq.add(step, P, Q); }
 };
 
+// ---- The halo staging (STAGING_HALO): x staged once a k-tile for every tap ----
+// For filters of WGRAD_HALO_TAPS taps (3×3) at stride 1 (wgrad_halo_fits on the host). A block
+// owns BM output channels × 32 input channels × all 9 taps: BN = 288 GEMM columns, 8 warps of
+// 64 × 72, warp (i, o) output channels 64i.. and channel octet o (channels 8o..8o+7) at every tap,
+// an mma tile of 8 columns a tap: column 72o + 8·tap + c of the block is channel 8o + c at that
+// tap. A is dy as the tap-major vector staging (WgradGradientVectorIterator). B[(n,p,q), (c,r,s)]
+// = x[n, c, p - pad_top + r·dil_h, q - pad_left + s·dil_w] is staged once a k-tile as a patch of
+// x, as fprop's halo patch (HaloPatch) is: the padded rows g = n·Hp + p + r·dil_h that the
+// k-tile's BK pixels reach (Hp padded rows an image), each of Wp padded columns (one more before
+// them where pad_left is odd, and one after to make the row even), a position holding the
+// block's 32 channels contiguous in 80 bytes. Pixel j at tap (r, s) is then the 16-byte row
+// position(j) + r·dil_h·Wp + s·dil_w of each octet, which ldmatrix.trans turns into B's
+// fragments (k: pixels, n: channels): a position is staged once for the 9 taps that read it
+// where the tap-major staging stages each pixel once a tap, 16 bits at a time. Each buffer of the
+// double-buffered patch has its k-tile's table of its BK pixels' positions, written by threads
+// 0..BK-1 (a pixel each). A unit is 8 channels of two neighbouring positions, as
+// FpropHaloIterator's: 8 four-byte loads, two 16-byte stores; a thread stages up to
+// WgradHaloIterator::SLOTS units a k-tile. P·Q ≥ BK (the host checks), so a k-tile's pixels lie
+// in at most two images. Pixels past the reduction (the last split's last k-tile) are pixels of
+// an image N, all padding: their positions are zeros, as their dy is.
+#define WGRAD_HALO_TAPS 9
+#define WGRAD_HALO_POSITIONS 256  // the most a k-tile's patch may have (wgrad_halo_fits)
+
+template <class Tile>
+struct WgradHaloPatch {
+    typedef typename Tile::Element T;
+    static constexpr int PITCH = 32 + 8;  // elements a position: 80 bytes, as HaloPatch's
+    int position[2][Tile::BK];            // each buffer's pixels: position(j) at tap (0, 0), bytes
+    T patch[2][WGRAD_HALO_POSITIONS][PITCH];
+};
+
+template <class Tile>
+struct WgradHaloIterator {
+    typedef typename Tile::Element T;
+    typedef WgradHaloPatch<Tile> Shared;
+    static constexpr bool KFast = false;  // the warps read B by ldmatrix.trans
+    static constexpr int PITCH = Shared::PITCH, UNIT = 8;
+    static constexpr int SLOTS = WGRAD_HALO_POSITIONS / 2 * (32 / UNIT) / Tile::THREADS;  // units a thread
+    static constexpr int SLOT_BYTES = Tile::THREADS / 4 * 2 * PITCH * (int)sizeof(T);  // THREADS / 4 pairs on
+    static_assert(Tile::BN == 32 * WGRAD_HALO_TAPS && Tile::WN == 8 * WGRAD_HALO_TAPS && Tile::BK == 32,
+                  "a block: 32 channels at every tap, a warp an octet of them");
+    typedef unsigned Staged;  // a unit's registers: channel j of both positions, word j
+    struct Map {
+        static constexpr int ELEMS = SLOTS * UNIT;
+    };
+    const unsigned* x_c;          // x's words, image 0, the block's first channel
+    ReductionDigits first, step;  // the k-tile's first pixel (n, p, q); BK pixels as digits
+    int pixel_rows, pixel_columns;  // thread j < BK's pixel from the first: j / Q rows, j % Q columns
+    int image_words, plane_words;  // C·H·W / 2 (< 2^30, wgrad_halo_fits), H·W / 2
+    int N, H, W, P, Q, Hp, Wp, pad_top, first_column;
+    int row[SLOTS], column[SLOTS];  // each unit's patch row (-1 past the patch) and x column (its first position's)
+    int channel_words, store_bytes;  // the units' octet's offset in x (words); the first unit's bytes in a buffer
+    int tap_bytes[(WGRAD_HALO_TAPS + 1) / 2];  // this lane's taps of each pair of mma tiles, at its
+                                                // warp's octet: ldmatrix's bytes from a pixel's row
+
+    __device__ WgradHaloIterator(const T* x_c_, index_t e, int N_, int C, int H_, int W_, int R, int S, int P_,
+                                 int Q_, int pad_top_, int pad_left, int dil_h, int dil_w, int positions)
+        : x_c(reinterpret_cast<const unsigned*>(x_c_)), first(ReductionDigits::of(e, P_, Q_)),
+          step(ReductionDigits::of(Tile::BK, P_, Q_)), pixel_rows(threadIdx.x % Tile::BK / Q_),
+          pixel_columns(threadIdx.x % Tile::BK % Q_),
+          image_words(C * H_ * W_ / 2), plane_words(H_ * W_ / 2), N(N_), H(H_), W(W_), P(P_), Q(Q_), pad_top(pad_top_) {
+        Hp = P + (R - 1) * dil_h;
+        first_column = pad_left & 1;
+        Wp = (Q - 1 + (S - 1) * dil_w + 1 + first_column + 1) / 2 * 2;
+        // Unit u: 16 consecutive units are 4 pairs × 4 octets, a quarter-warp 4 pairs × 2 octets:
+        // 16-byte stores 160 bytes apart in pairs and 16 in octets, the 8 bank groups once.
+#pragma unroll
+        for (int s = 0; s < SLOTS; s++) {
+            const int u = threadIdx.x + s * Tile::THREADS;
+            const int pair = u / 16 * 4 + u % 4, octet = u / 8 % 2 * 2 + u / 4 % 2;
+            row[s] = pair < positions / 2 ? pair / (Wp / 2) : -1;
+            column[s] = 2 * (pair % (Wp / 2)) - first_column - pad_left;  // even: pairs lie in x or outside
+            channel_words = octet * UNIT * plane_words;  // the same octet in every slot
+            if (s == 0) store_bytes = (2 * pair * PITCH + octet * UNIT) * (int)sizeof(T);
+        }
+        // ldmatrix.x4's lanes 16-31 read the pair's second tile; the warp's octet is 16 bytes in
+        const int lane_taps = threadIdx.x % 32 / 16, octet = threadIdx.x / 32 / Tile::WARPS_M;
+#pragma unroll
+        for (int t = 0; t < (WGRAD_HALO_TAPS + 1) / 2; t++) {
+            const int tap = min(2 * t + lane_taps, WGRAD_HALO_TAPS - 1);  // the ninth's pair: itself again
+            tap_bytes[t] = ((tap / S) * dil_h * Wp + tap % S * dil_w) * PITCH * (int)sizeof(T) + octet * 16;
+        }
+    }
+    // The next k-tile's units: 8 channels of a pair of positions, zeros in the padding.
+    __device__ __forceinline__ void load(Staged (&v)[Map::ELEMS], int) const {
+        const unsigned* x_n = x_c + (index_t)first.hi * image_words;
+#pragma unroll
+        for (int s = 0; s < SLOTS; s++) {
+            if (row[s] < 0) continue;  // past the patch's pairs
+            int h = first.mid + row[s], image = 0;  // padded row first.mid + row[s] of image first.hi
+            if (h >= Hp) h -= Hp, image = 1;
+            h -= pad_top;
+            const bool inside = first.hi + image < N && (unsigned)h < (unsigned)H && (unsigned)column[s] < (unsigned)W;
+            // int: two images of x (wgrad_halo_fits); h·W + column even (W and column even)
+            const int offset = image * image_words + ((h * W + column[s]) >> 1) + channel_words;
+            load_strided_or_zero(*reinterpret_cast<Staged(*)[UNIT]>(&v[s * UNIT]), x_n, offset, plane_words, inside);
+        }
+    }
+    __device__ __forceinline__ void advance() {
+        first.add(step, P, Q);
+    }
+    // The units into `buffer`, and the k-tile's pixel table.
+    __device__ __forceinline__ void store(Shared& shared, int buffer, const Staged (&v)[Map::ELEMS]) const {
+        char* patch = reinterpret_cast<char*>(&shared.patch[buffer][0][0]);
+#pragma unroll
+        for (int s = 0; s < SLOTS; s++) {
+            if (row[s] < 0) continue;
+            const int bytes = store_bytes + s * SLOT_BYTES;
+            const Staged* u = &v[s * UNIT];
+            *reinterpret_cast<uint4*>(patch + bytes) = make_uint4(
+                    low_halves(u[0], u[1]), low_halves(u[2], u[3]), low_halves(u[4], u[5]), low_halves(u[6], u[7]));
+            *reinterpret_cast<uint4*>(patch + bytes + PITCH * (int)sizeof(T)) = make_uint4(
+                    high_halves(u[0], u[1]), high_halves(u[2], u[3]), high_halves(u[4], u[5]), high_halves(u[6], u[7]));
+        }
+        if (threadIdx.x < Tile::BK) {  // pixel j's patch row: its padded row from the k-tile's first's
+            int q = first.lo + pixel_columns, rows = pixel_rows;
+            if (q >= Q) q -= Q, rows++;
+            const int patch_row = rows + (first.mid + rows >= P ? Hp - P : 0);  // in the next image: its padding between
+            shared.position[buffer][threadIdx.x] = ((patch_row * Wp + first_column + q) * PITCH) * (int)sizeof(T);
+        }
+    }
+};
+
+// What the warps read for a k-tile: the buffer, and this lane's ldmatrix rows (its pixel of each
+// k-step) at tap (0, 0).
+template <class Tile>
+struct WgradHaloView {
+    const WgradHaloIterator<Tile>& b;
+    const char* patch;
+    int row[Tile::BK / Tile::MMA_K];
+};
+template <int Kind, class Tile, typename T>
+__device__ __forceinline__ void stage_first(WgradHaloIterator<Tile>& b, WgradHaloPatch<Tile>& shared, T (&v)[WgradHaloIterator<Tile>::Map::ELEMS], int) {
+    b.load(v, 0);
+    b.store(shared, 0, v);
+}
+template <class Tile, typename T, int E>
+__device__ __forceinline__ void load_operand(WgradHaloIterator<Tile>& b, WgradHaloPatch<Tile>&, int, T (&v)[E], int) {
+    b.load(v, 0);
+}
+template <int Kind, class Tile, typename T, int E>
+__device__ __forceinline__ void stage_operand(WgradHaloIterator<Tile>& b, WgradHaloPatch<Tile>& shared, int buffer,
+                                              const T (&v)[E]) {
+    b.store(shared, buffer, v);
+}
+template <class Tile>
+__device__ __forceinline__ WgradHaloView<Tile> operand_view(const WgradHaloIterator<Tile>& b,
+                                                            const WgradHaloPatch<Tile>& shared, int buffer) {
+    // ldmatrix.x4's matrices: (pixels 0-7, tile j), (8-15, j), (0-7, j + 1), (8-15, j + 1)
+    const int lane = threadIdx.x % 32, pixel = lane / 8 % 2 * 8 + lane % 8;
+    WgradHaloView<Tile> view{b, reinterpret_cast<const char*>(&shared.patch[buffer][0][0]), {}};
+#pragma unroll
+    for (int k = 0; k < Tile::BK / Tile::MMA_K; k++) view.row[k] = shared.position[buffer][k * Tile::MMA_K + pixel];
+    return view;
+}
+template <int Kind, bool KFast, class Tile>
+__device__ __forceinline__ void load_b_fragments(unsigned (&b0)[2], unsigned (&b1)[2], const WgradHaloView<Tile>& view,
+                                                 int k0, int, int j) {
+    unsigned r[4];
+    ldmatrix_x4<true>(r, view.patch + view.row[k0 / Tile::MMA_K] + view.b.tap_bytes[j / 2]);
+    b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
+}
+
+// The halo tile's partial tile: accumulator (row, column 72o + 8·tap + c) is dw's (k, channel
+// 8o + c, tap) of the block.
+template <class Tile>
+struct WgradHaloEpilogue {
+    float* out;  // the block's first element: partial[z][g·K/groups + k_base][c_base·R·S]
+    int CRS, rows_left;
+
+    __device__ __forceinline__ void operator()(const float (&acc)[Tile::FRAGS_M][Tile::FRAGS_N][4]) const {
+        const int octet = threadIdx.x / 32 / Tile::WARPS_M, lane = threadIdx.x % 32;
+#pragma unroll
+        for (int i = 0; i < Tile::FRAGS_M; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = Tile::row(i, h);
+                if (row >= rows_left) continue;
+#pragma unroll
+                for (int tap = 0; tap < Tile::FRAGS_N; tap++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                        out[(index_t)row * CRS + (octet * 8 + 2 * (lane % 4) + e) * WGRAD_HALO_TAPS + tap] =
+                                acc[i][tap][2 * h + e];
+            }
+    }
+};
+
 // This split's partial tile into its slice of the workspace (dw's layout): accumulator (row, col)
 // at out[row·C/groups·R·S + col·column_stride] (column_stride: 1, or R·S for tap-major columns).
 template <class Tile>
@@ -122,9 +351,11 @@ struct WgradTensorEpilogue {
 };
 
 // Assumes P·Q + BK < 2^31 and chunk + BK < 2^31 (checked on the host), as wgrad_implicit_gemm.
-// Staging (STAGING_*, the host's choice): tap-major where C/groups is a multiple of BK (blockIdx.x
-// names a tap (r, s) and a tile of BN channels, B from WgradTapActivationIterator), and with dy read
-// 16 bytes a load (WgradGradientVectorIterator); otherwise BN consecutive (c,r,s) from
+// Staging (STAGING_*, the host's choice): the halo staging above (blockIdx.x names a tile of 32
+// channels at every tap; its tile 128 × 288 alone, with `positions` the problem's patch,
+// wgrad_halo_positions); tap-major where C/groups is a multiple of BK (blockIdx.x names a tap
+// (r, s) and a tile of BN channels, B from WgradTapActivationIterator), and with dy read 16 bytes
+// a load (WgradGradientVectorIterator); otherwise BN consecutive (c,r,s) from
 // WgradActivationIterator and dy an element a load (WgradGradientStridedIterator).
 template <int Kind, int Staging, int BM, int BN, int BK, int WM, int WN>
 __global__ void __launch_bounds__(TensorTile<Kind, BM, BN, BK, WM, WN>::THREADS, 1)
@@ -132,21 +363,33 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   const typename TensorStorage<Kind>::type* __restrict__ dy, float* __restrict__ partial,
                   int N, int C, int H, int W, int K, int R, int S, int P, int Q,
                   int stride_h, int stride_w, int pad_top, int pad_left,
-                  int dil_h, int dil_w, int groups, index_t chunk) {
+                  int dil_h, int dil_w, int groups, index_t chunk, int positions) {
     typedef TensorTile<Kind, BM, BN, BK, WM, WN> Tile;
-    constexpr bool TapMajor = Staging != STAGING_PLAIN, VectorDy = Staging == STAGING_TAP_MAJOR_VECTOR;
+    constexpr bool Halo = Staging == STAGING_HALO, TapMajor = Staging != STAGING_PLAIN && !Halo;
+    constexpr bool VectorDy = Staging == STAGING_TAP_MAJOR_VECTOR;
     const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
     // The block's rows and split, as wgrad_implicit_gemm.
     const int k_tiles = (K_per_group + BM - 1) / BM;
     const int g = blockIdx.y / k_tiles, k_base = (blockIdx.y % k_tiles) * BM;
     const index_t npq = (index_t)N * P * Q, red_begin = blockIdx.z * chunk;
     const int reduction = (int)((red_begin + chunk < npq ? red_begin + chunk : npq) - red_begin);
-    typedef typename Select<VectorDy, WgradGradientVectorIterator<Tile>, WgradGradientStridedIterator<Tile>>::type
-        IterA;
+    typedef typename Select<Halo, WgradGradientCopyIterator<Tile>,
+                            typename Select<VectorDy, WgradGradientVectorIterator<Tile>,
+                                            WgradGradientStridedIterator<Tile>>::type>::type IterA;
     IterA a(dy + (index_t)g * K_per_group * P * Q, red_begin + IterA::Map::k(0), k_base, K_per_group, K, P, Q);
     const typename Tile::Element* x_g = x + (index_t)g * C_per_group * H * W;
     float* out = partial + (index_t)blockIdx.z * K * CRS + (index_t)(g * K_per_group + k_base) * CRS;
-    if constexpr (TapMajor) {  // (constexpr: one __shared__ tile pair an instance)
+    if constexpr (Halo) {  // the launch's dynamic shared memory (above 48 KiB), wgrad_halo_shared_bytes
+        const int c_base = blockIdx.x * 32;
+        WgradHaloIterator<Tile> b(x_g + (index_t)c_base * H * W, red_begin, N, C, H, W, R, S, P, Q, pad_top,
+                                  pad_left, dil_h, dil_w, positions);
+        const WgradHaloEpilogue<Tile> epilogue{out + c_base * WGRAD_HALO_TAPS, CRS, K_per_group - k_base};
+        extern __shared__ __align__(16) unsigned char dynamic_shared[];
+        auto& shared = *reinterpret_cast<TensorShared<Tile, IterA, WgradHaloIterator<Tile>>*>(dynamic_shared);
+        // One k-tile an iteration: unrolled twice (k_tiles_an_iteration) its loop is 24.7% HMMA on
+        // sm_80 instead of 22.9%, but it spills 16 bytes on sm_90.
+        tensor_implicit_gemm<Tile, 1>(shared, a, b, reduction, epilogue);
+    } else if constexpr (TapMajor) {  // (constexpr: one __shared__ tile pair an instance)
         const int c_tiles = (C_per_group + BN - 1) / BN;
         const int tap = blockIdx.x / c_tiles, c_base = (blockIdx.x % c_tiles) * BN;
         typedef WgradTapActivationIterator<Tile> IterB;

@@ -33,10 +33,10 @@ def dtype_of(kind):
     return kb.kind_dtype(kind)
 
 
-# Every (kind, tile) the tensor-core kernels of all three ops are built for (the halo tile of fprop
-# and dgrad: tests/test_halo.py).
+# Every (kind, tile) the tensor-core kernels of all three ops are built for (the halo tiles:
+# tests/test_halo.py).
 TILE_KINDS = [(kind, tile) for tile, t in kb.TENSOR_TILES["wgrad"].items() for kind in KINDS
-              if dtype_of(kind) in t.dtypes]
+              if dtype_of(kind) in t.dtypes and tile not in kb.HALO_TILES]
 
 
 def integers(rng, shape, kind, bound):
@@ -268,8 +268,8 @@ def test_conv_transpose2d_runs_on_tensor_cores():
 
 def test_auto_routes_only_what_tensor_cores_run():
     half = conv_problem((32, 128, 28, 28), (256, 128, 3, 3), padding=1, dtype="float16")
-    # fprop and dgrad: the halo tile (tests/test_halo.py), wgrad 128×128
-    assert [kb.choose_tensor_core(op, half) for op in OPS] == [kb.HALO_TILE] * 2 + ["128x128x32_tc"]
+    # the halo tiles: fprop's and dgrad's (tests/test_halo.py), wgrad's (tests/test_wgrad_halo.py)
+    assert [kb.choose_tensor_core(op, half) for op in OPS] == [kb.HALO_TILE] * 2 + [kb.WGRAD_HALO_TILE]
     half_1x1 = conv_problem((32, 128, 28, 28), (256, 128, 1, 1), dtype="float16")
     for op in OPS:
         assert kb.choose_tensor_core(op, half_1x1) == "128x128x32_tc", op

@@ -161,8 +161,16 @@ HALO_POSITIONS = 496  # 100,832 bytes of shared memory: within sm_86's and sm_89
 HALO_REPORTED_POSITIONS = 384
 # dgrad at stride 1 runs it too, as fprop of dy (dgrad_as_fprop).
 _HALO = {HALO_TILE: TensorTile(BM=128, BN=128, BK=32, WM=64, WN=64, dtypes=HALF_DTYPES)}
+# wgrad's halo tile (STAGING_HALO in kernels/wgrad_tc.cu: x staged once a k-tile as a patch that
+# every tap reads): 3×3 filters at stride 1, a block 128 output channels × 32 input channels × the
+# 9 taps (288 columns), 8 warps of 64 × 72 (an octet of channels at every tap); dynamic shared
+# memory of wgrad_halo_shared_bytes.
+WGRAD_HALO_TILE = "128x288x32_64x72_tc"
+WGRAD_HALO_TAPS, WGRAD_HALO_CHANNELS, WGRAD_HALO_POSITIONS = 9, 32, 256
+_WGRAD_HALO = TensorTile(BM=128, BN=288, BK=32, WM=64, WN=72, dtypes=HALF_DTYPES)
 TENSOR_TILES = {"fprop": {**_TENSOR_TILES, **_HALO}, "dgrad": {**_TENSOR_TILES, **_HALO},
-                "wgrad": _TENSOR_TILES}
+                "wgrad": {**_TENSOR_TILES, WGRAD_HALO_TILE: _WGRAD_HALO}}
+HALO_TILES = (HALO_TILE, WGRAD_HALO_TILE)
 
 
 def halo_shared_bytes(positions: int) -> int:
@@ -173,6 +181,17 @@ def halo_shared_bytes(positions: int) -> int:
     tile = TENSOR_TILES["fprop"][HALO_TILE]
     pitch = (tile.BK + 8) * 2
     return 2 * tile.BN * pitch + 4 * (HALO_POSITIONS // 2) + 2 * positions * pitch
+
+
+def wgrad_halo_shared_bytes() -> int:
+    """wgrad's halo kernel's dynamic shared memory: B's WgradHaloPatch first (two buffers' pixel
+    tables of BK ints, two patches of WGRAD_HALO_POSITIONS positions of 32 + 8 16-bit elements),
+    then A's two k-tiles of dy (BM rows of BK + 8)."""
+    tile = TENSOR_TILES["wgrad"][WGRAD_HALO_TILE]
+    pitch = (WGRAD_HALO_CHANNELS + 8) * 2
+    return 2 * tile.BK * 4 + 2 * WGRAD_HALO_POSITIONS * pitch + 2 * tile.BM * (tile.BK + 8) * 2
+
+
 # The first template argument of the tensor-core kernels: TENSOR_* in kernels/mma.cuh.
 TENSOR_KINDS = {"float16": 0, "bfloat16": 1, "tf32": 2, "tf32x3": 3}
 # Each op's tensor-core source.
@@ -205,13 +224,14 @@ def kind_dtype(kind: str) -> str:
 # tap, ``wgrad_tap_major``) and 'tap_major_vector' (also 16-byte loads of fprop's w, 1×1 only, or
 # wgrad's dy).
 STAGINGS = {"fprop": ("plain", "tap_major", "tap_major_vector", "halo"), "dgrad": ("plain", "tap_major"),
-            "wgrad": ("plain", "tap_major", "tap_major_vector")}
+            "wgrad": ("plain", "tap_major", "tap_major_vector", "halo")}
 
 
 def tile_stagings(op: str, kernel: str) -> tuple[str, ...]:
-    """The STAGINGS[op] entries built for tile ``kernel`` in ``op``'s source: the halo tile has the
-    halo staging alone (fprop_tc.cu; dgrad runs fprop's), and no other tile has it."""
-    if kernel == HALO_TILE:
+    """The STAGINGS[op] entries built for tile ``kernel`` in ``op``'s source: a halo tile has the
+    halo staging alone (fprop_tc.cu, where dgrad runs fprop's; wgrad_tc.cu), and no other tile
+    has it."""
+    if kernel in HALO_TILES:
         return ("halo",) if "halo" in STAGINGS[op] else ()
     return tuple(s for s in STAGINGS[op] if s != "halo")
 
@@ -276,11 +296,46 @@ def halo_fits(p: Conv2dProblem | None) -> bool:
     return halo_positions(p) <= min(HALO_POSITIONS, p.R * p.S * tile.threads // 2)
 
 
+@functools.lru_cache(maxsize=256)
+def wgrad_halo_positions(p) -> int:
+    """The most positions of padded x that a k-tile of wgrad's halo tile stages (its patch): the
+    padded rows g = n·Hp + p + r·dil_h from its first pixel's row to its last pixel's last tap,
+    each of Wp columns as fprop's halo patch (``halo_positions``, at stride 1). K-tiles start at
+    multiples of BK pixels (splits are whole k-tiles); the last one's pixels past N·P·Q count as
+    an image N's. Cached: asked on every half-precision wgrad dispatch."""
+    BK, (dh, dw) = TENSOR_TILES["wgrad"][WGRAD_HALO_TILE].BK, p.dilation
+    PQ = p.P * p.Q
+    Hp = p.P + (p.R - 1) * dh
+    Wp = ceil_div(p.Q + (p.S - 1) * dw + p.padding[2] % 2, 2) * 2
+    # k-tiles a whole number of images apart span the same rows: one period is all there is
+    period = PQ // math.gcd(BK, PQ)
+    first = np.arange(0, min(ceil_div(p.N * PQ, BK), period) * BK, BK, dtype=np.int64)
+    last = first + BK - 1
+
+    def padded_row(i):
+        return i // PQ * Hp + i % PQ // p.Q
+
+    rows = padded_row(last) + (p.R - 1) * dh - padded_row(first) + 1
+    return int(rows.max()) * Wp
+
+
+def wgrad_halo_fits(p) -> bool:
+    """Whether wgrad's halo tile runs ``p``: a filter of WGRAD_HALO_TAPS taps at stride 1, C/groups
+    a multiple of its 32 channels, W even (a unit reads two neighbouring positions a 4-byte load),
+    P·Q a multiple of 8 (dy read 16 bytes a load) and at least BK (a k-tile within two images),
+    two images of x in an int, and a patch within WGRAD_HALO_POSITIONS."""
+    tile = TENSOR_TILES["wgrad"][WGRAD_HALO_TILE]
+    if (p.R * p.S != WGRAD_HALO_TAPS or p.stride != (1, 1) or p.C_per_group % WGRAD_HALO_CHANNELS
+            or p.W % 2 or p.P * p.Q % 8 or p.P * p.Q < tile.BK or p.N == 0):
+        return False
+    return 2 * p.C * p.H * p.W <= INT32_MAX and wgrad_halo_positions(p) <= WGRAD_HALO_POSITIONS
+
+
 def tensor_kernel_name(op: str, kind: str, kernel: str, staging: str = "plain") -> str:
     """The name expression of ``op``'s tensor-core tile ``kernel`` for ``kind`` (TENSOR_KINDS) and
     ``staging`` (STAGINGS[op]). fprop's activation is a run-time argument."""
-    if staging == "halo":
-        op = "fprop"  # dgrad's too (dgrad_as_fprop)
+    if staging == "halo" and op == "dgrad":
+        op = "fprop"  # dgrad_as_fprop
     return (f"{op}_tensor_core<{TENSOR_KINDS[kind]}, {STAGINGS[op].index(staging)}, "
             f"{TENSOR_TILES[op][kernel].template_args()}>")
 
@@ -298,7 +353,7 @@ def tensor_staging(op: str, p, kernel: str, array) -> str:
     16-byte loads where that array is 16-byte aligned and lies contiguous along the reduction in
     whole 16-byte runs: fprop's w of a 1×1 filter (C/groups, a multiple of BK), wgrad's dy of
     images of P·Q a multiple of 16 bytes."""
-    if kernel == HALO_TILE:
+    if kernel in HALO_TILES:
         return "halo"
     if op == "dgrad":
         return "tap_major" if p.K_per_group % TENSOR_TILES[op][kernel].BK == 0 else "plain"
@@ -312,7 +367,7 @@ def wgrad_tap_major(p, tile) -> bool:
     """Whether wgrad's kernel of ``tile`` on ``p`` has tap-major columns (a block: one tap (r, s),
     BN channels): a tensor-core tile, with C/groups a multiple of BK (whole tiles of channels
     waste little of a block). A function of the problem and tile: the grid follows it."""
-    return isinstance(tile, TensorTile) and p.C_per_group % tile.BK == 0
+    return isinstance(tile, TensorTile) and p.C_per_group % tile.BK == 0 and tile != _WGRAD_HALO
 
 
 def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
@@ -322,7 +377,10 @@ def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
     zeros); a tile not built for the dtype or that cannot run ``p`` (``launchable``). 'auto' takes
     128×128 where the GEMM fills it and the grid gives every SM of an H100 a block (wgrad: where
     the GEMM fills it, its split-K fills the GPU), else 64×64; then fprop and dgrad take the halo
-    tile where it runs ``p`` and its busiest SM issues less (``tensor_busiest_sm_cost``)."""
+    tile where it runs ``p`` and its busiest SM issues less (``tensor_busiest_sm_cost``), and
+    wgrad takes its halo tile where it runs ``p`` with at least 64 output channels a group (its
+    128 rows at least half used: its loop issues half as much a HMMA as 128×128's, and split-K
+    gives its grid the GPU)."""
     tiles = TENSOR_TILES[op]
     M, N = _block_gemm_shape(op, p)
     if kernel == "auto":
@@ -334,6 +392,8 @@ def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
         if (HALO_TILE in tiles and launchable(op, p, HALO_TILE)
                 and tensor_busiest_sm_cost(op, p, HALO_TILE) < tensor_busiest_sm_cost(op, p, kernel)):
             kernel = HALO_TILE
+        if WGRAD_HALO_TILE in tiles and M >= 64 and launchable(op, p, WGRAD_HALO_TILE):
+            kernel = WGRAD_HALO_TILE
     if kernel not in tiles or p.dtype not in tiles[kernel].dtypes:
         return None
     return kernel if launchable(op, p, kernel) else None
@@ -495,6 +555,8 @@ def launchable(op: str, p, kernel: str) -> bool:
         return False
     if kernel == HALO_TILE and not halo_fits(p if op == "fprop" else dgrad_as_fprop(p)):
         return False
+    if kernel == WGRAD_HALO_TILE and not wgrad_halo_fits(p):
+        return False
     grid, _ = launch_config(0, op, tile, p)
     return grid[0] <= INT32_MAX and all(g <= 65535 for g in grid[1:])
 
@@ -589,7 +651,10 @@ def ceil_div(a: int, b: int) -> int:
 
 def _wgrad_column_blocks(p, tile) -> int:
     """Blocks across wgrad's GEMM columns: tiles of BN taps (c,r,s), or with tap-major columns
-    (``wgrad_tap_major``) R·S taps × tiles of BN channels."""
+    (``wgrad_tap_major``) R·S taps × tiles of BN channels; the halo tile's, tiles of 32 channels
+    at every tap."""
+    if tile == _WGRAD_HALO:
+        return ceil_div(p.C_per_group, WGRAD_HALO_CHANNELS)
     if wgrad_tap_major(p, tile):
         return p.R * p.S * ceil_div(p.C_per_group, tile.BN)
     return ceil_div(p.C_per_group * p.R * p.S, tile.BN)
@@ -796,9 +861,14 @@ class KernelBackend:
         splits, chunk = wgrad_splits(p, tile)
         direct = splits == 1 and kind_dtype(kind) == "float32"
         partial = dw if direct else self._empty((splits, *p.w_shape), "float32")
+        halo = kernel == WGRAD_HALO_TILE
+        if halo and _address(dy) % 16:  # its dy loads are 16-byte: a fresh copy is aligned
+            dy = dy.copy()
         name = tensor_kernel_name("wgrad", kind, kernel, staging=tensor_staging("wgrad", p, kernel, dy))
         self._launch("wgrad_tc.cu", name, dw.size,
-                     (x, dy, partial) + conv_args(p) + (np.int64(chunk),), "wgrad", tile, p)
+                     (x, dy, partial) + conv_args(p)
+                     + (np.int64(chunk), np.int32(wgrad_halo_positions(p) if halo else 0)), "wgrad", tile, p,
+                     wgrad_halo_shared_bytes() if halo else 0)
         if not direct:
             self._launch("wgrad_tc.cu", f"wgrad_tensor_reduce<{TENSOR_KINDS[kind]}>", dw.size,
                          (partial, dw, np.int64(dw.size), np.int32(splits)))

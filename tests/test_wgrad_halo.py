@@ -1,0 +1,206 @@
+"""wgrad's halo tile (kernels/wgrad_tc.cu, STAGING_HALO) on the emulator: x staged once a k-tile of
+32 pixels as a patch of padded rows that all 9 taps of a 3×3 filter read, a block 128 output
+channels × 32 input channels × 9 taps, dy copied by cp.async.
+
+Small integers are exact in float16 and bfloat16 and in their float32 sums, so a result is the
+float64 reference rounded once, compared with ==; the backend's workspace is fresh memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from gpuconv import reference as ref
+from gpuconv.backends import kernel_backend as kb
+from gpuconv.problem import conv_problem
+
+from problems import needs_sass_tools, problem, rel_err, run_tensor_op
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+TYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+HALO = kb.WGRAD_HALO_TILE
+
+# Problems the tile runs (wgrad_halo_fits), each reaching something of its own.
+CASES = {
+    # P·Q = 48: k-tiles whose pixels cross images (the patch's rows run on into the next image's
+    # padding and rows); K = 136: a second block of output channels, 8 of its 128 rows live
+    "images": dict(x=(3, 64, 6, 8), w=(136, 64, 3, 3), padding=1),
+    # asymmetric padding, odd on the left (a patch column before the padded ones, so that pairs
+    # start on even columns of x); dilation: a tap is dil_h·Wp + dil_w positions on
+    "dilation": dict(x=(3, 64, 6, 10), w=(40, 64, 3, 3), padding=(2, 0, 1, 1), dilation=(1, 2)),
+    # groups: each group's 32 channels and 20 filters; a 1×9 filter is 9 taps too
+    "groups": dict(x=(2, 64, 8, 12), w=(40, 32, 1, 9), groups=2, padding=(0, 0, 4, 4)),
+    # N·P·Q = 432, split-K over 3 splits: the last one's last k-tile ends past the reduction (its
+    # pixels past N·P·Q are an image N of padding); k-tiles of 2-3 rows, across images
+    "splits": dict(x=(3, 32, 12, 12), w=(8, 32, 3, 3), padding=1),
+}
+
+
+def integers(rng, shape, dtype, bound=3):
+    return rng.integers(-bound, bound + 1, shape).astype(TYPES[dtype])
+
+
+def case_arrays(p, dtype, seed):
+    rng = np.random.default_rng(seed)
+    return dict(x=integers(rng, p.x_shape, dtype), dy=integers(rng, p.y_shape, dtype))
+
+
+def run_halo(p, a, **emulate):
+    backend = kb.emulate_backend(wgrad_kernel=HALO, **emulate)
+    assert kb.choose_wgrad_tensor_core(p, HALO) == HALO
+    assert kb.tensor_staging("wgrad", p, HALO, a["dy"]) == "halo"
+    got = run_tensor_op(backend, "wgrad", p, a)
+    assert got is not None and got.dtype == a["x"].dtype
+    return got.astype(np.float64)
+
+
+def exact(p, a):
+    want = ref.wgrad(p, a["x"].astype(np.float64), a["dy"].astype(np.float64))
+    return want.astype(a["x"].dtype).astype(np.float64)
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("name", CASES)
+def test_small_integers_are_exact(name, dtype):
+    p = problem(CASES[name], dtype)
+    assert kb.wgrad_halo_fits(p), name
+    a = case_arrays(p, dtype, seed=len(name))
+    np.testing.assert_array_equal(run_halo(p, a), exact(p, a))
+
+
+def test_splits_case_splits_and_ends_past_the_reduction():
+    p = problem(CASES["splits"], "float16")
+    splits, chunk = kb.wgrad_splits(p, kb.TENSOR_TILES["wgrad"][HALO])
+    assert splits > 1 and p.N * p.P * p.Q % kb.TENSOR_TILES["wgrad"][HALO].BK != 0
+
+
+def test_infinities_reach_only_the_taps_that_read_them():
+    """An infinite x element poisons exactly the taps of dw whose real pixels read it: the pixels
+    past the reduction and the patch's other positions multiply only zeros and finite values."""
+    p = problem(CASES["splits"], "float16")
+    a = case_arrays(p, "float16", seed=5)
+    a["x"][1, 3, -1, -1] = np.inf  # the last image's last position: the last k-tile's patch
+    a["x"][0, 7, 0, 5] = -np.inf
+    want = ref.wgrad(p, a["x"].astype(np.float64), a["dy"].astype(np.float64))
+    got = run_halo(p, a)
+    assert np.isinf(want).any() and np.isfinite(want).any()
+    np.testing.assert_array_equal(got, want.astype(np.float16).astype(np.float64))
+
+
+def test_a_misaligned_dy_is_copied_aligned():
+    """dy's 16-byte copies need it 16-byte aligned: a view 2 bytes in is copied, not misread."""
+    p = problem(CASES["images"], "bfloat16")
+    a = case_arrays(p, "bfloat16", seed=3)
+    backing = np.empty(a["dy"].size + 8, dtype=a["dy"].dtype)
+    offset = (-backing.ctypes.data % 16) // 2 + 1  # one element past a 16-byte boundary
+    dy = backing[offset:offset + a["dy"].size].reshape(a["dy"].shape)
+    dy[...] = a["dy"]
+    assert dy.ctypes.data % 16 != 0
+    np.testing.assert_array_equal(run_halo(p, dict(a, dy=dy)), exact(p, a))
+
+
+@pytest.mark.parametrize("mode, case", [("race", "images"), ("asan", "splits")])
+def test_sanitizers_are_clean(mode, case):
+    p = problem(CASES[case], "float16")
+    a = case_arrays(p, "float16", seed=1)
+    np.testing.assert_array_equal(run_halo(p, a, mode=mode), exact(p, a))
+
+
+@pytest.mark.parametrize("schedule", ["reverse", "random"])
+def test_schedules_agree(schedule):
+    p = problem(CASES["dilation"], "bfloat16")
+    a = case_arrays(p, "bfloat16", seed=2)
+    np.testing.assert_array_equal(run_halo(p, a, schedule=schedule, seed=3), exact(p, a))
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+def test_random_inputs_are_as_accurate_as_the_tap_major_tile(dtype):
+    """Random normal inputs: the error against float64 on the same inputs is float32 accumulation
+    plus one rounding, as the tap-major tile's (another order of the same sums)."""
+    p = problem(CASES["images"], dtype)
+    rng = np.random.default_rng(4)
+    a = dict(x=rng.standard_normal(p.x_shape).astype(TYPES[dtype]),
+             dy=rng.standard_normal(p.y_shape).astype(TYPES[dtype]))
+    want = ref.wgrad(p, a["x"].astype(np.float64), a["dy"].astype(np.float64))
+    halo = run_halo(p, a)
+    other = run_tensor_op(kb.emulate_backend(wgrad_kernel="128x128x32_tc"), "wgrad", p, a).astype(np.float64)
+    rounding = rel_err(want.astype(TYPES[dtype]), want)  # the output's own rounding
+    assert rel_err(halo, want) <= 2 * max(rel_err(other, want), rounding)
+
+
+def brute_force_positions(p) -> int:
+    """The most padded positions a k-tile of 32 pixels reads, pixel by pixel and tap by tap: its
+    rows from the lowest to the highest padded row (pixels past N·P·Q in an image N), times the
+    padded width and the columns that pair positions on even columns of x."""
+    Hp, Wp = p.P + (p.R - 1) * p.dilation[0], p.Q + (p.S - 1) * p.dilation[1] + p.padding[2] % 2
+    Wp += Wp % 2
+    most = 0
+    for first in range(0, p.N * p.P * p.Q, 32):
+        rows = {n * Hp + pp + r * p.dilation[0]
+                for m in range(first, first + 32) for n, pp in [divmod(m // p.Q, p.P)] for r in range(p.R)}
+        most = max(most, (max(rows) - min(rows) + 1) * Wp)
+    return most
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_patch_size_is_the_most_a_k_tile_reads(name):
+    p = problem(CASES[name], "float16")
+    assert kb.wgrad_halo_positions(p) == brute_force_positions(p)
+
+
+def test_the_shared_memory_fits_every_tensor_core_gpus_block():
+    from gpuconv import sass
+
+    for arch in ("sm_80", "sm_86", "sm_89", "sm_90"):
+        assert kb.wgrad_halo_shared_bytes() <= sass.ARCH_LIMITS[arch].shared_per_block, arch
+
+
+def test_wgrad_halo_fits_only_what_the_kernel_runs():
+    fits = conv_problem((32, 128, 28, 28), (128, 128, 3, 3), padding=1, dtype="float16")
+    assert kb.wgrad_halo_fits(fits) and kb.choose_wgrad_tensor_core(fits) == HALO  # 'auto' takes it
+    assert not kb.wgrad_halo_fits(dataclasses.replace(fits, stride=(2, 2), P=14, Q=14))  # stride 2
+    assert not kb.wgrad_halo_fits(conv_problem((32, 128, 28, 28), (128, 128, 1, 1), dtype="float16"))
+    forty_eight = conv_problem((32, 48, 28, 28), (128, 48, 3, 3), dtype="float16")
+    assert not kb.wgrad_halo_fits(forty_eight)  # channels not a multiple of 32
+    assert not kb.wgrad_halo_fits(conv_problem((32, 64, 7, 7), (64, 64, 3, 3), padding=1,
+                                               dtype="float16"))  # W odd, P·Q = 49
+    assert not kb.wgrad_halo_fits(conv_problem((2, 32, 4, 4), (8, 32, 3, 3), padding=1,
+                                               dtype="float16"))  # P·Q = 16: a k-tile in 3 images
+    wide = conv_problem((2, 32, 8, 200), (8, 32, 3, 3), padding=1, dtype="float16")
+    assert kb.wgrad_halo_positions(wide) > kb.WGRAD_HALO_POSITIONS and not kb.wgrad_halo_fits(wide)
+    assert kb.choose_wgrad_tensor_core(wide, HALO) is None  # forced where it cannot run: not taken
+    # 'auto' leaves it to 128×128 or 64×64 below 64 output channels, and in TF32
+    assert kb.choose_wgrad_tensor_core(conv_problem((32, 128, 28, 28), (32, 128, 3, 3), padding=1,
+                                                    dtype="float16")) == "64x64x32_tc"
+    assert kb.choose_wgrad_tensor_core(dataclasses.replace(fits, dtype="float32")) == "64x64x32_tc"
+
+
+def test_shared_memory_is_conflict_free():
+    """Every shared access (the patch's 16-byte staging stores, the pixel table, dy's cp.async
+    copies, ldmatrix of both) takes the ideal wavefronts in ``gpuconv profile``."""
+    from gpuconv import profile
+
+    p = problem(dict(x=(2, 32, 8, 8), w=(128, 32, 3, 3), padding=1), "float16")
+    run = profile.run("wgrad", p, HALO)
+    assert run.kernel == HALO
+    shared = [row for row in run.rows if row["space"] == "shared"]
+    assert {row["kind"] for row in shared} >= {"store", "load", "cp.async"}
+    assert all(row["wavefronts"] == row["ideal"] for row in shared), shared
+
+
+@needs_sass_tools
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_main_loop_is_hmma_ldmatrix_and_cp_async(arch):
+    """NVRTC compiles the kernel as the cuda backend does: a loop of one k-tile, 72 HMMA (4×9 mma
+    tiles of a 64×72 warp, two k16 steps), 18 ldmatrix.x4 (A's 4 and B's 5 a step), dy's 2
+    LDGSTS, two patch units' 8 four-byte loads and two 16-byte stores each and one barrier; no
+    spills; one block of 8 warps an SM."""
+    from gpuconv import sass
+
+    name = kb.tensor_kernel_name("wgrad", "float16", HALO, "halo")
+    (r,) = sass.analyze([arch], [name])
+    assert (r.hmma, r.ldsm, r.ldgsts, r.bar, r.spills) == (72, 18, {128: 2}, 1, 0)
+    assert (r.ldg, r.sts[128]) == ({32: 16}, 4)
+    assert (r.threads, r.shared_bytes, r.blocks_per_sm) == (256, kb.wgrad_halo_shared_bytes(), 1)
