@@ -50,23 +50,41 @@ struct WgradGradientVectorIterator {
     __device__ __forceinline__ void advance() { pixel.add(step, 1, PQ); }
 };
 
-// WgradGradientVectorIterator by cp.async: its 16-byte runs copied straight to shared memory, no
-// registers (half types; TF32 rounds as it stages): issued before a k-tile's math, waited for
-// after it; a run past the reduction or the output channels copies zeros. A of the halo staging.
+// A of the halo staging: WgradGradientVectorIterator's runs, 8 bytes (P·Q a multiple of 4, so
+// that res4's 14×14 takes it; 16-byte ones would cost an instruction a k-tile less) copied by
+// cp.async straight to shared memory, no registers: issued before a k-tile's math, waited for
+// after it; a run past the reduction or the output channels copies zeros. Its pointer steps BK
+// pixels a k-tile and an image's other channels where the run leaves an image (P·Q ≥ BK: once).
+// A quarter-warp's copies land in 8 rows 80 bytes apart, a half-warp's in both 8-byte halves of
+// 16 bytes of them: the 32 banks once, conflict-free.
 template <class Tile>
-struct WgradGradientCopyIterator : WgradGradientVectorIterator<Tile> {
-    typedef WgradGradientVectorIterator<Tile> Base;
-    typedef typename Base::Map Map;
-    using Base::Base;
+struct WgradGradientCopyIterator {
+    typedef typename Tile::Element T;
+    static constexpr bool KFast = true;
+    typedef VectorStagingMap<Tile::BK, Tile::BM, Tile::THREADS, 8 / sizeof(T)> Map;
+    const T* dy_t;        // this thread's first run of the k-tile
+    index_t image_step;   // from an image's end to the next image's start, same channel: (K - 1)·P·Q
+    int channel_stride;   // Map::STEP output channels: STEP·P·Q elements
+    int channels_left, pixel, PQ;  // pixel: the run's p·Q + q
+
+    __device__ WgradGradientCopyIterator(const T* dy_g, index_t e, int k_base, int K_per_group, int K, int P, int Q)
+        : image_step((index_t)(K - 1) * P * Q), channel_stride(Map::STEP * P * Q),
+          channels_left(K_per_group - k_base), pixel((int)(e % (P * Q))), PQ(P * Q) {
+        dy_t = dy_g + (e / PQ) * K * PQ + (index_t)(k_base + Map::x(0)) * PQ + pixel;
+    }
     template <class Operand>
     __device__ __forceinline__ void copy(Operand& tile, int k_remaining) const {
         const bool live = Map::k(0) < k_remaining;
-        const typename Tile::Element* dy_t = this->dy_k + this->pixel.hi * this->image_stride + this->pixel.lo;
 #pragma unroll
         for (int u = 0; u < Map::ELEMS / Map::VEC; u++)
-            cp_async_zfill<16>(&tile.at(Map::k(u * Map::VEC), Map::x(u * Map::VEC)), dy_t + u * this->channel_stride,
-                               live && Map::x(u * Map::VEC) < this->channels_left);
+            cp_async_zfill<8>(&tile.at(Map::k(u * Map::VEC), Map::x(u * Map::VEC)), dy_t + u * channel_stride,
+                              live && Map::x(u * Map::VEC) < channels_left);
         cp_async_commit();
+    }
+    __device__ __forceinline__ void advance() {
+        dy_t += Tile::BK;
+        pixel += Tile::BK;
+        if (pixel >= PQ) pixel -= PQ, dy_t += image_step;
     }
 };
 template <int Kind, class Tile, int BX, typename T, int E>
@@ -143,7 +161,7 @@ struct WgradTapActivationIterator {
 // owns BM output channels × 32 input channels × all 9 taps: BN = 288 GEMM columns, 8 warps of
 // 64 × 72, warp (i, o) output channels 64i.. and channel octet o (channels 8o..8o+7) at every tap,
 // an mma tile of 8 columns a tap: column 72o + 8·tap + c of the block is channel 8o + c at that
-// tap. A is dy as the tap-major vector staging (WgradGradientVectorIterator). B[(n,p,q), (c,r,s)]
+// tap. A is dy copied 8 bytes at a time (WgradGradientCopyIterator). B[(n,p,q), (c,r,s)]
 // = x[n, c, p - pad_top + r·dil_h, q - pad_left + s·dil_w] is staged once a k-tile as a patch of
 // x, as fprop's halo patch (HaloPatch) is: the padded rows g = n·Hp + p + r·dil_h that the
 // k-tile's BK pixels reach (Hp padded rows an image), each of Wp padded columns (one more before
@@ -198,7 +216,8 @@ struct WgradHaloIterator {
         : x_c(reinterpret_cast<const unsigned*>(x_c_)), first(ReductionDigits::of(e, P_, Q_)),
           step(ReductionDigits::of(Tile::BK, P_, Q_)), pixel_rows(threadIdx.x % Tile::BK / Q_),
           pixel_columns(threadIdx.x % Tile::BK % Q_),
-          image_words(C * H_ * W_ / 2), plane_words(H_ * W_ / 2), N(N_), H(H_), W(W_), P(P_), Q(Q_), pad_top(pad_top_) {
+          image_words(C * H_ * W_ / 2), plane_words(H_ * W_ / 2), N(N_), H(H_), W(W_), P(P_), Q(Q_),
+          pad_top(pad_top_) {
         Hp = P + (R - 1) * dil_h;
         first_column = pad_left & 1;
         Wp = (Q - 1 + (S - 1) * dil_w + 1 + first_column + 1) / 2 * 2;
@@ -230,7 +249,8 @@ struct WgradHaloIterator {
             int h = first.mid + row[s], image = 0;  // padded row first.mid + row[s] of image first.hi
             if (h >= Hp) h -= Hp, image = 1;
             h -= pad_top;
-            const bool inside = first.hi + image < N && (unsigned)h < (unsigned)H && (unsigned)column[s] < (unsigned)W;
+            const bool inside =
+                    first.hi + image < N && (unsigned)h < (unsigned)H && (unsigned)column[s] < (unsigned)W;
             // int: two images of x (wgrad_halo_fits); h·W + column even (W and column even)
             const int offset = image * image_words + ((h * W + column[s]) >> 1) + channel_words;
             load_strided_or_zero(*reinterpret_cast<Staged(*)[UNIT]>(&v[s * UNIT]), x_n, offset, plane_words, inside);
@@ -250,12 +270,14 @@ struct WgradHaloIterator {
             *reinterpret_cast<uint4*>(patch + bytes) = make_uint4(
                     low_halves(u[0], u[1]), low_halves(u[2], u[3]), low_halves(u[4], u[5]), low_halves(u[6], u[7]));
             *reinterpret_cast<uint4*>(patch + bytes + PITCH * (int)sizeof(T)) = make_uint4(
-                    high_halves(u[0], u[1]), high_halves(u[2], u[3]), high_halves(u[4], u[5]), high_halves(u[6], u[7]));
+                    high_halves(u[0], u[1]), high_halves(u[2], u[3]), high_halves(u[4], u[5]),
+                    high_halves(u[6], u[7]));
         }
         if (threadIdx.x < Tile::BK) {  // pixel j's patch row: its padded row from the k-tile's first's
             int q = first.lo + pixel_columns, rows = pixel_rows;
             if (q >= Q) q -= Q, rows++;
-            const int patch_row = rows + (first.mid + rows >= P ? Hp - P : 0);  // in the next image: its padding between
+            // in the next image: the padding rows between the two images on
+            const int patch_row = rows + (first.mid + rows >= P ? Hp - P : 0);
             shared.position[buffer][threadIdx.x] = ((patch_row * Wp + first_column + q) * PITCH) * (int)sizeof(T);
         }
     }
@@ -269,13 +291,15 @@ struct WgradHaloView {
     const char* patch;
     int row[Tile::BK / Tile::MMA_K];
 };
-template <int Kind, class Tile, typename T>
-__device__ __forceinline__ void stage_first(WgradHaloIterator<Tile>& b, WgradHaloPatch<Tile>& shared, T (&v)[WgradHaloIterator<Tile>::Map::ELEMS], int) {
+template <int Kind, class Tile, typename T, int E>
+__device__ __forceinline__ void stage_first(WgradHaloIterator<Tile>& b, WgradHaloPatch<Tile>& shared, T (&v)[E],
+                                            int) {
     b.load(v, 0);
     b.store(shared, 0, v);
 }
 template <class Tile, typename T, int E>
-__device__ __forceinline__ void load_operand(WgradHaloIterator<Tile>& b, WgradHaloPatch<Tile>&, int, T (&v)[E], int) {
+__device__ __forceinline__ void load_operand(WgradHaloIterator<Tile>& b, WgradHaloPatch<Tile>&, int, T (&v)[E],
+                                             int) {
     b.load(v, 0);
 }
 template <int Kind, class Tile, typename T, int E>
@@ -294,45 +318,27 @@ __device__ __forceinline__ WgradHaloView<Tile> operand_view(const WgradHaloItera
     return view;
 }
 template <int Kind, bool KFast, class Tile>
-__device__ __forceinline__ void load_b_fragments(unsigned (&b0)[2], unsigned (&b1)[2], const WgradHaloView<Tile>& view,
-                                                 int k0, int, int j) {
+__device__ __forceinline__ void load_b_fragments(unsigned (&b0)[2], unsigned (&b1)[2],
+                                                 const WgradHaloView<Tile>& view, int k0, int, int j) {
     unsigned r[4];
     ldmatrix_x4<true>(r, view.patch + view.row[k0 / Tile::MMA_K] + view.b.tap_bytes[j / 2]);
     b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
 }
 
-// The halo tile's partial tile: accumulator (row, column 72o + 8·tap + c) is dw's (k, channel
-// 8o + c, tap) of the block.
-template <class Tile>
-struct WgradHaloEpilogue {
-    float* out;  // the block's first element: partial[z][g·K/groups + k_base][c_base·R·S]
-    int CRS, rows_left;
-
-    __device__ __forceinline__ void operator()(const float (&acc)[Tile::FRAGS_M][Tile::FRAGS_N][4]) const {
-        const int octet = threadIdx.x / 32 / Tile::WARPS_M, lane = threadIdx.x % 32;
-#pragma unroll
-        for (int i = 0; i < Tile::FRAGS_M; i++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int row = Tile::row(i, h);
-                if (row >= rows_left) continue;
-#pragma unroll
-                for (int tap = 0; tap < Tile::FRAGS_N; tap++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++)
-                        out[(index_t)row * CRS + (octet * 8 + 2 * (lane % 4) + e) * WGRAD_HALO_TAPS + tap] =
-                                acc[i][tap][2 * h + e];
-            }
-    }
-};
-
 // This split's partial tile into its slice of the workspace (dw's layout): accumulator (row, col)
-// at out[row·C/groups·R·S + col·column_stride] (column_stride: 1, or R·S for tap-major columns).
-template <class Tile>
+// at out[row·C/groups·R·S + column(col)], column(col) = col·column_stride (column_stride: 1, or R·S
+// for tap-major columns); the halo tile's column 72o + 8·tap + c (Halo) is channel 8o + c at that
+// tap, (8o + c)·9 + tap, and every one exists (C/groups a multiple of 32).
+template <class Tile, bool Halo = false>
 struct WgradTensorEpilogue {
     float* out;  // the block's first element: partial[z][g·K/groups + k_base][its first column]
     int CRS, column_stride, rows_left, cols_left;
 
+    __device__ __forceinline__ int column(int j, int e) const {
+        if (!Halo) return Tile::col(j, e) * column_stride;
+        const int c = Tile::col(0, e) / Tile::WN * 8 + Tile::col(0, e) % Tile::WN;  // its channel
+        return c * WGRAD_HALO_TAPS + j;
+    }
     __device__ __forceinline__ void operator()(const float (&acc)[Tile::FRAGS_M][Tile::FRAGS_N][4]) const {
 #pragma unroll
         for (int i = 0; i < Tile::FRAGS_M; i++)
@@ -344,8 +350,8 @@ struct WgradTensorEpilogue {
                 for (int j = 0; j < Tile::FRAGS_N; j++)
 #pragma unroll
                     for (int e = 0; e < 2; e++)
-                        if (Tile::col(j, e) < cols_left)
-                            out[(index_t)row * CRS + Tile::col(j, e) * column_stride] = acc[i][j][2 * h + e];
+                        if (Halo || Tile::col(j, e) < cols_left)
+                            out[(index_t)row * CRS + column(j, e)] = acc[i][j][2 * h + e];
             }
     }
 };
@@ -383,12 +389,11 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
         const int c_base = blockIdx.x * 32;
         WgradHaloIterator<Tile> b(x_g + (index_t)c_base * H * W, red_begin, N, C, H, W, R, S, P, Q, pad_top,
                                   pad_left, dil_h, dil_w, positions);
-        const WgradHaloEpilogue<Tile> epilogue{out + c_base * WGRAD_HALO_TAPS, CRS, K_per_group - k_base};
+        const WgradTensorEpilogue<Tile, true> epilogue{out + c_base * WGRAD_HALO_TAPS, CRS, 1, K_per_group - k_base,
+                                                       C_per_group - c_base};
         extern __shared__ __align__(16) unsigned char dynamic_shared[];
         auto& shared = *reinterpret_cast<TensorShared<Tile, IterA, WgradHaloIterator<Tile>>*>(dynamic_shared);
-        // One k-tile an iteration: unrolled twice (k_tiles_an_iteration) its loop is 24.7% HMMA on
-        // sm_80 instead of 22.9%, but it spills 16 bytes on sm_90.
-        tensor_implicit_gemm<Tile, 1>(shared, a, b, reduction, epilogue);
+        tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging)>(shared, a, b, reduction, epilogue);
     } else if constexpr (TapMajor) {  // (constexpr: one __shared__ tile pair an instance)
         const int c_tiles = (C_per_group + BN - 1) / BN;
         const int tap = blockIdx.x / c_tiles, c_base = (blockIdx.x % c_tiles) * BN;

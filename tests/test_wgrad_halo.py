@@ -30,6 +30,8 @@ CASES = {
     # asymmetric padding, odd on the left (a patch column before the padded ones, so that pairs
     # start on even columns of x); dilation: a tap is dil_h·Wp + dil_w positions on
     "dilation": dict(x=(3, 64, 6, 10), w=(40, 64, 3, 3), padding=(2, 0, 1, 1), dilation=(1, 2)),
+    # P·Q = 36: dy's 8-byte runs (not 16-byte ones) in k-tiles across images
+    "quads": dict(x=(3, 32, 6, 6), w=(24, 32, 3, 3), padding=1),
     # groups: each group's 32 channels and 20 filters; a 1×9 filter is 9 taps too
     "groups": dict(x=(2, 64, 8, 12), w=(40, 32, 1, 9), groups=2, padding=(0, 0, 4, 4)),
     # N·P·Q = 432, split-K over 3 splits: the last one's last k-tile ends past the reduction (its
@@ -90,14 +92,14 @@ def test_infinities_reach_only_the_taps_that_read_them():
 
 
 def test_a_misaligned_dy_is_copied_aligned():
-    """dy's 16-byte copies need it 16-byte aligned: a view 2 bytes in is copied, not misread."""
+    """dy's 8-byte copies need it 8-byte aligned: a view 2 bytes in is copied, not misread."""
     p = problem(CASES["images"], "bfloat16")
     a = case_arrays(p, "bfloat16", seed=3)
     backing = np.empty(a["dy"].size + 8, dtype=a["dy"].dtype)
-    offset = (-backing.ctypes.data % 16) // 2 + 1  # one element past a 16-byte boundary
+    offset = (-backing.ctypes.data % 16) // 2 + 1  # one element past an 8-byte boundary
     dy = backing[offset:offset + a["dy"].size].reshape(a["dy"].shape)
     dy[...] = a["dy"]
-    assert dy.ctypes.data % 16 != 0
+    assert dy.ctypes.data % 8 != 0
     np.testing.assert_array_equal(run_halo(p, dict(a, dy=dy)), exact(p, a))
 
 
@@ -166,6 +168,10 @@ def test_wgrad_halo_fits_only_what_the_kernel_runs():
     assert not kb.wgrad_halo_fits(forty_eight)  # channels not a multiple of 32
     assert not kb.wgrad_halo_fits(conv_problem((32, 64, 7, 7), (64, 64, 3, 3), padding=1,
                                                dtype="float16"))  # W odd, P·Q = 49
+    assert not kb.wgrad_halo_fits(conv_problem((32, 64, 6, 9), (64, 64, 3, 3), padding=1,
+                                               dtype="float16"))  # P·Q = 54: dy's 8-byte runs
+    res4 = conv_problem((32, 256, 14, 14), (256, 256, 3, 3), padding=1, dtype="float16")
+    assert kb.wgrad_halo_fits(res4) and kb.choose_wgrad_tensor_core(res4) == HALO  # P·Q = 196
     assert not kb.wgrad_halo_fits(conv_problem((2, 32, 4, 4), (8, 32, 3, 3), padding=1,
                                                dtype="float16"))  # P·Q = 16: a k-tile in 3 images
     wide = conv_problem((2, 32, 8, 200), (8, 32, 3, 3), padding=1, dtype="float16")
@@ -193,14 +199,14 @@ def test_shared_memory_is_conflict_free():
 @needs_sass_tools
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_main_loop_is_hmma_ldmatrix_and_cp_async(arch):
-    """NVRTC compiles the kernel as the cuda backend does: a loop of one k-tile, 72 HMMA (4×9 mma
-    tiles of a 64×72 warp, two k16 steps), 18 ldmatrix.x4 (A's 4 and B's 5 a step), dy's 2
-    LDGSTS, two patch units' 8 four-byte loads and two 16-byte stores each and one barrier; no
-    spills; one block of 8 warps an SM."""
+    """NVRTC compiles the kernel as the cuda backend does: a loop of two k-tiles (the main loop's
+    KTilesAnIteration), each 72 HMMA (4×9 mma tiles of a 64×72 warp, two k16 steps), 18
+    ldmatrix.x4 (A's 4 and B's 5 a step), dy's 4 8-byte LDGSTS, two patch units' 8 four-byte loads
+    and two 16-byte stores each and one barrier; no spills; one block of 8 warps an SM."""
     from gpuconv import sass
 
     name = kb.tensor_kernel_name("wgrad", "float16", HALO, "halo")
     (r,) = sass.analyze([arch], [name])
-    assert (r.hmma, r.ldsm, r.ldgsts, r.bar, r.spills) == (72, 18, {128: 2}, 1, 0)
-    assert (r.ldg, r.sts[128]) == ({32: 16}, 4)
+    assert (r.hmma, r.ldsm, r.ldgsts, r.bar, r.spills) == (2 * 72, 2 * 18, {64: 2 * 4}, 2, 0)
+    assert (r.ldg, r.sts[128]) == ({32: 2 * 16}, 2 * 4)
     assert (r.threads, r.shared_bytes, r.blocks_per_sm) == (256, kb.wgrad_halo_shared_bytes(), 1)

@@ -322,11 +322,11 @@ def wgrad_halo_positions(p) -> int:
 def wgrad_halo_fits(p) -> bool:
     """Whether wgrad's halo tile runs ``p``: a filter of WGRAD_HALO_TAPS taps at stride 1, C/groups
     a multiple of its 32 channels, W even (a unit reads two neighbouring positions a 4-byte load),
-    P·Q a multiple of 8 (dy read 16 bytes a load) and at least BK (a k-tile within two images),
-    two images of x in an int, and a patch within WGRAD_HALO_POSITIONS."""
+    P·Q a multiple of 4 (dy copied 8 bytes at a time) and at least BK (a k-tile within two
+    images), two images of x in an int, and a patch within WGRAD_HALO_POSITIONS."""
     tile = TENSOR_TILES["wgrad"][WGRAD_HALO_TILE]
     if (p.R * p.S != WGRAD_HALO_TAPS or p.stride != (1, 1) or p.C_per_group % WGRAD_HALO_CHANNELS
-            or p.W % 2 or p.P * p.Q % 8 or p.P * p.Q < tile.BK or p.N == 0):
+            or p.W % 2 or p.P * p.Q % 4 or p.P * p.Q < tile.BK or p.N == 0):
         return False
     return 2 * p.C * p.H * p.W <= INT32_MAX and wgrad_halo_positions(p) <= WGRAD_HALO_POSITIONS
 
@@ -862,7 +862,7 @@ class KernelBackend:
         direct = splits == 1 and kind_dtype(kind) == "float32"
         partial = dw if direct else self._empty((splits, *p.w_shape), "float32")
         halo = kernel == WGRAD_HALO_TILE
-        if halo and _address(dy) % 16:  # its dy loads are 16-byte: a fresh copy is aligned
+        if halo and _address(dy) % 8:  # dy's copies are 8-byte: a fresh copy is aligned
             dy = dy.copy()
         name = tensor_kernel_name("wgrad", kind, kernel, staging=tensor_staging("wgrad", p, kernel, dy))
         self._launch("wgrad_tc.cu", name, dw.size,
