@@ -107,6 +107,18 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* row) {
 #endif
 }
 
+// ldmatrix.x2.trans: two 8×8 matrices, rows from lanes 0-15 (the others' addresses unused), as
+// ldmatrix_x4 (wgrad's halo tile: the ninth tap's B fragment alone).
+__device__ __forceinline__ void ldmatrix_x2_trans(unsigned (&r)[2], const void* row) {
+#ifdef GPUCONV_EMULATE
+    ::gpuconv_emu::warp_ldmatrix(2, true, row, r, __FILE__, __LINE__);
+#else
+    const unsigned address = (unsigned)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(address));
+#endif
+}
+
 // d = a·b + c for one warp: a 16×16 (float16 or bfloat16, row-major fragments), b 16×8
 // (column-major), c and d 16×8 float.
 template <bool BFloat16>

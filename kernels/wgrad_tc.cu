@@ -236,7 +236,7 @@ struct WgradHaloIterator {
         const int lane_taps = threadIdx.x % 32 / 16, octet = threadIdx.x / 32 / Tile::WARPS_M;
 #pragma unroll
         for (int t = 0; t < (WGRAD_HALO_TAPS + 1) / 2; t++) {
-            const int tap = min(2 * t + lane_taps, WGRAD_HALO_TAPS - 1);  // the ninth's pair: itself again
+            const int tap = min(2 * t + lane_taps, WGRAD_HALO_TAPS - 1);  // the ninth: lanes 0-15 alone
             tap_bytes[t] = ((tap / S) * dil_h * Wp + tap % S * dil_w) * PITCH * (int)sizeof(T) + octet * 16;
         }
     }
@@ -320,8 +320,13 @@ __device__ __forceinline__ WgradHaloView<Tile> operand_view(const WgradHaloItera
 template <int Kind, bool KFast, class Tile>
 __device__ __forceinline__ void load_b_fragments(unsigned (&b0)[2], unsigned (&b1)[2],
                                                  const WgradHaloView<Tile>& view, int k0, int, int j) {
+    const char* row = view.patch + view.row[k0 / Tile::MMA_K] + view.b.tap_bytes[j / 2];
+    if (j + 1 == WGRAD_HALO_TAPS) {  // the ninth tap alone: lanes 0-15's rows
+        ldmatrix_x2_trans(b0, row);
+        return;
+    }
     unsigned r[4];
-    ldmatrix_x4<true>(r, view.patch + view.row[k0 / Tile::MMA_K] + view.b.tap_bytes[j / 2]);
+    ldmatrix_x4<true>(r, row);
     b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
 }
 
