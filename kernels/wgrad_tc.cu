@@ -3,7 +3,7 @@
 // (wgrad.cu: M = K/groups output channels, N = C/groups·R·S taps, reduction N·P·Q pixels, split-K
 // over blockIdx.z), with the same iterators reading dy and x where they lie (NCHW, no transpose
 // kernel), on gemm_tc.cuh's tensor-core main loop. sm_80+ only; an older GPU runs wgrad.cu.
-// 3×3 filters at stride 1 take the halo staging (below): x staged once a k-tile for all 9 taps, a
+// 3×3 filters take the halo staging (below): x staged once a k-tile for all 9 taps, a
 // block all taps of 32 channels; the others the tap-major or plain iterators, a block one tap.
 //
 // Each split writes its float32 partial tile to its slice of a float32 workspace
@@ -157,13 +157,14 @@ struct WgradTapActivationIterator {
 };
 
 // ---- The halo staging (STAGING_HALO): x staged once a k-tile for every tap ----
-// For filters of WGRAD_HALO_TAPS taps (3×3) at stride 1 (wgrad_halo_fits on the host). A block
+// For filters of WGRAD_HALO_TAPS taps (3×3; wgrad_halo_fits on the host). A block
 // owns BM output channels × 32 input channels × all 9 taps: BN = 288 GEMM columns, 8 warps of
 // 64 × 72, warp (i, o) output channels 64i.. and channel octet o (channels 8o..8o+7) at every tap,
 // an mma tile of 8 columns a tap: column 72o + 8·tap + c of the block is channel 8o + c at that
 // tap. A is dy copied 8 bytes at a time (WgradGradientCopyIterator). B[(n,p,q), (c,r,s)]
-// = x[n, c, p - pad_top + r·dil_h, q - pad_left + s·dil_w] is staged once a k-tile as a patch of
-// x, as fprop's halo patch (HaloPatch) is: the padded rows g = n·Hp + p + r·dil_h that the
+// = x[n, c, p·stride_h - pad_top + r·dil_h, q·stride_w - pad_left + s·dil_w] is staged once a
+// k-tile as a patch of x, as fprop's halo patch (HaloPatch) is: the padded rows
+// g = n·Hp + p·stride_h + r·dil_h that the
 // k-tile's BK pixels reach (Hp padded rows an image), each of Wp padded columns (one more before
 // them where pad_left is odd, and one after to make the row even), a position holding the
 // block's 32 channels contiguous in 80 bytes. Pixel j at tap (r, s) is then the 16-byte row
@@ -205,22 +206,23 @@ struct WgradHaloIterator {
     ReductionDigits first, step;  // the k-tile's first pixel (n, p, q); BK pixels as digits
     int pixel_rows, pixel_columns;  // thread j < BK's pixel from the first: j / Q rows, j % Q columns
     int image_words, plane_words;  // C·H·W / 2 (< 2^30, wgrad_halo_fits), H·W / 2
-    int N, H, W, P, Q, Hp, Wp, pad_top, first_column;
+    int N, H, W, P, Q, Hp, Wp, pad_top, first_column, stride_h, stride_w;
     int row[SLOTS], column[SLOTS];  // each unit's patch row (-1 past the patch) and x column (its first position's)
     int channel_words, store_bytes;  // the units' octet's offset in x (words); the first unit's bytes in a buffer
     int tap_bytes[(WGRAD_HALO_TAPS + 1) / 2];  // this lane's taps of each pair of mma tiles, at its
                                                 // warp's octet: ldmatrix's bytes from a pixel's row
 
     __device__ WgradHaloIterator(const T* x_c_, index_t e, int N_, int C, int H_, int W_, int R, int S, int P_,
-                                 int Q_, int pad_top_, int pad_left, int dil_h, int dil_w, int positions)
+                                 int Q_, int stride_h_, int stride_w_, int pad_top_, int pad_left, int dil_h,
+                                 int dil_w, int positions)
         : x_c(reinterpret_cast<const unsigned*>(x_c_)), first(ReductionDigits::of(e, P_, Q_)),
           step(ReductionDigits::of(Tile::BK, P_, Q_)), pixel_rows(threadIdx.x % Tile::BK / Q_),
           pixel_columns(threadIdx.x % Tile::BK % Q_),
           image_words(C * H_ * W_ / 2), plane_words(H_ * W_ / 2), N(N_), H(H_), W(W_), P(P_), Q(Q_),
-          pad_top(pad_top_) {
-        Hp = P + (R - 1) * dil_h;
+          pad_top(pad_top_), stride_h(stride_h_), stride_w(stride_w_) {
+        Hp = (P - 1) * stride_h + (R - 1) * dil_h + 1;
         first_column = pad_left & 1;
-        Wp = (Q - 1 + (S - 1) * dil_w + 1 + first_column + 1) / 2 * 2;
+        Wp = ((Q - 1) * stride_w + (S - 1) * dil_w + 1 + first_column + 1) / 2 * 2;
         // Unit u: 16 consecutive units are 4 pairs × 4 octets, a quarter-warp 4 pairs × 2 octets:
         // 16-byte stores 160 bytes apart in pairs and 16 in octets, the 8 bank groups once.
 #pragma unroll
@@ -246,7 +248,7 @@ struct WgradHaloIterator {
 #pragma unroll
         for (int s = 0; s < SLOTS; s++) {
             if (row[s] < 0) continue;  // past the patch's pairs
-            int h = first.mid + row[s], image = 0;  // padded row first.mid + row[s] of image first.hi
+            int h = first.mid * stride_h + row[s], image = 0;  // of image first.hi; past Hp the next's
             if (h >= Hp) h -= Hp, image = 1;
             h -= pad_top;
             const bool inside =
@@ -276,9 +278,10 @@ struct WgradHaloIterator {
         if (threadIdx.x < Tile::BK) {  // pixel j's patch row: its padded row from the k-tile's first's
             int q = first.lo + pixel_columns, rows = pixel_rows;
             if (q >= Q) q -= Q, rows++;
-            // in the next image: the padding rows between the two images on
-            const int patch_row = rows + (first.mid + rows >= P ? Hp - P : 0);
-            shared.position[buffer][threadIdx.x] = ((patch_row * Wp + first_column + q) * PITCH) * (int)sizeof(T);
+            // in the next image: Hp padded rows an image, of which its pixel rows reach P·stride_h
+            const int patch_row = rows * stride_h + (first.mid + rows >= P ? Hp - P * stride_h : 0);
+            shared.position[buffer][threadIdx.x] =
+                    ((patch_row * Wp + first_column + q * stride_w) * PITCH) * (int)sizeof(T);
         }
     }
 };
@@ -392,8 +395,8 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
     float* out = partial + (index_t)blockIdx.z * K * CRS + (index_t)(g * K_per_group + k_base) * CRS;
     if constexpr (Halo) {  // the launch's dynamic shared memory (above 48 KiB), wgrad_halo_shared_bytes
         const int c_base = blockIdx.x * 32;
-        WgradHaloIterator<Tile> b(x_g + (index_t)c_base * H * W, red_begin, N, C, H, W, R, S, P, Q, pad_top,
-                                  pad_left, dil_h, dil_w, positions);
+        WgradHaloIterator<Tile> b(x_g + (index_t)c_base * H * W, red_begin, N, C, H, W, R, S, P, Q, stride_h,
+                                  stride_w, pad_top, pad_left, dil_h, dil_w, positions);
         const WgradTensorEpilogue<Tile, true> epilogue{out + c_base * WGRAD_HALO_TAPS, CRS, 1, K_per_group - k_base,
                                                        C_per_group - c_base};
         extern __shared__ __align__(16) unsigned char dynamic_shared[];

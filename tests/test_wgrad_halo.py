@@ -32,6 +32,11 @@ CASES = {
     "dilation": dict(x=(3, 64, 6, 10), w=(40, 64, 3, 3), padding=(2, 0, 1, 1), dilation=(1, 2)),
     # P·Q = 36: dy's 8-byte runs (not 16-byte ones) in k-tiles across images
     "quads": dict(x=(3, 32, 6, 6), w=(24, 32, 3, 3), padding=1),
+    # stride 2: pixel (p, q) at padded row 2p, column 2q; P·Q = 48, so k-tiles cross images
+    "stride": dict(x=(3, 32, 12, 16), w=(40, 32, 3, 3), stride=2, padding=1),
+    # stride and dilation on different axes, odd left padding
+    "stride_dilation": dict(x=(2, 64, 8, 14), w=(24, 64, 3, 3), stride=(1, 2), padding=(2, 2, 1, 1),
+                            dilation=(2, 1)),
     # groups: each group's 32 channels and 20 filters; a 1×9 filter is 9 taps too
     "groups": dict(x=(2, 64, 8, 12), w=(40, 32, 1, 9), groups=2, padding=(0, 0, 4, 4)),
     # N·P·Q = 432, split-K over 3 splits: the last one's last k-tile ends past the reduction (its
@@ -136,11 +141,12 @@ def brute_force_positions(p) -> int:
     """The most padded positions a k-tile of 32 pixels reads, pixel by pixel and tap by tap: its
     rows from the lowest to the highest padded row (pixels past N·P·Q in an image N), times the
     padded width and the columns that pair positions on even columns of x."""
-    Hp, Wp = p.P + (p.R - 1) * p.dilation[0], p.Q + (p.S - 1) * p.dilation[1] + p.padding[2] % 2
+    (sh, sw), (dh, dw) = p.stride, p.dilation
+    Hp, Wp = (p.P - 1) * sh + (p.R - 1) * dh + 1, (p.Q - 1) * sw + (p.S - 1) * dw + 1 + p.padding[2] % 2
     Wp += Wp % 2
     most = 0
     for first in range(0, p.N * p.P * p.Q, 32):
-        rows = {n * Hp + pp + r * p.dilation[0]
+        rows = {n * Hp + pp * sh + r * dh
                 for m in range(first, first + 32) for n, pp in [divmod(m // p.Q, p.P)] for r in range(p.R)}
         most = max(most, (max(rows) - min(rows) + 1) * Wp)
     return most
@@ -162,7 +168,9 @@ def test_the_shared_memory_fits_every_tensor_core_gpus_block():
 def test_wgrad_halo_fits_only_what_the_kernel_runs():
     fits = conv_problem((32, 128, 28, 28), (128, 128, 3, 3), padding=1, dtype="float16")
     assert kb.wgrad_halo_fits(fits) and kb.choose_wgrad_tensor_core(fits) == HALO  # 'auto' takes it
-    assert not kb.wgrad_halo_fits(dataclasses.replace(fits, stride=(2, 2), P=14, Q=14))  # stride 2
+    # stride 2 fits where the patch does (CASES["stride"]); ResNet-50's res4_3x3_s2 needs 300 positions
+    res4_s2 = conv_problem((32, 256, 28, 28), (256, 256, 3, 3), stride=2, padding=1, dtype="float16")
+    assert kb.wgrad_halo_positions(res4_s2) == 300 and not kb.wgrad_halo_fits(res4_s2)
     assert not kb.wgrad_halo_fits(conv_problem((32, 128, 28, 28), (128, 128, 1, 1), dtype="float16"))
     forty_eight = conv_problem((32, 48, 28, 28), (128, 48, 3, 3), dtype="float16")
     assert not kb.wgrad_halo_fits(forty_eight)  # channels not a multiple of 32

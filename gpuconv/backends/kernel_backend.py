@@ -162,7 +162,7 @@ HALO_REPORTED_POSITIONS = 384
 # dgrad at stride 1 runs it too, as fprop of dy (dgrad_as_fprop).
 _HALO = {HALO_TILE: TensorTile(BM=128, BN=128, BK=32, WM=64, WN=64, dtypes=HALF_DTYPES)}
 # wgrad's halo tile (STAGING_HALO in kernels/wgrad_tc.cu: x staged once a k-tile as a patch that
-# every tap reads): 3×3 filters at stride 1, a block 128 output channels × 32 input channels × the
+# every tap reads): 3×3 filters, a block 128 output channels × 32 input channels × the
 # 9 taps (288 columns), 8 warps of 64 × 72 (an octet of channels at every tap); dynamic shared
 # memory of wgrad_halo_shared_bytes.
 WGRAD_HALO_TILE = "128x288x32_64x72_tc"
@@ -299,33 +299,33 @@ def halo_fits(p: Conv2dProblem | None) -> bool:
 @functools.lru_cache(maxsize=256)
 def wgrad_halo_positions(p) -> int:
     """The most positions of padded x that a k-tile of wgrad's halo tile stages (its patch): the
-    padded rows g = n·Hp + p + r·dil_h from its first pixel's row to its last pixel's last tap,
-    each of Wp columns as fprop's halo patch (``halo_positions``, at stride 1). K-tiles start at
+    padded rows g = n·Hp + p·stride_h + r·dil_h from its first pixel's row to its last pixel's
+    last tap, each of Wp columns as fprop's halo patch (``halo_positions``). K-tiles start at
     multiples of BK pixels (splits are whole k-tiles); the last one's pixels past N·P·Q count as
     an image N's. Cached: asked on every half-precision wgrad dispatch."""
-    BK, (dh, dw) = TENSOR_TILES["wgrad"][WGRAD_HALO_TILE].BK, p.dilation
+    BK, (sh, sw), (dh, dw) = TENSOR_TILES["wgrad"][WGRAD_HALO_TILE].BK, p.stride, p.dilation
     PQ = p.P * p.Q
-    Hp = p.P + (p.R - 1) * dh
-    Wp = ceil_div(p.Q + (p.S - 1) * dw + p.padding[2] % 2, 2) * 2
+    Hp = (p.P - 1) * sh + (p.R - 1) * dh + 1
+    Wp = ceil_div((p.Q - 1) * sw + (p.S - 1) * dw + 1 + p.padding[2] % 2, 2) * 2
     # k-tiles a whole number of images apart span the same rows: one period is all there is
     period = PQ // math.gcd(BK, PQ)
     first = np.arange(0, min(ceil_div(p.N * PQ, BK), period) * BK, BK, dtype=np.int64)
     last = first + BK - 1
 
     def padded_row(i):
-        return i // PQ * Hp + i % PQ // p.Q
+        return i // PQ * Hp + i % PQ // p.Q * sh
 
     rows = padded_row(last) + (p.R - 1) * dh - padded_row(first) + 1
     return int(rows.max()) * Wp
 
 
 def wgrad_halo_fits(p) -> bool:
-    """Whether wgrad's halo tile runs ``p``: a filter of WGRAD_HALO_TAPS taps at stride 1, C/groups
+    """Whether wgrad's halo tile runs ``p``: a filter of WGRAD_HALO_TAPS taps (any stride), C/groups
     a multiple of its 32 channels, W even (a unit reads two neighbouring positions a 4-byte load),
     P·Q a multiple of 4 (dy copied 8 bytes at a time) and at least BK (a k-tile within two
     images), two images of x in an int, and a patch within WGRAD_HALO_POSITIONS."""
     tile = TENSOR_TILES["wgrad"][WGRAD_HALO_TILE]
-    if (p.R * p.S != WGRAD_HALO_TAPS or p.stride != (1, 1) or p.C_per_group % WGRAD_HALO_CHANNELS
+    if (p.R * p.S != WGRAD_HALO_TAPS or p.C_per_group % WGRAD_HALO_CHANNELS
             or p.W % 2 or p.P * p.Q % 4 or p.P * p.Q < tile.BK or p.N == 0):
         return False
     return 2 * p.C * p.H * p.W <= INT32_MAX and wgrad_halo_positions(p) <= WGRAD_HALO_POSITIONS
