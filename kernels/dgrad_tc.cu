@@ -7,7 +7,7 @@
 // DgradTensorEpilogue adds the bias in float32 and rounds once to dx's type. Assumes, as
 // dgrad_implicit_gemm, a phase's N·Hp·Wp pixels + BM < 2^31 (checked on the host). Staging
 // (STAGING_*, the host's choice): dgrad_implicit_gemm's iterators, or the tap-major ones below
-// (K/groups a multiple of BK).
+// (K/groups a multiple of BK; w reordered by the host to [C/groups][R][S][K/groups] a group).
 #include "dgrad.cu"
 #include "gemm_tc.cuh"
 
@@ -43,31 +43,42 @@ struct DgradTapGradientIterator {
     __device__ __forceinline__ void advance() { tap.advance(Tile::BK, K_per_group, taps_s); }
 };
 
-// B[(t_r, t_s, k), c] = w[k, c, first_r + t_r·step_r, first_s + t_s·step_s], staged as
-// DgradFilterIterator's (one k a k-tile, several c).
-// Its tap is the gradient iterator's (as FpropTapFilterIterator's: A advances it).
+// B[(t_r, t_s, k), c] = w[k, c, first_r + t_r·step_r, first_s + t_s·step_s] from w reordered by
+// the host to [C/groups][R][S][K/groups] a group, so that a k-tile's BK output channels of one tap
+// are contiguous for each input channel: runs of VEC consecutive k of one c a 16-byte load
+// (VectorStagingMap; the host aligns w), a k-tile's tap its offset. Its tap is the gradient
+// iterator's (A advances it).
 template <class Tile>
 struct DgradTapFilterIterator {
     typedef typename Tile::Element T;
     static constexpr bool KFast = true;
-    typedef StagingMap<Tile::BK, Tile::BN, Tile::THREADS, KFast> Map;
-    const T* w_c;           // w[Map::k(0), c_base + Map::x(0), 0, 0] of the group
-    index_t filter_stride;  // one output channel k of w: C/groups·R·S elements
-    int channel_stride;     // Map::STEP input channels: STEP·R·S elements
-    int live, S, first_r, step_r, first_s, step_s;  // live: as FpropTapFilterIterator's
+    typedef VectorStagingMap<Tile::BK, Tile::BN, Tile::THREADS, 16 / sizeof(T)> Map;
+    static constexpr int VEC = Map::VEC;
+    const T* w_c;            // w[c_base + Map::x(0)][0][0][Map::k(0)] of the group
+    index_t channel_stride;  // Map::STEP input channels: STEP·R·S·K/groups elements
+    int live, S, K_per_group, first_r, step_r, first_s, step_s;  // live: runs u < live have a channel
     const TapMajorDigits& tap;  // DgradTapGradientIterator's
 
-    __device__ DgradTapFilterIterator(const T* w_g, int c_base, int C_per_group, int R, int S_,
+    __device__ DgradTapFilterIterator(const T* w_g, int c_base, int C_per_group, int K_per_group_, int R, int S_,
                                       const PhaseTaps& tap_r, const PhaseTaps& tap_s,
                                       const TapMajorDigits& gradient_tap)
-        : w_c(w_g + ((index_t)Map::k(0) * C_per_group + c_base + Map::x(0)) * R * S_),
-          filter_stride((index_t)C_per_group * R * S_), channel_stride(Map::STEP * R * S_),
-          live((C_per_group - c_base - Map::x(0) + Map::STEP - 1) / Map::STEP), S(S_), first_r(tap_r.first),
-          step_r(tap_r.step), first_s(tap_s.first), step_s(tap_s.step), tap(gradient_tap) {}
+        : w_c(w_g + ((index_t)(c_base + Map::x(0)) * R * S_) * K_per_group_ + Map::k(0)),
+          channel_stride((index_t)Map::STEP * R * S_ * K_per_group_),
+          live((C_per_group - c_base - Map::x(0) + Map::STEP - 1) / Map::STEP), S(S_),
+          K_per_group(K_per_group_), first_r(tap_r.first), step_r(tap_r.step), first_s(tap_s.first),
+          step_s(tap_s.step), tap(gradient_tap) {}
     // Every k-tile is full (k_remaining >= BK).
     __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
-        load_strided_live<true>(v, w_c + tap.channel * filter_stride + (first_r + tap.r * step_r) * S + first_s +
-                                       tap.s * step_s, channel_stride, live);
+        const T* w_t = w_c + ((first_r + tap.r * step_r) * S + first_s + tap.s * step_s) * K_per_group + tap.channel;
+#pragma unroll
+        for (int u = 0; u < Map::ELEMS / VEC; u++) {
+            if (u < live) {
+                load16(&v[u * VEC], w_t + u * channel_stride);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; e++) v[u * VEC + e] = T(0);
+            }
+        }
     }
     __device__ __forceinline__ void advance() {}  // A advances the tap
 };
@@ -95,7 +106,7 @@ template <class Tile>
 __device__ __forceinline__ DgradTapFilterIterator<Tile> make_iterator(
         DgradTapFilterIterator<Tile>*, const typename Tile::Element* w_g, int c_base, int C_per_group, int R,
         int S, const PhaseTaps& tap_r, const PhaseTaps& tap_s, const DgradTapGradientIterator<Tile>& a) {
-    return DgradTapFilterIterator<Tile>(w_g, c_base, C_per_group, R, S, tap_r, tap_s, a.tap);
+    return DgradTapFilterIterator<Tile>(w_g, c_base, C_per_group, a.K_per_group, R, S, tap_r, tap_s, a.tap);
 }
 
 template <class Tile>

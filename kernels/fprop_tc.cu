@@ -6,15 +6,17 @@
 // A block owns BM pixels × BN output channels of one group; FpropTensorEpilogue adds the bias and
 // applies the activation (a run-time argument here) in float32, then rounds once to y's type.
 // Staging (the host's choice, STAGING_*): fprop_implicit_gemm's iterators; the tap-major ones
-// below (C/groups a multiple of BK); those with w read 16 bytes a load (FpropFilterVectorIterator:
-// 1×1 filters, w 16-byte aligned).
+// below (C/groups a multiple of BK), w read 16 bytes a load (FpropFilterVectorIterator: the host
+// reorders w to [K][R][S][C/groups], so that the tap-major reduction lies contiguous in it); the
+// halo staging.
 #include "fprop.cu"
 #include "gemm_tc.cuh"
 
-// FpropFilterIterator with 128-bit loads: B[(c,r,s), k] = w[k, (c,r,s)], each thread a run of
-// VEC consecutive (c,r,s) of one output channel (w's rows are contiguous along C·R·S) per load
-// (VectorStagingMap). Assumes C/groups·R·S a multiple of VEC and w 16-byte aligned (the host
-// checks: STAGING_TAP_MAJOR_VECTOR), so every run is whole inside the reduction or wholly past it.
+// FpropFilterIterator with 128-bit loads, tap-major: B[(r,s,c), k] = w[k, (r,s,c)] of w reordered
+// by the host to [K][R][S][C/groups] (1×1: w as it is), each thread a run of VEC consecutive
+// (r,s,c) of one output channel (a row is contiguous along the reduction) per load
+// (VectorStagingMap). Assumes C/groups a multiple of BK and w 16-byte aligned (the host sees to
+// both: STAGING_TAP_MAJOR_VECTOR), so every run is whole inside the reduction or wholly past it.
 template <class Tile>
 struct FpropFilterVectorIterator {
     typedef typename Tile::Element T;
@@ -78,32 +80,6 @@ struct FpropTapActivationIterator {
     __device__ __forceinline__ void advance() { tap.advance(Tile::BK, C_per_group, S); }
 };
 
-// B[(r,s,c), k] = w[k, c, r, s], staged as FpropFilterIterator's (one channel a k-tile, several k).
-// Its tap is the activation iterator's: A's digits, advanced by A (the main loop advances A before
-// either loads), so that a k-tile steps one copy of them, not two.
-template <class Tile>
-struct FpropTapFilterIterator {
-    typedef typename Tile::Element T;
-    static constexpr bool KFast = true;
-    typedef StagingMap<Tile::BK, Tile::BN, Tile::THREADS, KFast> Map;
-    const T* w_t;             // w[k_base + Map::x(0), Map::k(0), 0, 0]
-    index_t channel_stride;   // Map::STEP output channels: STEP·C·R·S elements
-    int live, RS, S;  // live: the elements i whose channel x(i) exists, i < live
-    const TapMajorDigits& tap;  // FpropTapActivationIterator's
-
-    __device__ FpropTapFilterIterator(const T* w_g, int k_base, int K_per_group, int C_per_group, int R, int S_,
-                                      const TapMajorDigits& activation_tap)
-        : w_t(w_g + ((index_t)(k_base + Map::x(0)) * C_per_group + Map::k(0)) * R * S_),
-          channel_stride((index_t)Map::STEP * C_per_group * R * S_),
-          live((K_per_group - k_base - Map::x(0) + Map::STEP - 1) / Map::STEP), RS(R * S_), S(S_),
-          tap(activation_tap) {}
-    // Every k-tile is full (k_remaining >= BK).
-    __device__ __forceinline__ void load(T (&v)[Map::ELEMS], int) const {
-        load_strided_live<true>(v, w_t + tap.channel * RS + tap.r * S + tap.s, channel_stride, live);
-    }
-    __device__ __forceinline__ void advance() {}  // A advances the tap
-};
-
 // The kernel's iterators from its arguments, one overload an iterator (their constructors take
 // what each needs); the first argument only names the type, B's last is the A iterator.
 template <class Tile>
@@ -134,12 +110,6 @@ __device__ __forceinline__ FpropFilterVectorIterator<Tile> make_iterator(
         FpropFilterVectorIterator<Tile>*, const typename Tile::Element* w_g, int k_base, int K_per_group,
         int C_per_group, int R, int S, const IterA&) {
     return FpropFilterVectorIterator<Tile>(w_g, k_base, K_per_group, C_per_group * R * S);
-}
-template <class Tile>
-__device__ __forceinline__ FpropTapFilterIterator<Tile> make_iterator(
-        FpropTapFilterIterator<Tile>*, const typename Tile::Element* w_g, int k_base, int K_per_group,
-        int C_per_group, int R, int S, const FpropTapActivationIterator<Tile>& a) {
-    return FpropTapFilterIterator<Tile>(w_g, k_base, K_per_group, C_per_group, R, S, a.tap);
 }
 
 // The halo staging (STAGING_HALO: float16 and bfloat16, R·S > 1, C/groups a multiple of BK = 32,
@@ -443,23 +413,22 @@ fprop_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   int dil_h, int dil_w, int groups, int activation) {
     typedef TensorTile<Kind, BM, BN, BK, WM, WN> Tile;
     typedef typename Tile::Element T;
-    constexpr bool TapMajor = Staging != STAGING_PLAIN, VectorW = Staging == STAGING_TAP_MAJOR_VECTOR;
-    constexpr bool Halo = Staging == STAGING_HALO;
+    static_assert(Staging != STAGING_TAP_MAJOR, "fprop's tap-major staging reads w 16 bytes a load: "
+                                                "STAGING_TAP_MAJOR_VECTOR (the host reorders w)");
+    constexpr bool TapMajor = Staging != STAGING_PLAIN, Halo = Staging == STAGING_HALO;
     const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
     const index_t PQ = (index_t)P * Q, M = N * PQ;
     // blockIdx.y enumerates (group, tile of BN channels within the group), as fprop_implicit_gemm.
     const int k_tiles = (K_per_group + BN - 1) / BN;
     const int g = blockIdx.y / k_tiles, k_base = (blockIdx.y % k_tiles) * BN;
     const index_t m_base = (index_t)blockIdx.x * BM;
-    // Iterators: the halo pair, the tap-major pair, or fprop_implicit_gemm's; B by 128-bit loads
-    // where VectorW.
+    // Iterators: the halo pair, the tap-major pair (B by 128-bit loads), or fprop_implicit_gemm's.
     typedef typename Select<Halo, FpropHaloIterator<Tile>,
                             typename Select<TapMajor, FpropTapActivationIterator<Tile>,
                                             FpropActivationIterator<Tile>>::type>::type IterA;
     typedef typename Select<Halo, FpropHaloFilterIterator<Tile>,
-                            typename Select<VectorW, FpropFilterVectorIterator<Tile>,
-                                            typename Select<TapMajor, FpropTapFilterIterator<Tile>,
-                                                            FpropFilterIterator<Tile>>::type>::type>::type IterB;
+                            typename Select<TapMajor, FpropFilterVectorIterator<Tile>,
+                                            FpropFilterIterator<Tile>>::type>::type IterB;
     const T* x_g = x + (index_t)g * C_per_group * H * W;
     const T* w_g = w + (index_t)g * K_per_group * CRS;
     IterA a = make_iterator((IterA*)nullptr, x_g, m_base + IterA::Map::x(0), M, C, C_per_group, H, W, R, S, Q,

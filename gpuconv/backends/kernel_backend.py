@@ -221,8 +221,9 @@ def kind_dtype(kind: str) -> str:
 # argument (STAGING_* in kernels/gemm_tc.cuh), chosen per problem by ``tensor_staging``: 'plain'
 # (the op's own iterators), 'tap_major' (the reduction in (tap, channel) order, a k-tile BK
 # channels of one tap: one bounds check a k-tile; wgrad: a block's columns are channels of one
-# tap, ``wgrad_tap_major``) and 'tap_major_vector' (also 16-byte loads of fprop's w, 1×1 only, or
-# wgrad's dy).
+# tap, ``wgrad_tap_major``), 'tap_major_vector' (also 16-byte loads of fprop's w, reordered to
+# [K][R][S][C/groups] by the backend, or of wgrad's dy) and 'halo'. fprop's tap-major staging
+# always reads w reordered, so its 'tap_major' is not built (``tile_stagings``).
 STAGINGS = {"fprop": ("plain", "tap_major", "tap_major_vector", "halo"), "dgrad": ("plain", "tap_major"),
             "wgrad": ("plain", "tap_major", "tap_major_vector", "halo")}
 
@@ -230,10 +231,10 @@ STAGINGS = {"fprop": ("plain", "tap_major", "tap_major_vector", "halo"), "dgrad"
 def tile_stagings(op: str, kernel: str) -> tuple[str, ...]:
     """The STAGINGS[op] entries built for tile ``kernel`` in ``op``'s source: a halo tile has the
     halo staging alone (fprop_tc.cu, where dgrad runs fprop's; wgrad_tc.cu), and no other tile
-    has it."""
+    has it; fprop's 'tap_major' is 'tap_major_vector' (w reordered) and not built."""
     if kernel in HALO_TILES:
         return ("halo",) if "halo" in STAGINGS[op] else ()
-    return tuple(s for s in STAGINGS[op] if s != "halo")
+    return tuple(s for s in STAGINGS[op] if s != "halo" and (op, s) != ("fprop", "tap_major"))
 
 
 def dgrad_as_fprop(p) -> Conv2dProblem | None:
@@ -348,18 +349,20 @@ def _address(array) -> int:
 
 def tensor_staging(op: str, p, kernel: str, array) -> str:
     """The STAGINGS[op] entry for ``p`` on tile ``kernel``; ``array`` is the operand a 16-byte
-    load would read (fprop w, wgrad dy). Tap-major where the reduction's channels (fprop and wgrad
-    C/groups, dgrad K/groups) are a multiple of BK (every k-tile whole channels of one tap). With
-    16-byte loads where that array is 16-byte aligned and lies contiguous along the reduction in
-    whole 16-byte runs: fprop's w of a 1×1 filter (C/groups, a multiple of BK), wgrad's dy of
-    images of P·Q a multiple of 16 bytes."""
+    load would read (wgrad dy). Tap-major where the reduction's channels (fprop and wgrad
+    C/groups, dgrad K/groups) are a multiple of BK (every k-tile whole channels of one tap):
+    fprop's with 16-byte loads of w (reordered by the backend to [K][R][S][C/groups], aligned and
+    contiguous: ``_aligned_contiguous``); wgrad's where dy is
+    16-byte aligned and its images of P·Q elements a multiple of 16 bytes."""
     if kernel in HALO_TILES:
         return "halo"
     if op == "dgrad":
         return "tap_major" if p.K_per_group % TENSOR_TILES[op][kernel].BK == 0 else "plain"
     if p.C_per_group % TENSOR_TILES[op][kernel].BK != 0:
         return "plain"
-    contiguous = p.R * p.S == 1 if op == "fprop" else p.P * p.Q * array.itemsize % 16 == 0
+    if op == "fprop":
+        return "tap_major_vector"
+    contiguous = p.P * p.Q * array.itemsize % 16 == 0
     return "tap_major_vector" if contiguous and _address(array) % 16 == 0 else "tap_major"
 
 
@@ -814,21 +817,30 @@ class KernelBackend:
             return None
         (kind, kernel), y = chosen, self._empty(p.y_shape, p.dtype)
         staging = tensor_staging("fprop", p, kernel, w)
-        if staging == "halo":  # w as [K][R][S][C/groups]: a k-tile's channels of a tap contiguous
+        if staging != "plain":  # w as [K][R][S][C/groups]: the tap-major reduction contiguous
             w = w.reshape(p.groups, p.K_per_group, p.C_per_group, p.R, p.S).transpose(0, 1, 3, 4, 2)
+        if staging == "halo":
             return self._fprop_halo(kind, p, x, w, bias, y, activation)
+        if staging == "tap_major_vector":
+            w = self._aligned_contiguous(w)
         name = tensor_kernel_name("fprop", kind, kernel, staging)
         self._launch("fprop_tc.cu", name, y.size,
                      (x, w, _pointer(bias), y) + conv_args(p) + (np.int32(ACTIVATION_IDS[activation]),),
                      "fprop", TENSOR_TILES["fprop"][kernel], p)
         return y
 
+    def _aligned_contiguous(self, a):
+        """``a`` contiguous and 16-byte aligned for the kernels' 16-byte loads: itself where it is,
+        else a copy (fresh allocations are aligned)."""
+        a = self.xp.ascontiguousarray(a)
+        return a if _address(a) % 16 == 0 else a.copy()
+
     def _fprop_halo(self, kind: str, p, x, w_krsc, bias, y, activation=None):
         """y of fprop ``p`` on the halo tile: ``w_krsc`` is w as [K/groups·groups][R][S][C/groups]
         (any strides: copied contiguous here), the kernel's shared memory dynamic."""
         name = tensor_kernel_name("fprop", kind, HALO_TILE, "halo")
         self._launch("fprop_tc.cu", name, y.size,
-                     (x, self.xp.ascontiguousarray(w_krsc), _pointer(bias), y) + conv_args(p)
+                     (x, self._aligned_contiguous(w_krsc), _pointer(bias), y) + conv_args(p)
                      + (np.int32(ACTIVATION_IDS[activation]),),
                      "fprop", TENSOR_TILES["fprop"][HALO_TILE], p, halo_shared_bytes(halo_positions(p)))
         return y
@@ -843,7 +855,11 @@ class KernelBackend:
         if kernel == HALO_TILE:  # stride 1: fprop of dy with w flipped and transposed, group by group
             w_krsc = w.reshape(p.groups, p.K_per_group, p.C_per_group, p.R, p.S)[:, :, :, ::-1, ::-1]
             return self._fprop_halo(kind, dgrad_as_fprop(p), dy, w_krsc.transpose(0, 2, 3, 4, 1), bias, dx)
-        name = tensor_kernel_name("dgrad", kind, kernel, staging=tensor_staging("dgrad", p, kernel, w))
+        staging = tensor_staging("dgrad", p, kernel, w)
+        if staging == "tap_major":  # w as [C/groups][R][S][K/groups] a group: a k-tile's K contiguous
+            w = self._aligned_contiguous(
+                w.reshape(p.groups, p.K_per_group, p.C_per_group, p.R, p.S).transpose(0, 2, 3, 4, 1))
+        name = tensor_kernel_name("dgrad", kind, kernel, staging)
         self._launch("dgrad_tc.cu", name, dx.size,
                      (dy, w, _pointer(bias), dx) + conv_args(p), "dgrad", TENSOR_TILES["dgrad"][kernel], p)
         return dx
