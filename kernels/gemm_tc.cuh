@@ -185,13 +185,12 @@ struct Select<false, A, B> {
 #define STAGING_HALO 3
 
 // k-tiles an iteration of the main loop (its unroll factor) for a staging: 2 for the halo tiles,
-// whose k-tile is 190 instructions around 64 HMMA on sm_80 (fprop's; wgrad's: 306 around 72).
-// Unrolled twice, the double buffer's index is a constant in each copy and the loop's counter and
-// branch serve two k-tiles: 36.3% HMMA instead of 33.7% (37.1% with the patch's read offset,
-// FpropHaloIterator; see bench/results/sass-sm_80.md), at 255 registers and no spills. The other
-// stagings stay at 1:
-// measured unrolled, the tap-major tiles gain at most a point (14.2% → 14.9% on 128×128),
-// TF32x3's spill, and the plain iterators lose (fprop's 5.3% → 4.0%).
+// whose k-tile is 190 instructions around 64 HMMA on sm_80 (fprop's; wgrad's, about 300 around
+// 72). Unrolled twice, the double buffer's index is a constant in each copy and the loop's counter
+// and branch serve two k-tiles: fprop's is 36.3% HMMA instead of 33.7% (37.1% with the patch's
+// read offset, FpropHaloIterator; see bench/results/sass-sm_80.md), at 255 registers and no
+// spills. The other stagings stay at 1: measured unrolled, the tap-major tiles gain at most a
+// point (14.2% → 14.9% on 128×128), TF32x3's spill, and the plain iterators lose (5.3% → 4.0%).
 __host__ __device__ constexpr int k_tiles_an_iteration(int staging) { return staging == STAGING_HALO ? 2 : 1; }
 
 // A reduction index in tap-major order (r, s, channel), stepped a whole k-tile of BK channels at

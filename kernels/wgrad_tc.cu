@@ -195,7 +195,8 @@ struct WgradHaloIterator {
     static constexpr bool KFast = false;  // the warps read B by ldmatrix.trans
     static constexpr int PITCH = Shared::PITCH, UNIT = 8;
     static constexpr int SLOTS = WGRAD_HALO_POSITIONS / 2 * (32 / UNIT) / Tile::THREADS;  // units a thread
-    static constexpr int SLOT_BYTES = Tile::THREADS / 4 * 2 * PITCH * (int)sizeof(T);  // THREADS / 4 pairs on
+    // a slot's units lie THREADS / 4 pairs after the previous slot's, in the same octets
+    static constexpr int SLOT_BYTES = Tile::THREADS / 4 * 2 * PITCH * (int)sizeof(T);
     static_assert(Tile::BN == 32 * WGRAD_HALO_TAPS && Tile::WN == 8 * WGRAD_HALO_TAPS && Tile::BK == 32,
                   "a block: 32 channels at every tap, a warp an octet of them");
     typedef unsigned Staged;  // a unit's registers: channel j of both positions, word j
