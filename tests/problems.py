@@ -66,6 +66,8 @@ TENSOR_STAGING = {
     # the halo tile too (kernel_backend.halo_fits: W even): a patch spanning images, K = 40 of a
     # 128-wide tile, padding, a 3×2 filter
     "halo": dict(x=(2, 32, 6, 8), w=(40, 32, 3, 2), padding=(1, 1, 0, 1)),
+    # wgrad's halo tile (kernel_backend.wgrad_halo_fits: 3×3, P·Q = 48), k-tiles across images
+    "wgrad_halo": dict(x=(2, 32, 6, 8), w=(40, 32, 3, 3), padding=1),
 }
 
 # Channels that fill the 64×64 tiles, the ones 'auto' picks on real layers (GPU tests; the emulator

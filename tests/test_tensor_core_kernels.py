@@ -87,6 +87,7 @@ STAGING_PICKED = {
     "1x1_tap_vector": {"fprop": "tap_major_vector", "dgrad": "tap_major", "wgrad": "tap_major_vector"},
     "groups_stride": {"fprop": "tap_major_vector", "dgrad": "tap_major", "wgrad": "tap_major"},
     "halo": {"fprop": "tap_major_vector", "dgrad": "plain", "wgrad": "tap_major_vector"},
+    "wgrad_halo": {"fprop": "tap_major_vector", "dgrad": "plain", "wgrad": "tap_major_vector"},
 }
 
 
