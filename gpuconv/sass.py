@@ -449,8 +449,8 @@ def launch_dynamic_shared() -> dict[str, int]:
     kinds = [kind for kind in TENSOR_KINDS if kind_dtype(kind) in TENSOR_TILES["fprop"][HALO_TILE].dtypes]
     fprop_halo = halo_shared_bytes(HALO_REPORTED_POSITIONS)
     return {**{tensor_kernel_name("fprop", kind, HALO_TILE, "halo"): fprop_halo for kind in kinds},
-            **{tensor_kernel_name("wgrad", kind, WGRAD_HALO_TILE, "halo"): wgrad_halo_shared_bytes()
-               for kind in kinds}}
+            **{tensor_kernel_name("wgrad", kind, WGRAD_HALO_TILE, staging): wgrad_halo_shared_bytes(staging)
+               for kind in kinds for staging in ("halo", "halo_wide")}}
 
 
 def analyze(archs=ARCHS, kernels=None) -> list[LoopReport]:

@@ -183,6 +183,7 @@ struct Select<false, A, B> {
 #define STAGING_TAP_MAJOR 1
 #define STAGING_TAP_MAJOR_VECTOR 2
 #define STAGING_HALO 3
+#define STAGING_HALO_WIDE 4  // wgrad's halo staging for patches of up to 384 positions
 
 // k-tiles an iteration of the main loop (its unroll factor) for a staging: 2 for the halo tiles,
 // whose k-tile is 190 instructions around 64 HMMA on sm_80 (fprop's; wgrad's, about 300 around
@@ -191,7 +192,9 @@ struct Select<false, A, B> {
 // read offset, FpropHaloIterator; see bench/results/sass-sm_80.md), at 255 registers and no
 // spills. The other stagings stay at 1: measured unrolled, the tap-major tiles gain at most a
 // point (14.2% → 14.9% on 128×128), TF32x3's spill, and the plain iterators lose (5.3% → 4.0%).
-__host__ __device__ constexpr int k_tiles_an_iteration(int staging) { return staging == STAGING_HALO ? 2 : 1; }
+__host__ __device__ constexpr int k_tiles_an_iteration(int staging) {
+    return staging == STAGING_HALO || staging == STAGING_HALO_WIDE ? 2 : 1;
+}
 
 // A reduction index in tap-major order (r, s, channel), stepped a whole k-tile of BK channels at
 // a time: the order of the *Tap* iterators, which need the channel count a multiple of BK (the

@@ -177,24 +177,25 @@ struct WgradTapActivationIterator {
 // WgradHaloIterator::SLOTS units a k-tile. P·Q ≥ BK (the host checks), so a k-tile's pixels lie
 // in at most two images. Pixels past the reduction (the last split's last k-tile) are pixels of
 // an image N, all padding: their positions are zeros, as their dy is.
+// Slots units a thread a k-tile stage a patch of up to Slots·THREADS / 2 positions: STAGING_HALO
+// takes 2 (256 positions), STAGING_HALO_WIDE 3 (384: stride 2 on images 14 to 28 wide), whose
+// third unit costs its loop a fifth more instructions.
 #define WGRAD_HALO_TAPS 9
-#define WGRAD_HALO_POSITIONS 256  // the most a k-tile's patch may have (wgrad_halo_fits)
 
-template <class Tile>
+template <class Tile, int Slots>
 struct WgradHaloPatch {
     typedef typename Tile::Element T;
     static constexpr int PITCH = 32 + 8;  // elements a position: 80 bytes, as HaloPatch's
     int position[2][Tile::BK];            // each buffer's pixels: position(j) at tap (0, 0), bytes
-    T patch[2][WGRAD_HALO_POSITIONS][PITCH];
+    T patch[2][Slots * Tile::THREADS / 2][PITCH];
 };
 
-template <class Tile>
+template <class Tile, int Slots>
 struct WgradHaloIterator {
     typedef typename Tile::Element T;
-    typedef WgradHaloPatch<Tile> Shared;
+    typedef WgradHaloPatch<Tile, Slots> Shared;
     static constexpr bool KFast = false;  // the warps read B by ldmatrix.trans
-    static constexpr int PITCH = Shared::PITCH, UNIT = 8;
-    static constexpr int SLOTS = WGRAD_HALO_POSITIONS / 2 * (32 / UNIT) / Tile::THREADS;  // units a thread
+    static constexpr int PITCH = Shared::PITCH, UNIT = 8, SLOTS = Slots;
     // a slot's units lie THREADS / 4 pairs after the previous slot's, in the same octets
     static constexpr int SLOT_BYTES = Tile::THREADS / 4 * 2 * PITCH * (int)sizeof(T);
     static_assert(Tile::BN == 32 * WGRAD_HALO_TAPS && Tile::WN == 8 * WGRAD_HALO_TAPS && Tile::BK == 32,
@@ -289,41 +290,42 @@ struct WgradHaloIterator {
 
 // What the warps read for a k-tile: the buffer, and this lane's ldmatrix rows (its pixel of each
 // k-step) at tap (0, 0).
-template <class Tile>
+template <class Tile, int Slots>
 struct WgradHaloView {
-    const WgradHaloIterator<Tile>& b;
+    const WgradHaloIterator<Tile, Slots>& b;
     const char* patch;
     int row[Tile::BK / Tile::MMA_K];
 };
-template <int Kind, class Tile, typename T, int E>
-__device__ __forceinline__ void stage_first(WgradHaloIterator<Tile>& b, WgradHaloPatch<Tile>& shared, T (&v)[E],
-                                            int) {
+template <int Kind, class Tile, int Slots, typename T, int E>
+__device__ __forceinline__ void stage_first(WgradHaloIterator<Tile, Slots>& b, WgradHaloPatch<Tile, Slots>& shared,
+                                            T (&v)[E], int) {
     b.load(v, 0);
     b.store(shared, 0, v);
 }
-template <class Tile, typename T, int E>
-__device__ __forceinline__ void load_operand(WgradHaloIterator<Tile>& b, WgradHaloPatch<Tile>&, int, T (&v)[E],
-                                             int) {
+template <class Tile, int Slots, typename T, int E>
+__device__ __forceinline__ void load_operand(WgradHaloIterator<Tile, Slots>& b, WgradHaloPatch<Tile, Slots>&, int,
+                                             T (&v)[E], int) {
     b.load(v, 0);
 }
-template <int Kind, class Tile, typename T, int E>
-__device__ __forceinline__ void stage_operand(WgradHaloIterator<Tile>& b, WgradHaloPatch<Tile>& shared, int buffer,
-                                              const T (&v)[E]) {
+template <int Kind, class Tile, int Slots, typename T, int E>
+__device__ __forceinline__ void stage_operand(WgradHaloIterator<Tile, Slots>& b, WgradHaloPatch<Tile, Slots>& shared,
+                                              int buffer, const T (&v)[E]) {
     b.store(shared, buffer, v);
 }
-template <class Tile>
-__device__ __forceinline__ WgradHaloView<Tile> operand_view(const WgradHaloIterator<Tile>& b,
-                                                            const WgradHaloPatch<Tile>& shared, int buffer) {
+template <class Tile, int Slots>
+__device__ __forceinline__ WgradHaloView<Tile, Slots> operand_view(const WgradHaloIterator<Tile, Slots>& b,
+                                                                   const WgradHaloPatch<Tile, Slots>& shared,
+                                                                   int buffer) {
     // ldmatrix.x4's matrices: (pixels 0-7, tile j), (8-15, j), (0-7, j + 1), (8-15, j + 1)
     const int lane = threadIdx.x % 32, pixel = lane / 8 % 2 * 8 + lane % 8;
-    WgradHaloView<Tile> view{b, reinterpret_cast<const char*>(&shared.patch[buffer][0][0]), {}};
+    WgradHaloView<Tile, Slots> view{b, reinterpret_cast<const char*>(&shared.patch[buffer][0][0]), {}};
 #pragma unroll
     for (int k = 0; k < Tile::BK / Tile::MMA_K; k++) view.row[k] = shared.position[buffer][k * Tile::MMA_K + pixel];
     return view;
 }
-template <int Kind, bool KFast, class Tile>
+template <int Kind, bool KFast, class Tile, int Slots>
 __device__ __forceinline__ void load_b_fragments(unsigned (&b0)[2], unsigned (&b1)[2],
-                                                 const WgradHaloView<Tile>& view, int k0, int, int j) {
+                                                 const WgradHaloView<Tile, Slots>& view, int k0, int, int j) {
     const char* row = view.patch + view.row[k0 / Tile::MMA_K] + view.b.tap_bytes[j / 2];
     if (j + 1 == WGRAD_HALO_TAPS) {  // the ninth tap alone: lanes 0-15's rows
         ldmatrix_x2_trans(b0, row);
@@ -380,7 +382,8 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   int stride_h, int stride_w, int pad_top, int pad_left,
                   int dil_h, int dil_w, int groups, index_t chunk, int positions) {
     typedef TensorTile<Kind, BM, BN, BK, WM, WN> Tile;
-    constexpr bool Halo = Staging == STAGING_HALO, TapMajor = Staging != STAGING_PLAIN && !Halo;
+    constexpr bool Halo = Staging == STAGING_HALO || Staging == STAGING_HALO_WIDE;
+    constexpr bool TapMajor = Staging != STAGING_PLAIN && !Halo;
     constexpr bool VectorDy = Staging == STAGING_TAP_MAJOR_VECTOR;
     const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
     // The block's rows and split, as wgrad_implicit_gemm.
@@ -396,12 +399,13 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
     float* out = partial + (index_t)blockIdx.z * K * CRS + (index_t)(g * K_per_group + k_base) * CRS;
     if constexpr (Halo) {  // the launch's dynamic shared memory (above 48 KiB), wgrad_halo_shared_bytes
         const int c_base = blockIdx.x * 32;
-        WgradHaloIterator<Tile> b(x_g + (index_t)c_base * H * W, red_begin, N, C, H, W, R, S, P, Q, stride_h,
-                                  stride_w, pad_top, pad_left, dil_h, dil_w, positions);
+        typedef WgradHaloIterator<Tile, Staging == STAGING_HALO_WIDE ? 3 : 2> IterB;
+        IterB b(x_g + (index_t)c_base * H * W, red_begin, N, C, H, W, R, S, P, Q, stride_h, stride_w, pad_top,
+                pad_left, dil_h, dil_w, positions);
         const WgradTensorEpilogue<Tile, true> epilogue{out + c_base * WGRAD_HALO_TAPS, CRS, 1, K_per_group - k_base,
                                                        C_per_group - c_base};
         extern __shared__ __align__(16) unsigned char dynamic_shared[];
-        auto& shared = *reinterpret_cast<TensorShared<Tile, IterA, WgradHaloIterator<Tile>>*>(dynamic_shared);
+        auto& shared = *reinterpret_cast<TensorShared<Tile, IterA, IterB>*>(dynamic_shared);
         tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging)>(shared, a, b, reduction, epilogue);
     } else if constexpr (TapMajor) {  // (constexpr: one __shared__ tile pair an instance)
         const int c_tiles = (C_per_group + BN - 1) / BN;

@@ -37,6 +37,8 @@ CASES = {
     # stride and dilation on different axes, odd left padding
     "stride_dilation": dict(x=(2, 64, 8, 14), w=(24, 64, 3, 3), stride=(1, 2), padding=(2, 2, 1, 1),
                             dilation=(2, 1)),
+    # stride 2 on 28×28: a 270-position patch, above 256, so the three-unit staging ('halo_wide')
+    "wide": dict(x=(2, 32, 28, 28), w=(8, 32, 3, 3), stride=2, padding=1),
     # groups: each group's 32 channels and 20 filters; a 1×9 filter is 9 taps too
     "groups": dict(x=(2, 64, 8, 12), w=(40, 32, 1, 9), groups=2, padding=(0, 0, 4, 4)),
     # N·P·Q = 432, split-K over 3 splits: the last one's last k-tile ends past the reduction (its
@@ -57,7 +59,8 @@ def case_arrays(p, dtype, seed):
 def run_halo(p, a, **emulate):
     backend = kb.emulate_backend(wgrad_kernel=HALO, **emulate)
     assert kb.choose_wgrad_tensor_core(p, HALO) == HALO
-    assert kb.tensor_staging("wgrad", p, HALO, a["dy"]) == "halo"
+    positions = kb.wgrad_halo_positions(p)
+    assert kb.tensor_staging("wgrad", p, HALO, a["dy"]) == ("halo" if positions <= 256 else "halo_wide")
     got = run_tensor_op(backend, "wgrad", p, a)
     assert got is not None and got.dtype == a["x"].dtype
     return got.astype(np.float64)
@@ -162,15 +165,18 @@ def test_the_shared_memory_fits_every_tensor_core_gpus_block():
     from gpuconv import sass
 
     for arch in ("sm_80", "sm_86", "sm_89", "sm_90"):
-        assert kb.wgrad_halo_shared_bytes() <= sass.ARCH_LIMITS[arch].shared_per_block, arch
+        for staging in kb.tile_stagings("wgrad", HALO):
+            assert kb.wgrad_halo_shared_bytes(staging) <= sass.ARCH_LIMITS[arch].shared_per_block, arch
 
 
 def test_wgrad_halo_fits_only_what_the_kernel_runs():
     fits = conv_problem((32, 128, 28, 28), (128, 128, 3, 3), padding=1, dtype="float16")
     assert kb.wgrad_halo_fits(fits) and kb.choose_wgrad_tensor_core(fits) == HALO  # 'auto' takes it
-    # stride 2 fits where the patch does (CASES["stride"]); ResNet-50's res4_3x3_s2 needs 300 positions
-    res4_s2 = conv_problem((32, 256, 28, 28), (256, 256, 3, 3), stride=2, padding=1, dtype="float16")
-    assert kb.wgrad_halo_positions(res4_s2) == 300 and not kb.wgrad_halo_fits(res4_s2)
+    # ResNet-50's stride-2 3×3 layers take the three-unit staging (300 and 348 positions)
+    for x, c in (((32, 256, 28, 28), 256), ((32, 128, 56, 56), 128)):
+        s2 = conv_problem(x, (c, c, 3, 3), stride=2, padding=1, dtype="float16")
+        assert kb.choose_wgrad_tensor_core(s2) == HALO
+        assert kb.tensor_staging("wgrad", s2, HALO, None) == "halo_wide"
     assert not kb.wgrad_halo_fits(conv_problem((32, 128, 28, 28), (128, 128, 1, 1), dtype="float16"))
     forty_eight = conv_problem((32, 48, 28, 28), (128, 48, 3, 3), dtype="float16")
     assert not kb.wgrad_halo_fits(forty_eight)  # channels not a multiple of 32
@@ -182,9 +188,10 @@ def test_wgrad_halo_fits_only_what_the_kernel_runs():
     assert kb.wgrad_halo_fits(res4) and kb.choose_wgrad_tensor_core(res4) == HALO  # P·Q = 196
     assert not kb.wgrad_halo_fits(conv_problem((2, 32, 4, 4), (8, 32, 3, 3), padding=1,
                                                dtype="float16"))  # P·Q = 16: a k-tile in 3 images
-    wide = conv_problem((2, 32, 8, 200), (8, 32, 3, 3), padding=1, dtype="float16")
-    assert kb.wgrad_halo_positions(wide) > kb.WGRAD_HALO_POSITIONS and not kb.wgrad_halo_fits(wide)
-    assert kb.choose_wgrad_tensor_core(wide, HALO) is None  # forced where it cannot run: not taken
+    too_wide = conv_problem((2, 32, 8, 200), (8, 32, 3, 3), padding=1, dtype="float16")
+    assert kb.wgrad_halo_positions(too_wide) > kb.WGRAD_HALO_POSITIONS["halo_wide"]
+    assert not kb.wgrad_halo_fits(too_wide)
+    assert kb.choose_wgrad_tensor_core(too_wide, HALO) is None  # forced where it cannot run: not taken
     # 'auto' leaves it to 128×128 or 64×64 below 64 output channels, and in TF32
     assert kb.choose_wgrad_tensor_core(conv_problem((32, 128, 28, 28), (32, 128, 3, 3), padding=1,
                                                     dtype="float16")) == "64x64x32_tc"
@@ -205,16 +212,17 @@ def test_shared_memory_is_conflict_free():
 
 
 @needs_sass_tools
+@pytest.mark.parametrize("staging, units", [("halo", 2), ("halo_wide", 3)])
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_main_loop_is_hmma_ldmatrix_and_cp_async(arch):
+def test_main_loop_is_hmma_ldmatrix_and_cp_async(arch, staging, units):
     """NVRTC compiles the kernel as the cuda backend does: a loop of two k-tiles (the main loop's
     KTilesAnIteration), each 72 HMMA (4×9 mma tiles of a 64×72 warp, two k16 steps), 18
-    ldmatrix.x4 (A's 4 and B's 5 a step), dy's 4 8-byte LDGSTS, two patch units' 8 four-byte loads
+    ldmatrix (A's 4 and B's 5 a step), dy's 4 8-byte LDGSTS, the patch units' 8 four-byte loads
     and two 16-byte stores each and one barrier; no spills; one block of 8 warps an SM."""
     from gpuconv import sass
 
-    name = kb.tensor_kernel_name("wgrad", "float16", HALO, "halo")
+    name = kb.tensor_kernel_name("wgrad", "float16", HALO, staging)
     (r,) = sass.analyze([arch], [name])
     assert (r.hmma, r.ldsm, r.ldgsts, r.bar, r.spills) == (2 * 72, 2 * 18, {64: 2 * 4}, 2, 0)
-    assert (r.ldg, r.sts[128]) == ({32: 2 * 16}, 2 * 4)
-    assert (r.threads, r.shared_bytes, r.blocks_per_sm) == (256, kb.wgrad_halo_shared_bytes(), 1)
+    assert (r.ldg, r.sts[128]) == ({32: 2 * 8 * units}, 2 * 2 * units)
+    assert (r.threads, r.shared_bytes, r.blocks_per_sm) == (256, kb.wgrad_halo_shared_bytes(staging), 1)

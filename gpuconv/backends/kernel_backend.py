@@ -166,7 +166,10 @@ _HALO = {HALO_TILE: TensorTile(BM=128, BN=128, BK=32, WM=64, WN=64, dtypes=HALF_
 # 9 taps (288 columns), 8 warps of 64 × 72 (an octet of channels at every tap); dynamic shared
 # memory of wgrad_halo_shared_bytes.
 WGRAD_HALO_TILE = "128x288x32_64x72_tc"
-WGRAD_HALO_TAPS, WGRAD_HALO_CHANNELS, WGRAD_HALO_POSITIONS = 9, 32, 256
+WGRAD_HALO_TAPS, WGRAD_HALO_CHANNELS = 9, 32
+# The most positions a k-tile's patch may have, per staging: two units a thread a k-tile, or three
+# ('halo_wide': stride-2 layers such as ResNet-50's res3_3x3_s2 and res4_3x3_s2).
+WGRAD_HALO_POSITIONS = {"halo": 256, "halo_wide": 384}
 _WGRAD_HALO = TensorTile(BM=128, BN=288, BK=32, WM=64, WN=72, dtypes=HALF_DTYPES)
 TENSOR_TILES = {"fprop": {**_TENSOR_TILES, **_HALO}, "dgrad": {**_TENSOR_TILES, **_HALO},
                 "wgrad": {**_TENSOR_TILES, WGRAD_HALO_TILE: _WGRAD_HALO}}
@@ -183,13 +186,14 @@ def halo_shared_bytes(positions: int) -> int:
     return 2 * tile.BN * pitch + 4 * (HALO_POSITIONS // 2) + 2 * positions * pitch
 
 
-def wgrad_halo_shared_bytes() -> int:
-    """wgrad's halo kernel's dynamic shared memory: B's WgradHaloPatch first (two buffers' pixel
-    tables of BK ints, two patches of WGRAD_HALO_POSITIONS positions of 32 + 8 16-bit elements),
-    then A's two k-tiles of dy (BM rows of BK + 8)."""
+def wgrad_halo_shared_bytes(staging: str = "halo") -> int:
+    """wgrad's halo kernel's dynamic shared memory for ``staging`` ('halo' or 'halo_wide'): B's
+    WgradHaloPatch first (two buffers' pixel tables of BK ints, two patches of
+    WGRAD_HALO_POSITIONS[staging] positions of 32 + 8 16-bit elements), then A's two k-tiles of
+    dy (BM rows of BK + 8)."""
     tile = TENSOR_TILES["wgrad"][WGRAD_HALO_TILE]
     pitch = (WGRAD_HALO_CHANNELS + 8) * 2
-    return 2 * tile.BK * 4 + 2 * WGRAD_HALO_POSITIONS * pitch + 2 * tile.BM * (tile.BK + 8) * 2
+    return 2 * tile.BK * 4 + 2 * WGRAD_HALO_POSITIONS[staging] * pitch + 2 * tile.BM * (tile.BK + 8) * 2
 
 
 # The first template argument of the tensor-core kernels: TENSOR_* in kernels/mma.cuh.
@@ -225,7 +229,7 @@ def kind_dtype(kind: str) -> str:
 # [K][R][S][C/groups] by the backend, or of wgrad's dy) and 'halo'. fprop's tap-major staging
 # always reads w reordered, so its 'tap_major' is not built (``tile_stagings``).
 STAGINGS = {"fprop": ("plain", "tap_major", "tap_major_vector", "halo"), "dgrad": ("plain", "tap_major"),
-            "wgrad": ("plain", "tap_major", "tap_major_vector", "halo")}
+            "wgrad": ("plain", "tap_major", "tap_major_vector", "halo", "halo_wide")}
 
 
 def tile_stagings(op: str, kernel: str) -> tuple[str, ...]:
@@ -233,8 +237,8 @@ def tile_stagings(op: str, kernel: str) -> tuple[str, ...]:
     halo staging alone (fprop_tc.cu, where dgrad runs fprop's; wgrad_tc.cu), and no other tile
     has it; fprop's 'tap_major' is 'tap_major_vector' (w reordered) and not built."""
     if kernel in HALO_TILES:
-        return ("halo",) if "halo" in STAGINGS[op] else ()
-    return tuple(s for s in STAGINGS[op] if s != "halo" and (op, s) != ("fprop", "tap_major"))
+        return tuple(s for s in STAGINGS[op] if s.startswith("halo"))
+    return tuple(s for s in STAGINGS[op] if not s.startswith("halo") and (op, s) != ("fprop", "tap_major"))
 
 
 def dgrad_as_fprop(p) -> Conv2dProblem | None:
@@ -324,12 +328,12 @@ def wgrad_halo_fits(p) -> bool:
     """Whether wgrad's halo tile runs ``p``: a filter of WGRAD_HALO_TAPS taps (any stride), C/groups
     a multiple of its 32 channels, W even (a unit reads two neighbouring positions a 4-byte load),
     P·Q a multiple of 4 (dy copied 8 bytes at a time) and at least BK (a k-tile within two
-    images), two images of x in an int, and a patch within WGRAD_HALO_POSITIONS."""
+    images), two images of x in an int, and a patch within WGRAD_HALO_POSITIONS['halo_wide']."""
     tile = TENSOR_TILES["wgrad"][WGRAD_HALO_TILE]
     if (p.R * p.S != WGRAD_HALO_TAPS or p.C_per_group % WGRAD_HALO_CHANNELS
             or p.W % 2 or p.P * p.Q % 4 or p.P * p.Q < tile.BK or p.N == 0):
         return False
-    return 2 * p.C * p.H * p.W <= INT32_MAX and wgrad_halo_positions(p) <= WGRAD_HALO_POSITIONS
+    return 2 * p.C * p.H * p.W <= INT32_MAX and wgrad_halo_positions(p) <= WGRAD_HALO_POSITIONS["halo_wide"]
 
 
 def tensor_kernel_name(op: str, kind: str, kernel: str, staging: str = "plain") -> str:
@@ -354,6 +358,8 @@ def tensor_staging(op: str, p, kernel: str, array) -> str:
     fprop's with 16-byte loads of w (reordered by the backend to [K][R][S][C/groups], aligned and
     contiguous: ``_aligned_contiguous``); wgrad's where dy is
     16-byte aligned and its images of P·Q elements a multiple of 16 bytes."""
+    if kernel == WGRAD_HALO_TILE:
+        return "halo" if wgrad_halo_positions(p) <= WGRAD_HALO_POSITIONS["halo"] else "halo_wide"
     if kernel in HALO_TILES:
         return "halo"
     if op == "dgrad":
@@ -881,11 +887,11 @@ class KernelBackend:
         halo = kernel == WGRAD_HALO_TILE
         if halo and _address(dy) % 8:  # dy's copies are 8-byte: a fresh copy is aligned
             dy = dy.copy()
-        name = tensor_kernel_name("wgrad", kind, kernel, staging=tensor_staging("wgrad", p, kernel, dy))
-        self._launch("wgrad_tc.cu", name, dw.size,
+        staging = tensor_staging("wgrad", p, kernel, dy)
+        self._launch("wgrad_tc.cu", tensor_kernel_name("wgrad", kind, kernel, staging), dw.size,
                      (x, dy, partial) + conv_args(p)
                      + (np.int64(chunk), np.int32(wgrad_halo_positions(p) if halo else 0)), "wgrad", tile, p,
-                     wgrad_halo_shared_bytes() if halo else 0)
+                     wgrad_halo_shared_bytes(staging) if halo else 0)
         if not direct:
             self._launch("wgrad_tc.cu", f"wgrad_tensor_reduce<{TENSOR_KINDS[kind]}>", dw.size,
                          (partial, dw, np.int64(dw.size), np.int32(splits)))
