@@ -196,8 +196,7 @@ struct WgradHaloIterator {
     typedef WgradHaloPatch<Tile, Slots> Shared;
     static constexpr bool KFast = false;  // the warps read B by ldmatrix.trans
     static constexpr int PITCH = Shared::PITCH, UNIT = 8, SLOTS = Slots;
-    // a slot's units lie THREADS / 4 pairs after the previous slot's, in the same octets
-    static constexpr int SLOT_BYTES = Tile::THREADS / 4 * 2 * PITCH * (int)sizeof(T);
+    static constexpr int SLOT_BYTES = Tile::THREADS / 4 * 2 * PITCH * (int)sizeof(T);  // a slot's pairs on
     static_assert(Tile::BN == 32 * WGRAD_HALO_TAPS && Tile::WN == 8 * WGRAD_HALO_TAPS && Tile::BK == 32,
                   "a block: 32 channels at every tap, a warp an octet of them");
     typedef unsigned Staged;  // a unit's registers: channel j of both positions, word j
@@ -226,15 +225,16 @@ struct WgradHaloIterator {
         first_column = pad_left & 1;
         Wp = ((Q - 1) * stride_w + (S - 1) * dil_w + 1 + first_column + 1) / 2 * 2;
         // Unit u: 16 consecutive units are 4 pairs × 4 octets, a quarter-warp 4 pairs × 2 octets:
-        // 16-byte stores 160 bytes apart in pairs and 16 in octets, the 8 bank groups once.
+        // 16-byte stores 160 bytes apart in pairs and 16 in octets, the 8 bank groups once. Slot
+        // s is unit threadIdx.x + s·THREADS: THREADS / 4 pairs on, the same octet.
+        const int u = threadIdx.x, first_pair = u / 16 * 4 + u % 4, unit_octet = u / 8 % 2 * 2 + u / 4 % 2;
+        channel_words = unit_octet * UNIT * plane_words;
+        store_bytes = (2 * first_pair * PITCH + unit_octet * UNIT) * (int)sizeof(T);
 #pragma unroll
         for (int s = 0; s < SLOTS; s++) {
-            const int u = threadIdx.x + s * Tile::THREADS;
-            const int pair = u / 16 * 4 + u % 4, octet = u / 8 % 2 * 2 + u / 4 % 2;
+            const int pair = first_pair + s * Tile::THREADS / 4;
             row[s] = pair < positions / 2 ? pair / (Wp / 2) : -1;
             column[s] = 2 * (pair % (Wp / 2)) - first_column - pad_left;  // even: pairs lie in x or outside
-            channel_words = octet * UNIT * plane_words;  // the same octet in every slot
-            if (s == 0) store_bytes = (2 * pair * PITCH + octet * UNIT) * (int)sizeof(T);
         }
         // ldmatrix.x4's lanes 16-31 read the pair's second tile; the warp's octet is 16 bytes in
         const int lane_taps = threadIdx.x % 32 / 16, octet = threadIdx.x / 32 / Tile::WARPS_M;

@@ -356,8 +356,9 @@ def tensor_staging(op: str, p, kernel: str, array) -> str:
     load would read (wgrad dy). Tap-major where the reduction's channels (fprop and wgrad
     C/groups, dgrad K/groups) are a multiple of BK (every k-tile whole channels of one tap):
     fprop's with 16-byte loads of w (reordered by the backend to [K][R][S][C/groups], aligned and
-    contiguous: ``_aligned_contiguous``); wgrad's where dy is
-    16-byte aligned and its images of P·Q elements a multiple of 16 bytes."""
+    contiguous: ``_aligned_contiguous``); wgrad's where dy is 16-byte aligned and its images of
+    P·Q elements a multiple of 16 bytes. wgrad's halo tile: 'halo', or 'halo_wide' where the
+    patch needs three units a thread."""
     if kernel == WGRAD_HALO_TILE:
         return "halo" if wgrad_halo_positions(p) <= WGRAD_HALO_POSITIONS["halo"] else "halo_wide"
     if kernel in HALO_TILES:
