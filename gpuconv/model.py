@@ -311,7 +311,7 @@ def halo_reads(op: str, p, tile, reduction: int) -> tuple[int | None, ...]:
     if op == "wgrad" and tile == kb.TENSOR_TILES["wgrad"][kb.WGRAD_HALO_TILE]:
         patch = kb.wgrad_halo_positions(p) * kb.WGRAD_HALO_CHANNELS
         return None, None, math.ceil(reduction / tile.BK) * patch, patch
-    if op == "wgrad" or tile != kb.TENSOR_TILES["fprop"][kb.HALO_TILE]:
+    if op == "wgrad" or tile not in [kb.TENSOR_TILES["fprop"][name] for name in kb.FPROP_HALO_TILES]:
         return None, None, None, None
     as_fprop = p if op == "fprop" else kb.dgrad_as_fprop(p)
     positions = kb.halo_positions(as_fprop)

@@ -65,8 +65,9 @@ def run(op: str, p, kernel: str = "auto", seed: int = 0, precision: str = "highe
         p = dataclasses.replace(p, dtype="float32")
     kernel = tensor_tile or CHOOSE[op](p, kernel)
     backend = kb.emulate_backend(**{f"{op}_kernel": kernel}, mode="profile")
-    # dgrad's halo tile is fprop's kernel (kb.dgrad_as_fprop)
-    source = kb.TENSOR_SOURCES["fprop" if kernel == kb.HALO_TILE else op] if tensor_tile else SOURCES[op]
+    # dgrad's halo tiles are fprop's kernel (kb.dgrad_as_fprop)
+    halo = kernel in kb.FPROP_HALO_TILES
+    source = kb.TENSOR_SOURCES["fprop" if halo else op] if tensor_tile else SOURCES[op]
     module = kb._emulate_module(source, mode="profile")
     module.reset_counters()
     rng = np.random.default_rng(seed)
@@ -84,7 +85,7 @@ def run(op: str, p, kernel: str = "auto", seed: int = 0, precision: str = "highe
             backend.dgrad_tensor_cores(p, normal(p.y_shape), normal(p.w_shape), None, precision)
         else:
             backend.wgrad_tensor_cores(p, normal(p.x_shape), normal(p.y_shape), precision)
-        launched = ("fprop", kb.dgrad_as_fprop(p)) if kernel == kb.HALO_TILE and op == "dgrad" else (op, p)
+        launched = ("fprop", kb.dgrad_as_fprop(p)) if halo and op == "dgrad" else (op, p)
         grid, _ = kb.launch_config(0, launched[0], kb.TENSOR_TILES[op][kernel], launched[1])
         return Profile(op, p, kernel, int(np.prod(grid)), tuple(module.counters()))
     if op == "fprop":

@@ -51,8 +51,8 @@ from .backends.kernel_backend import (
     ACTIVATION_IDS,
     BIAS_GRAD_THREADS,
     CTYPES,
+    FPROP_HALO_TILES,
     HALO_REPORTED_POSITIONS,
-    HALO_TILE,
     KERNELS,
     TENSOR_KINDS,
     TENSOR_TILES,
@@ -443,14 +443,18 @@ def launch_threads() -> dict[str, int]:
 
 
 def launch_dynamic_shared() -> dict[str, int]:
-    """Dynamic shared memory bytes the cuda backend launches instances with: fprop's halo tile's
+    """Dynamic shared memory bytes the cuda backend launches instances with: fprop's halo tiles'
     (``halo_shared_bytes``, sized by the problem: here for HALO_REPORTED_POSITIONS) and wgrad's
     (``wgrad_halo_shared_bytes``); none for the others."""
-    kinds = [kind for kind in TENSOR_KINDS if kind_dtype(kind) in TENSOR_TILES["fprop"][HALO_TILE].dtypes]
+    def kinds(tile):
+        return [kind for kind in TENSOR_KINDS if kind_dtype(kind) in tile.dtypes]
+
     fprop_halo = halo_shared_bytes(HALO_REPORTED_POSITIONS)
-    return {**{tensor_kernel_name("fprop", kind, HALO_TILE, "halo"): fprop_halo for kind in kinds},
+    return {**{tensor_kernel_name("fprop", kind, name, "halo"): fprop_halo
+               for name in FPROP_HALO_TILES for kind in kinds(TENSOR_TILES["fprop"][name])},
             **{tensor_kernel_name("wgrad", kind, WGRAD_HALO_TILE, staging): wgrad_halo_shared_bytes(staging)
-               for kind in kinds for staging in ("halo", "halo_wide")}}
+               for kind in kinds(TENSOR_TILES["wgrad"][WGRAD_HALO_TILE])
+               for staging in ("halo", "halo_wide")}}
 
 
 def analyze(archs=ARCHS, kernels=None) -> list[LoopReport]:

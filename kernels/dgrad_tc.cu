@@ -173,5 +173,5 @@ dgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ dy,
                                              C_per_group - c_base};
     __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;
     const int reduction = K_per_group * tap_r.count * tap_s.count;
-    tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging)>(shared, a, b, reduction, epilogue);
+    tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging, Kind)>(shared, a, b, reduction, epilogue);
 }

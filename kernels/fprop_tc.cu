@@ -112,8 +112,9 @@ __device__ __forceinline__ FpropFilterVectorIterator<Tile> make_iterator(
     return FpropFilterVectorIterator<Tile>(w_g, k_base, K_per_group, C_per_group * R * S);
 }
 
-// The halo staging (STAGING_HALO: float16 and bfloat16, R·S > 1, C/groups a multiple of BK = 32,
-// W even; the host checks these and the patch's size). The reduction runs block by block of BK channels,
+// The halo staging (STAGING_HALO: float16 and bfloat16 with BK = 32 channels, float32 in TF32 with
+// BK = 16; R·S > 1, C/groups a multiple of BK, W even; the host checks these and the patch's
+// size). The reduction runs block by block of BK channels,
 // and within a block tap by tap: k-tile (block, tap). Every tap of a block reads the same rows of
 // x, shifted: the block's *patch*, staged to shared memory once, from which each of the R·S
 // k-tiles reads A directly, a tap being an offset. The patch holds every position of the padded
@@ -121,17 +122,19 @@ __device__ __forceinline__ FpropFilterVectorIterator<Tile> make_iterator(
 // an image, so g runs on without a gap from image to image) from the block's first pixel row to
 // its last pixel row's last tap, each all Wp padded columns (and one more before them where the
 // left padding is odd, and one after to make the row even, so that positions pair up on even
-// columns of x). A position holds its BK channels
-// contiguous, so that any pixel at any tap, stride or dilation is one 16-byte ldmatrix row of 8
-// channels, and x is read NCHW as it lies. A position's row is (BK + 8)·2 = 80 bytes: eight
+// columns of x). A position holds its BK channels contiguous, so that any pixel at any tap, stride
+// or dilation is one 16-byte ldmatrix row (8 channels, or 4 in TF32), and x is read NCHW as it
+// lies. A position's row is BK·size + 16 = 80 bytes in every kind: eight
 // consecutive positions (a phase of ldmatrix or of the staging's 16-byte stores) start on
 // distinct 16-byte bank groups, 5i mod 8. The patch is double-buffered: during block j's R·S
 // k-tiles each thread stages one unit a k-tile of block j + 1's patch, so a patch costs one unit a
-// thread a k-tile it serves. A unit is 8 channels of two neighbouring positions: 8 four-byte loads
-// a plane apart (the two positions lie side by side in x: W even, the pair on an even column, both
-// in x or both in its padding), split into two 16-byte stores.
-// B is w reordered by the host to [K][R][S][C/groups]: a k-tile is BK contiguous channels of one
-// tap for each output channel, 16-byte cp.async copies (FpropHaloFilterIterator).
+// thread a k-tile it serves. A unit is 16 bytes of channels of two neighbouring positions: a load
+// a channel, a plane apart, of the pair (the two positions lie side by side in x: W even, the pair
+// on an even column, both in x or both in its padding; 4 bytes of a 16-bit type, 8 of floats),
+// split into two 16-byte stores (store_position_pair; TF32 rounds there).
+// B is w reordered by the host to [K][R][S][C/groups] (and rounded to TF32 there in that kind): a
+// k-tile is BK contiguous channels of one tap for each output channel, 16-byte cp.async copies
+// (FpropHaloFilterIterator).
 // The shared memory is B's 2·128·80 bytes, the position table and the two patch buffers, each as
 // many positions as the problem's largest patch (up to HALO_POSITIONS): at most 99 KB, above
 // the 48 KiB of a static array. The kernel takes it as the launch's dynamic shared memory, sized
@@ -143,8 +146,9 @@ __device__ __forceinline__ FpropFilterVectorIterator<Tile> make_iterator(
 template <class Tile>
 struct HaloPatch {
     typedef typename Tile::Element T;
-    static constexpr int PITCH = Tile::BK + 8;  // elements a position: 80 bytes, see above
-    int source[HALO_POSITIONS / 2];  // each pair's offset in x in words (channel 0), -1 in the padding
+    static constexpr int PITCH = Tile::BK + 16 / sizeof(T);  // elements a position: 80 bytes, see above
+    int source[HALO_POSITIONS / 2];  // each pair's offset in x in pairs of elements (channel 0), -1 in
+                                     // the padding
     // The two buffers, each the block's patch (2·pairs positions) long: a launch's dynamic shared
     // memory ends where the problem's largest patch's second buffer does, short of this array's end.
     T patch[2 * HALO_POSITIONS][PITCH];
@@ -156,15 +160,17 @@ struct FpropHaloIterator {
     typedef HaloPatch<Tile> Shared;
     static constexpr bool KFast = true;  // the warps read A k-contiguous (ldmatrix, no .trans)
     static constexpr int PITCH = Shared::PITCH, WARPS = Tile::THREADS / 32;
-    static constexpr int UNIT = 8;  // channels a unit, of a pair of positions
+    static constexpr int UNIT = 16 / sizeof(T);  // channels a unit, of a pair of positions: 16 bytes each
     static constexpr int PAIRS_A_TILE = Tile::THREADS / (Tile::BK / UNIT);  // a unit a thread a k-tile
-    static_assert(Tile::BK == 4 * UNIT && Tile::MMA_K == 16 && WARPS % 2 == 0, "four units a pair");
-    typedef unsigned Staged;  // a unit's registers: channel j of both positions, word j
+    static_assert(Tile::BK == 4 * UNIT && WARPS % 2 == 0, "four units a pair");
+    // A unit's registers: channel j of both positions, (the first) in entry j: a word of two 16-bit
+    // elements (low half first), or two floats.
+    typedef typename Select<sizeof(T) == 2, unsigned, uint2>::type Staged;
     struct Map {  // the main loop's staging registers: one unit; the block's pixels from x(0) = 0
         static constexpr int ELEMS = UNIT;
         static __device__ __forceinline__ int x(int) { return 0; }
     };
-    const T* x_lo;         // image n_lo, channel 0 of the group
+    const Staged* x_lo;    // image n_lo, channel 0 of the group, as pairs of elements
     const int* sources;    // Shared::source, once stage_first has filled it
     index_t g_lo, n_lo;    // the patch's first padded row; the image of the block's first pixel
     int H, W, Hp, Wp, pad_top, pad_left, CHW, HW, pairs, blocks, taps, S;
@@ -172,9 +178,9 @@ struct FpropHaloIterator {
     int tap_step_s, tap_step_r;  // patch bytes from tap (r, s) to (r, s + 1); from (r, S) to (r + 1, 0)
     int block, tap, s, tap_offset;  // the k-tile being computed: its tap's (.., s) and patch bytes
     int buffer_bytes, read_buffer;  // a patch buffer's bytes (2·pairs positions); block's, 0 or that
-    int channel_offset;             // x words (pairs of elements) from channel 0 to this thread's
-                                    // unit of block + 1
-    int unit_pair, octet;           // this thread's unit at tap 0: pair and which 8 channels
+    int channel_offset;             // x pairs of elements from channel 0 to this thread's unit of
+                                    // block + 1
+    int unit_pair, chunk;           // this thread's unit at tap 0: pair and which UNIT channels
     int row[Tile::FRAGS_M];  // this lane's ldmatrix row in the patch (tap (0, 0), bytes), each mma tile i
 
     __device__ FpropHaloIterator(const T* x_g, index_t m_base, index_t M, int C, int C_per_group, int H_, int W_,
@@ -196,13 +202,14 @@ struct FpropHaloIterator {
         pairs = (int)(g_hi - g_lo + 1) * Wp / 2;
         buffer_bytes = 2 * pairs * PITCH * (int)sizeof(T);
         read_buffer = buffer_bytes;  // block -1's: the prologue stages block 0 into buffer 0
-        x_lo = x_g + n_lo * CHW;
+        x_lo = reinterpret_cast<const Staged*>(x_g + n_lo * CHW);
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, matrix = lane / 8;
-        // A quarter-warp stores 4 pairs × 2 octets: 16-byte stores 80·2 bytes apart in pairs and 16
-        // in octets, 2i + o mod 8: the 8 bank groups once. Warps 0, 1 (2, 3) take octets 0-1 (2-3).
+        // A quarter-warp stores 4 pairs × 2 chunks of UNIT channels: 16-byte stores 80·2 bytes apart
+        // in pairs and 16 in chunks, 2i + c mod 8: the 8 bank groups once. Warps 0, 1 (2, 3) take
+        // chunks 0-1 (2-3).
         unit_pair = (warp / 2) * 16 + (lane / 8) * 4 + lane % 4;
-        octet = (warp % 2) * 2 + (lane / 4) % 2;
-        channel_offset = octet * UNIT * HW / 2;  // block 0's, which the prologue stages as block -1's next
+        chunk = (warp % 2) * 2 + (lane / 4) % 2;
+        channel_offset = chunk * UNIT * HW / 2;  // block 0's, which the prologue stages as block -1's next
         // ldmatrix rows: lane l gives row l % 8 of matrix l / 8, (pixels 0-7, channels 0-7),
         // (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) of its 16×16 A block (load_a_fragment's order).
 #pragma unroll
@@ -214,29 +221,25 @@ struct FpropHaloIterator {
                 const index_t g = pixel_row / P * Hp + pixel_row % P * stride_h;
                 position = (int)(g - g_lo) * Wp + first_column + (int)(m % Q) * stride_w;
             }
-            row[i] = (position * PITCH + (matrix / 2) * 8) * (int)sizeof(T);
+            row[i] = (position * PITCH + (matrix / 2) * UNIT) * (int)sizeof(T);
         }
     }
-    // This thread's unit of the next block's patch at the current tap: its 8 channels of a pair,
-    // word j channel j of both positions (the first in the low half), or zeros in the padding;
-    // nothing past the last block or the patch's pairs.
+    // This thread's unit of the next block's patch at the current tap: its UNIT channels of a
+    // pair, entry j channel j of both positions, or zeros in the padding; nothing past the last
+    // block or the patch's pairs.
     __device__ __forceinline__ int unit() const { return unit_pair + tap * PAIRS_A_TILE; }
     __device__ __forceinline__ bool staging() const { return block + 1 < blocks && unit() < pairs; }
     __device__ __forceinline__ void load(Staged (&v)[Map::ELEMS], int) const {
         const int from = staging() ? sources[unit()] : -1;
-        load_strided_or_zero(v, reinterpret_cast<const unsigned*>(x_lo), from + channel_offset, HW / 2, from >= 0);
+        load_strided_or_zero(v, x_lo, from + channel_offset, HW / 2, from >= 0);
     }
     __device__ __forceinline__ void advance() {}  // store steps the k-tile
     // The unit into the next block's patch, then on to the next k-tile.
     __device__ __forceinline__ void store(Shared& shared, const Staged (&v)[Map::ELEMS]) {
-        if (staging()) {  // each position's 8 channels, two a word: the words' low halves, then high
-            T* first = reinterpret_cast<T*>(reinterpret_cast<char*>(&shared.patch[2 * unit()][octet * UNIT])
-                                            + (buffer_bytes - read_buffer));
-            *reinterpret_cast<uint4*>(first) = make_uint4(low_halves(v[0], v[1]), low_halves(v[2], v[3]),
-                                                          low_halves(v[4], v[5]), low_halves(v[6], v[7]));
-            *reinterpret_cast<uint4*>(first + PITCH) = make_uint4(high_halves(v[0], v[1]), high_halves(v[2], v[3]),
-                                                                  high_halves(v[4], v[5]), high_halves(v[6], v[7]));
-        }
+        if (staging())
+            store_position_pair<Tile::KIND>(reinterpret_cast<char*>(&shared.patch[2 * unit()][chunk * UNIT])
+                                                    + (buffer_bytes - read_buffer),
+                                            PITCH * (int)sizeof(T), v);
         tap_offset += tap_step_s;
         if (++s == S) s = 0, tap_offset += tap_step_r;
         if (++tap == taps) {
@@ -269,17 +272,17 @@ struct HaloView {
     const FpropHaloIterator<Tile>& a;
     const char* tap_origin;
 };
-template <int Kind, class Tile, typename T>
-__device__ __forceinline__ void stage_first(FpropHaloIterator<Tile>& a, HaloPatch<Tile>& shared, T (&v)[8], int) {
+template <int Kind, class Tile, typename T, int E>
+__device__ __forceinline__ void stage_first(FpropHaloIterator<Tile>& a, HaloPatch<Tile>& shared, T (&v)[E], int) {
     a.stage_first(shared, v);
 }
-template <class Tile, typename T>
-__device__ __forceinline__ void load_operand(FpropHaloIterator<Tile>& a, HaloPatch<Tile>&, int, T (&v)[8], int) {
+template <class Tile, typename T, int E>
+__device__ __forceinline__ void load_operand(FpropHaloIterator<Tile>& a, HaloPatch<Tile>&, int, T (&v)[E], int) {
     a.load(v, 0);
 }
-template <int Kind, class Tile, typename T>
+template <int Kind, class Tile, typename T, int E>
 __device__ __forceinline__ void stage_operand(FpropHaloIterator<Tile>& a, HaloPatch<Tile>& shared, int,
-                                              const T (&v)[8]) {
+                                              const T (&v)[E]) {
     a.store(shared, v);
 }
 template <class Tile>
@@ -293,10 +296,10 @@ __device__ __forceinline__ void load_a_fragment(unsigned (&a)[4], const HaloView
 }
 
 // B of the halo staging: w reordered by the host to [K][R·S][C/groups], so that a k-tile (BK
-// channels of one tap) of an output channel is 32 contiguous bytes, in the patch's k-tile order
+// channels of one tap) of an output channel is 64 contiguous bytes, in the patch's k-tile order
 // (tap by tap within a block). cp.async copies it straight to shared memory (VectorStagingMap's
-// 16-byte runs, no registers): issued before a k-tile's math, waited for after it; an output
-// channel past K copies zeros.
+// 16-byte runs, no registers, so no rounding: in TF32 the host's reordered w is rounded already):
+// issued before a k-tile's math, waited for after it; an output channel past K copies zeros.
 template <class Tile>
 struct FpropHaloFilterIterator {
     typedef typename Tile::Element T;
@@ -442,5 +445,5 @@ fprop_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
     __shared__ __align__(16) typename Select<Halo, char, Shared>::type static_shared;
     extern __shared__ __align__(16) unsigned char dynamic_shared[];
     Shared& shared = *reinterpret_cast<Shared*>(Halo ? (void*)dynamic_shared : (void*)&static_shared);
-    tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging)>(shared, a, b, CRS, epilogue);
+    tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging, Kind)>(shared, a, b, CRS, epilogue);
 }

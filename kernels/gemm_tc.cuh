@@ -21,7 +21,8 @@
 // staging store is 32 consecutive elements of one row:
 //   KFast iterator (consecutive threads, consecutive k): rows of x (m for A, n for B), k
 //     contiguous: tile[x][k], padded by 16 bytes. ldmatrix (no .trans) reads 8×8 blocks of it as
-//     the fragments need them: A's are row-major, B's column-major, both k-contiguous.
+//     the fragments need them: A's are row-major, B's column-major, both k-contiguous (TF32 too:
+//     8 rows of 4 floats).
 //   otherwise (consecutive threads, consecutive x): tile[k][x], padded by 8 elements;
 //     ldmatrix.trans turns its 8×8 blocks into the same fragments.
 // fprop and dgrad stage A k-major ([k][m]) and B n-major ([n][k]); wgrad both k-contiguous.
@@ -30,9 +31,10 @@
 //     BX/2 + 4 words apart, 4 mod 32: the 8 rows start at banks 4i, all 32 banks once. [x][k] rows
 //     are (BK + 8)·2 = 80 bytes = 20 words apart: banks 20i mod 32 = {0, 20, 8, 28, 16, 4, 24, 12},
 //     four banks each, all distinct (BK = 16: 48 bytes, 12 words, banks 12i mod 32 = {0, 12, 24,
-//     4, 16, 28, 8, 20}, as distinct).
-//   - TF32 fragment loads (lane (g, t) reads element (x + g, k + t)): [k][x] rows are BX + 8 words,
-//     8 mod 32: bank 8t + g; [x][k] rows BK + 4 words, 4 mod 32: bank 4g + t; all 32 distinct.
+//     4, 16, 28, 8, 20}, as distinct). TF32's [x][k] rows are (BK + 4)·4 bytes: 144 = 36 words
+//     (4i mod 32) or, BK = 16, 80 (20i): as distinct.
+//   - TF32 fragment loads of a [k][x] tile (lane (g, t) reads element (x + g, k + t)): rows are
+//     BX + 8 words, 8 mod 32: bank 8t + g, all 32 distinct.
 //   - staging stores: 32 consecutive elements of one row, 64 or 128 consecutive bytes.
 #pragma once
 #include "gemm.cuh"
@@ -81,7 +83,6 @@ struct OperandTile<T, BK, BX, true> {  // tile[x][k]
     static_assert(BX % 64 == 0, "the bank-conflict analysis above assumes it");
     T data[BX][BK + 16 / sizeof(T)];
     __device__ __forceinline__ T& at(int k, int x) { return data[x][k]; }
-    __device__ __forceinline__ const T& at(int k, int x) const { return data[x][k]; }
     // The 16-byte row of 8×8 block (k0.., x0..) that lane row `row` gives ldmatrix: a row of x.
     __device__ __forceinline__ const T* matrix_row(int k0, int x0, int row) const { return &data[x0 + row][k0]; }
 };
@@ -185,15 +186,16 @@ struct Select<false, A, B> {
 #define STAGING_HALO 3
 #define STAGING_HALO_WIDE 4  // wgrad's halo staging for patches of up to 384 positions
 
-// k-tiles an iteration of the main loop (its unroll factor) for a staging: 2 for the halo tiles,
-// whose k-tile is 190 instructions around 64 HMMA on sm_80 (fprop's; wgrad's, about 300 around
-// 72). Unrolled twice, the double buffer's index is a constant in each copy and the loop's counter
-// and branch serve two k-tiles: fprop's is 36.3% HMMA instead of 33.7% (37.1% with the patch's
-// read offset, FpropHaloIterator; see bench/results/sass-sm_80.md), at 255 registers and no
-// spills. The other stagings stay at 1: measured unrolled, the tap-major tiles gain at most a
-// point (14.2% → 14.9% on 128×128), TF32x3's spill, and the plain iterators lose (5.3% → 4.0%).
-__host__ __device__ constexpr int k_tiles_an_iteration(int staging) {
-    return staging == STAGING_HALO || staging == STAGING_HALO_WIDE ? 2 : 1;
+// k-tiles an iteration of the main loop (its unroll factor) for a staging and kind: 2 for the
+// halo tiles, whose k-tile is 190 instructions around 64 HMMA on sm_80 (fprop's; wgrad's, about
+// 300 around 72). Unrolled twice, the double buffer's index is a constant in each copy and the
+// loop's counter and branch serve two k-tiles: fprop's is 36.3% HMMA instead of 33.7% (37.1% with
+// the patch's read offset, FpropHaloIterator; see bench/results/sass-sm_80.md), at 255 registers
+// and no spills. The other stagings stay at 1: measured unrolled, the tap-major tiles gain at most
+// a point (14.2% → 14.9% on 128×128), TF32x3's spill, and the plain iterators lose (5.3% → 4.0%).
+// So does TF32x3 on the halo tile: unrolled, its split fragments spill 40 bytes on sm_90.
+__host__ __device__ constexpr int k_tiles_an_iteration(int staging, int kind) {
+    return (staging == STAGING_HALO || staging == STAGING_HALO_WIDE) && kind != TENSOR_TF32X3 ? 2 : 1;
 }
 
 // A reduction index in tap-major order (r, s, channel), stepped a whole k-tile of BK channels at
@@ -214,12 +216,13 @@ struct TapMajorDigits {
     }
 };
 
-// Zero as any element type: a staging load whose element lies in the padding reads it here, so
-// that the loads of a k-tile need no predicate (the tap-major iterators).
-__device__ const unsigned zero_word = 0;
+// Zero as any element type of up to 16 bytes: a staging load whose element lies in the padding
+// reads it here, so that the loads of a k-tile need no predicate (the tap-major iterators; the
+// halo staging's pairs).
+__device__ const uint4 zero_bytes = {0u, 0u, 0u, 0u};
 template <typename T>
 __device__ __forceinline__ const T* zero_element() {
-    return reinterpret_cast<const T*>(&zero_word);
+    return reinterpret_cast<const T*>(&zero_bytes);
 }
 
 // The loads of the tap-major iterators: a thread's staged elements lie a fixed stride apart.
@@ -285,6 +288,27 @@ __device__ __forceinline__ void store_staged16(float* dst, const float* v) {
                                                   staged<Kind>(v[3]));
 }
 
+// A unit of the halo stagings (fprop_tc.cu, wgrad_tc.cu) to shared memory: the 16-byte rows of
+// two neighbouring positions, `pitch` bytes apart, from registers that hold channel j of both
+// positions in entry j (loaded as one word or pair from NCHW x): 16-bit types' low halves, then
+// high halves; floats' firsts, then seconds, each rounded as a staged element.
+template <int Kind>
+__device__ __forceinline__ void store_position_pair(char* first, int pitch, const unsigned* u) {
+    *reinterpret_cast<uint4*>(first) = make_uint4(low_halves(u[0], u[1]), low_halves(u[2], u[3]),
+                                                  low_halves(u[4], u[5]), low_halves(u[6], u[7]));
+    *reinterpret_cast<uint4*>(first + pitch) = make_uint4(high_halves(u[0], u[1]), high_halves(u[2], u[3]),
+                                                          high_halves(u[4], u[5]), high_halves(u[6], u[7]));
+}
+template <int Kind>
+__device__ __forceinline__ void store_position_pair(char* first, int pitch, const uint2* u) {
+    *reinterpret_cast<float4*>(first) = make_float4(
+            staged<Kind>(__uint_as_float(u[0].x)), staged<Kind>(__uint_as_float(u[1].x)),
+            staged<Kind>(__uint_as_float(u[2].x)), staged<Kind>(__uint_as_float(u[3].x)));
+    *reinterpret_cast<float4*>(first + pitch) = make_float4(
+            staged<Kind>(__uint_as_float(u[0].y)), staged<Kind>(__uint_as_float(u[1].y)),
+            staged<Kind>(__uint_as_float(u[2].y)), staged<Kind>(__uint_as_float(u[3].y)));
+}
+
 // Store a thread's staged elements (registers) to their places in an operand tile: one element a
 // store, or one 128-bit store a run of a VectorStagingMap.
 template <int Kind, class Map, class Operand, typename T>
@@ -323,18 +347,25 @@ __device__ __forceinline__ const OperandTile<typename Tile::Element, Tile::BK, B
     return shared.tile[buffer];
 }
 
+// The k elements of a 16-byte ldmatrix row: 8 of a 16-bit type, 4 floats (TF32).
+template <int Kind>
+constexpr int ROW_K = 16 / (int)sizeof(typename TensorStorage<Kind>::type);
+
 // A's fragments of the 16×MMA_K block at rows m, reduction k0 of a_tile, and B's of two 8-column
-// blocks at columns n, n + 8 (b[0], b[1]): the PTX layouts. Half types by ldmatrix.x4, lane l
-// giving row l % 8 of 8×8 matrix l / 8: A's matrices are a0..a3 = (m 0-7, k 0-7), (m 8-15,
-// k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15); B's (k 0-7, n 0-7), (k 8-15, n 0-7) (b[0]) and the
-// same of n + 8 (b[1]). .trans where the tile is k-major. TF32 by direct loads of lane (g, t):
-// a = (g, t), (g+8, t), (g, t+4), (g+8, t+4) as (m, k); b = (k t, n g), (k t+4, n g).
+// blocks at columns n, n + 8 (b[0], b[1]): the PTX layouts. By ldmatrix.x4, lane l giving row
+// l % 8 of matrix l / 8, each matrix 8 rows of 16 bytes (r = ROW_K elements): A's matrices are
+// a0..a3 = (m 0-7, k 0..r-1), (m 8-15, k 0..r-1), (m 0-7, k r..2r-1), (m 8-15, k r..2r-1); B's
+// (k 0..r-1, n 0-7), (k r..2r-1, n 0-7) (b[0]) and the same of n + 8 (b[1]); .trans where the
+// tile is k-major. Lane (g, t) = (l / 4, l % 4) receives word t of row g of each matrix: two
+// 16-bit elements, or one float, which is TF32's layout too (a = (g, t), (g+8, t), (g, t+4),
+// (g+8, t+4) as (m, k); b = (k t, n g), (k t+4, n g)). A k-major TF32 tile (.trans moves 16-bit
+// elements: fprop's and dgrad's A) is read by direct loads of those elements instead.
 // (i and j: m's and n's mma tile of the warp, which a view with rows of its own, HaloView and
 // WgradHaloView, goes by instead of m and n.)
 template <int Kind, bool KFast, class Operand>
 __device__ __forceinline__ void load_a_fragment(unsigned (&a)[4], const Operand& tile, int k0, int m, int) {
     const int lane = threadIdx.x % 32;
-    if (tf32_kind(Kind)) {
+    if constexpr (tf32_kind(Kind) && !KFast) {  // a k-contiguous tile has no const element access
         const int g = lane / 4, t = lane % 4;
         a[0] = __float_as_uint(float(tile.at(k0 + t, m + g)));
         a[1] = __float_as_uint(float(tile.at(k0 + t, m + g + 8)));
@@ -342,25 +373,18 @@ __device__ __forceinline__ void load_a_fragment(unsigned (&a)[4], const Operand&
         a[3] = __float_as_uint(float(tile.at(k0 + t + 4, m + g + 8)));
     } else {
         const int matrix = lane / 8;
-        ldmatrix_x4<!KFast>(a, tile.matrix_row(k0 + (matrix / 2) * 8, m + (matrix % 2) * 8, lane % 8));
+        ldmatrix_x4<!KFast>(a, tile.matrix_row(k0 + (matrix / 2) * ROW_K<Kind>, m + (matrix % 2) * 8,
+                                               lane % 8));
     }
 }
 template <int Kind, bool KFast, class Operand>
 __device__ __forceinline__ void load_b_fragments(unsigned (&b0)[2], unsigned (&b1)[2], const Operand& tile,
                                                  int k0, int n, int) {
-    const int lane = threadIdx.x % 32;
-    if (tf32_kind(Kind)) {
-        const int g = lane / 4, t = lane % 4;
-        b0[0] = __float_as_uint(float(tile.at(k0 + t, n + g)));
-        b0[1] = __float_as_uint(float(tile.at(k0 + t + 4, n + g)));
-        b1[0] = __float_as_uint(float(tile.at(k0 + t, n + 8 + g)));
-        b1[1] = __float_as_uint(float(tile.at(k0 + t + 4, n + 8 + g)));
-    } else {
-        const int matrix = lane / 8;
-        unsigned r[4];
-        ldmatrix_x4<!KFast>(r, tile.matrix_row(k0 + (matrix % 2) * 8, n + (matrix / 2) * 8, lane % 8));
-        b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
-    }
+    static_assert(KFast || !tf32_kind(Kind), "every TF32 B tile is k-contiguous: ldmatrix reads it");
+    const int lane = threadIdx.x % 32, matrix = lane / 8;
+    unsigned r[4];
+    ldmatrix_x4<!KFast>(r, tile.matrix_row(k0 + (matrix % 2) * ROW_K<Kind>, n + (matrix / 2) * 8, lane % 8));
+    b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
 }
 
 // Fragment registers of raw float32 (TF32x3) split in place: v into its TF32 rounding (hi, kept in

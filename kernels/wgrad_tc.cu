@@ -269,13 +269,8 @@ struct WgradHaloIterator {
 #pragma unroll
         for (int s = 0; s < SLOTS; s++) {
             if (row[s] < 0) continue;
-            const int bytes = store_bytes + s * SLOT_BYTES;
-            const Staged* u = &v[s * UNIT];
-            *reinterpret_cast<uint4*>(patch + bytes) = make_uint4(
-                    low_halves(u[0], u[1]), low_halves(u[2], u[3]), low_halves(u[4], u[5]), low_halves(u[6], u[7]));
-            *reinterpret_cast<uint4*>(patch + bytes + PITCH * (int)sizeof(T)) = make_uint4(
-                    high_halves(u[0], u[1]), high_halves(u[2], u[3]), high_halves(u[4], u[5]),
-                    high_halves(u[6], u[7]));
+            store_position_pair<Tile::KIND>(patch + store_bytes + s * SLOT_BYTES, PITCH * (int)sizeof(T),
+                                            &v[s * UNIT]);
         }
         if (threadIdx.x < Tile::BK) {  // pixel j's patch row: its padded row from the k-tile's first's
             int q = first.lo + pixel_columns, rows = pixel_rows;
@@ -406,7 +401,7 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                                                        C_per_group - c_base};
         extern __shared__ __align__(16) unsigned char dynamic_shared[];
         auto& shared = *reinterpret_cast<TensorShared<Tile, IterA, IterB>*>(dynamic_shared);
-        tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging)>(shared, a, b, reduction, epilogue);
+        tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging, Kind)>(shared, a, b, reduction, epilogue);
     } else if constexpr (TapMajor) {  // (constexpr: one __shared__ tile pair an instance)
         const int c_tiles = (C_per_group + BN - 1) / BN;
         const int tap = blockIdx.x / c_tiles, c_base = (blockIdx.x % c_tiles) * BN;
@@ -416,7 +411,7 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
         const WgradTensorEpilogue<Tile> epilogue{out + c_base * R * S + tap, CRS, R * S, K_per_group - k_base,
                                                  C_per_group - c_base};
         __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;
-        tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging)>(shared, a, b, reduction, epilogue);
+        tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging, Kind)>(shared, a, b, reduction, epilogue);
     } else {
         const int crs_base = blockIdx.x * BN;
         typedef WgradActivationIterator<Tile> IterB;
@@ -424,7 +419,7 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                 pad_left, dil_h, dil_w);
         const WgradTensorEpilogue<Tile> epilogue{out + crs_base, CRS, 1, K_per_group - k_base, CRS - crs_base};
         __shared__ __align__(16) TensorShared<Tile, IterA, IterB> shared;
-        tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging)>(shared, a, b, reduction, epilogue);
+        tensor_implicit_gemm<Tile, k_tiles_an_iteration(Staging, Kind)>(shared, a, b, reduction, epilogue);
     }
 }
 

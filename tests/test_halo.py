@@ -1,9 +1,11 @@
-"""The halo tile (kernels/fprop_tc.cu, STAGING_HALO) on the emulator: fprop's x staged once a block
-of 32 channels as a patch that every tap reads, w reordered to [K][R][S][C/groups] by the backend;
-and dgrad at stride 1, the same kernel on dy with w flipped and transposed (dgrad_as_fprop).
+"""The halo tiles (kernels/fprop_tc.cu, STAGING_HALO) on the emulator: fprop's x staged once a block
+of 32 channels (16 in TF32) as a patch that every tap reads, w reordered to [K][R][S][C/groups] by
+the backend; and dgrad at stride 1, the same kernel on dy with w flipped and transposed
+(dgrad_as_fprop).
 
-Small integers are exact in float16 and bfloat16 and in their float32 sums, so a result is the
-float64 reference rounded once, compared with ==; outputs are poisoned (NaN) before the kernel runs.
+Small integers are exact in float16, bfloat16 and TF32 and in their float32 sums, so a result is
+the float64 reference rounded once, compared with ==; outputs are poisoned (NaN) before the kernel
+runs.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from gpuconv.problem import conv_problem, transpose_problem
 from problems import needs_sass_tools, problem, rel_err, run_op, run_tensor_op
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
-TYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
-HALO = kb.HALO_TILE
+TYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
+HALO, HALO_TF32 = kb.HALO_TILE, kb.HALO_TILE_TF32
 
 # Problems the halo tile runs (halo_fits), each reaching something of its own.
 CASES = {
@@ -53,11 +55,13 @@ def case_arrays(p, dtype, seed):
                 bias_c=integers(rng, (p.C,), dtype))
 
 
-def run_halo(p, a, activation="relu", op="fprop", **emulate):
-    backend = kb.emulate_backend(**{f"{op}_kernel": HALO}, **emulate)
-    assert kb.choose_tensor_core(op, p, HALO) == HALO
-    assert kb.tensor_staging(op, p, HALO, a["w"]) == "halo"
-    got = run_tensor_op(backend, op, p, a, activation if op == "fprop" else None)
+def run_halo(p, a, activation="relu", op="fprop", precision="highest", **emulate):
+    """``op`` on the halo tile of p's dtype (float32: at ``precision``, 'tf32' or 'tf32x3')."""
+    tile = HALO_TF32 if p.dtype == "float32" else HALO
+    backend = kb.emulate_backend(**{f"{op}_kernel": tile}, **emulate)
+    assert kb.choose_tensor_core(op, p, tile) == tile
+    assert kb.tensor_staging(op, p, tile, a["w"]) == "halo"
+    got = run_tensor_op(backend, op, p, a, activation if op == "fprop" else None, precision)
     assert got is not None and got.dtype == a["x"].dtype
     return got.astype(np.float64)
 
@@ -68,13 +72,27 @@ def exact(p, a, activation="relu", op="fprop"):
     return want.astype(a["x"].dtype).astype(np.float64)
 
 
-@pytest.mark.parametrize("dtype", TYPES)
+HALF = ["float16", "bfloat16"]
+
+
+@pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("name", CASES)
 def test_small_integers_are_exact(name, dtype):
     p = problem(CASES[name], dtype)
     assert kb.halo_fits(p), name
     a = case_arrays(p, dtype, seed=len(name))
     np.testing.assert_array_equal(run_halo(p, a), exact(p, a))
+
+
+@pytest.mark.parametrize("precision", ["tf32", "tf32x3"])
+@pytest.mark.parametrize("name", CASES)
+def test_tf32_small_integers_are_exact(name, precision):
+    """The TF32 tile: 16 channels a k-tile, a unit of 4 channels of a pair of positions (8-byte
+    loads), rounded to TF32 as staged ('tf32x3': split at the fragments), w rounded by the host."""
+    p = problem(CASES[name], "float32")
+    assert kb.halo_fits(p) and kb.choose_fprop_tensor_core(p, HALO_TF32) == HALO_TF32, name
+    a = case_arrays(p, "float32", seed=len(name))
+    np.testing.assert_array_equal(run_halo(p, a, precision=precision), exact(p, a))
 
 
 # dgrad at stride 1: the reduction runs over K (a multiple of 32), the output is x's H×W.
@@ -94,7 +112,8 @@ def test_dgrad_small_integers_are_exact(name, dtype):
     p = problem(DGRAD_CASES[name], dtype)
     assert kb.halo_fits(kb.dgrad_as_fprop(p)), name
     a = case_arrays(p, dtype, seed=len(name))
-    np.testing.assert_array_equal(run_halo(p, a, op="dgrad"), exact(p, a, op="dgrad"))
+    precision = "tf32" if dtype == "float32" else "highest"
+    np.testing.assert_array_equal(run_halo(p, a, op="dgrad", precision=precision), exact(p, a, op="dgrad"))
 
 
 def test_conv_transpose2d_output_padding_takes_the_halo_tile():
@@ -120,11 +139,13 @@ def test_dgrad_as_fprop_only_at_stride_1_and_within_the_filter():
     assert kb.dgrad_as_fprop(wide_pad) is None and kb.choose_tensor_core("dgrad", wide_pad, HALO) is None
 
 
-@pytest.mark.parametrize("mode, case", [("race", "images"), ("asan", "wide")])
-def test_sanitizers_are_clean(mode, case):
-    p = problem(CASES[case], "float16")
-    a = case_arrays(p, "float16", seed=1)
-    np.testing.assert_array_equal(run_halo(p, a, mode=mode), exact(p, a))
+@pytest.mark.parametrize("mode, case, dtype", [("race", "images", "float16"), ("asan", "wide", "float16"),
+                                               ("asan", "wide", "float32")])
+def test_sanitizers_are_clean(mode, case, dtype):
+    p = problem(CASES[case], dtype)
+    a = case_arrays(p, dtype, seed=1)
+    precision = "tf32" if dtype == "float32" else "highest"
+    np.testing.assert_array_equal(run_halo(p, a, precision=precision, mode=mode), exact(p, a))
 
 
 @pytest.mark.parametrize("schedule", ["reverse", "random"])
@@ -146,6 +167,25 @@ def test_random_inputs_are_as_accurate_as_the_other_tiles():
     other = run_tensor_op(kb.emulate_backend(fprop_kernel="64x64x32_tc"), "fprop", p, a).astype(np.float64)
     rounding = rel_err(want.astype(np.float16), want)  # the output's own rounding
     assert rel_err(halo, want) <= 2 * max(rel_err(other, want), rounding)
+
+
+def test_tf32_random_inputs_round_as_the_numpy_backend():
+    """Random normal float32 at 'tf32': the inputs rounded as cvt.rna does (x as staged, w by the
+    host), float32 products: the numpy backend's 'tf32' to float32 accumulation noise, and TF32's
+    error against 'highest'. At 'tf32x3', within a few float32 ulps of the float64 reference."""
+    import gpuconv as gc
+
+    p = problem(CASES["images"], "float32")
+    rng = np.random.default_rng(5)
+    x, w = (rng.standard_normal(s).astype(np.float32) for s in (p.x_shape, p.w_shape))
+    kw = dict(padding=(1, 1, 0, 1))
+    a = dict(x=x, w=w, bias_k=None, dy=None, bias_c=None)
+    tf32 = run_halo(p, a, activation=None, precision="tf32")
+    want = ref.fprop(p, x.astype(np.float64), w.astype(np.float64), None, None)
+    assert rel_err(tf32, gc.conv2d(x, w, **kw, precision="tf32", backend="numpy")) <= 1e-5
+    assert rel_err(tf32, want) > 100 * 2**-23  # the inputs were rounded
+    x3 = run_halo(p, a, activation=None, precision="tf32x3")
+    assert rel_err(x3, want) <= 4 * max(rel_err(gc.conv2d(x, w, **kw, backend="numpy"), want), 2**-23)
 
 
 def brute_force_positions(p) -> int:
@@ -205,20 +245,26 @@ def test_halo_fits_only_what_the_kernel_runs():
     # 'auto' on a problem the halo tile does not fit takes the tap-major tile
     assert kb.choose_fprop_tensor_core(conv_problem((32, 32, 28, 400), (256, 32, 3, 3), padding=1,
                                                     dtype="float16")) == "128x128x32_tc"
-    assert kb.choose_fprop_tensor_core(dataclasses.replace(fits, dtype="float32")) == "64x64x32_tc"  # TF32
+    tf32 = dataclasses.replace(fits, dtype="float32")
+    assert kb.halo_fits(tf32) and kb.choose_fprop_tensor_core(tf32) == HALO_TF32  # TF32: its own tile
+    assert kb.choose_fprop_tensor_core(tf32, HALO) is None  # the half tile is not built for float32
+    # TF32's k-tile is 16 channels: 24 do not fill it
+    assert not kb.halo_fits(conv_problem((32, 24, 28, 28), (256, 24, 3, 3), dtype="float32"))
+    assert kb.halo_fits(conv_problem((32, 48, 28, 28), (256, 48, 3, 3), dtype="float32"))
 
 
-@pytest.mark.parametrize("op", ["fprop", "dgrad"])
-def test_shared_memory_is_conflict_free(op):
+@pytest.mark.parametrize("op, dtype", [("fprop", "float16"), ("dgrad", "float16"), ("fprop", "float32")])
+def test_shared_memory_is_conflict_free(op, dtype):
     """Every shared access (the position table, the patch's 16-byte staging stores, B's cp.async
     copies, ldmatrix of the patch and of B) takes the ideal wavefronts in ``gpuconv profile``:
-    positions 80 bytes apart start on distinct bank groups. 8 pixels a row (Q = W = 8): each 8-lane
-    phase of ldmatrix reads 8 consecutive positions."""
+    positions 80 bytes apart start on distinct bank groups (TF32's too). 8 pixels a row
+    (Q = W = 8): each 8-lane phase of ldmatrix reads 8 consecutive positions."""
     from gpuconv import profile
 
-    p = problem(dict(x=(2, 32, 8, 8), w=(32, 32, 3, 3), padding=1), "float16")
-    run = profile.run(op, p, HALO)
-    assert run.kernel == HALO
+    p = problem(dict(x=(2, 32, 8, 8), w=(32, 32, 3, 3), padding=1), dtype)
+    tile = HALO_TF32 if dtype == "float32" else HALO
+    run = profile.run(op, p, tile, precision="tf32" if dtype == "float32" else "highest")
+    assert run.kernel == tile
     shared = [row for row in run.rows if row["space"] == "shared"]
     assert {row["kind"] for row in shared} >= {"store", "load", "cp.async"}
     assert all(row["wavefronts"] == row["ideal"] for row in shared), shared
@@ -234,8 +280,15 @@ def test_main_loop_is_hmma_ldmatrix_and_cp_async(arch):
     from gpuconv import sass
 
     name = kb.tensor_kernel_name("fprop", "float16", HALO, "halo")
-    (r,) = sass.analyze([arch], [name])
-    assert (r.hmma, r.ldsm, r.ldgsts, r.bar, r.spills) == (2 * 64, 2 * 16, {128: 2 * 4}, 2, 0)
-    assert (r.ldg, r.sts) == ({32: 2 * 8}, {128: 2 * 2})  # the patch unit: 8 planes, two 16-byte stores
+    tf32 = kb.tensor_kernel_name("fprop", "tf32", HALO_TF32, "halo")
+    reports = {r.kernel: r for r in sass.analyze([arch], [name, tf32])}
+    half, single = reports[name], reports[tf32]
+    assert (half.hmma, half.ldsm, half.ldgsts, half.bar, half.spills) == (2 * 64, 2 * 16, {128: 2 * 4}, 2, 0)
+    assert (half.ldg, half.sts) == ({32: 2 * 8}, {128: 2 * 2})  # the patch unit: 8 planes, two 16-byte stores
+    # TF32: 16 channels a k-tile, two m16n8k8 steps: the same mma count, ldmatrix (A and B) and
+    # copies; the unit's 4 planes by 8-byte loads
+    assert (single.hmma, single.ldsm, single.ldgsts, single.bar, single.spills) == (128, 32, {128: 8}, 2, 0)
+    assert (single.ldg, single.sts) == ({64: 2 * 4}, {128: 2 * 2})
     reported = kb.halo_shared_bytes(kb.HALO_REPORTED_POSITIONS)
-    assert (r.threads, r.shared_bytes, r.blocks_per_sm) == (128, reported, 2)
+    for r in (half, single):
+        assert (r.threads, r.shared_bytes, r.blocks_per_sm) == (128, reported, 2)

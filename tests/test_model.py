@@ -312,11 +312,12 @@ def test_every_tile_has_its_issue_figure_and_it_matches_the_committed_sass():
 
 def test_tensor_issue_figures_match_the_committed_sass():
     """ISSUE_PER_HMMA: fprop float16's loops on sm_90, tap-major with w's 16-byte loads (the halo
-    tile: halo)."""
+    tiles: halo; TF32's in TF32)."""
     reports = committed_reports("sm_90")
     for name, per_hmma in kb.ISSUE_PER_HMMA.items():
-        staging = "halo" if name == kb.HALO_TILE else "tap_major_vector"
-        r = reports[kb.tensor_kernel_name("fprop", "float16", name, staging)]
+        staging = "halo" if name in kb.FPROP_HALO_TILES else "tap_major_vector"
+        kind = "tf32" if name == kb.HALO_TILE_TF32 else "float16"
+        r = reports[kb.tensor_kernel_name("fprop", kind, name, staging)]
         assert r.loop_instructions / r.hmma == pytest.approx(per_hmma, abs=0.01), name
 
 

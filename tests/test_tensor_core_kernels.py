@@ -276,8 +276,11 @@ def test_auto_routes_only_what_tensor_cores_run():
     for op in OPS:
         assert kb.choose_tensor_core(op, half_1x1) == "128x128x32_tc", op
     tf32 = dataclasses.replace(half, dtype="float32")
-    # 128×128 holds no float32 tile: where a half type takes it, TF32 takes 64×64 (never SIMT)
-    assert [kb.choose_tensor_core(op, tf32) for op in OPS] == ["64x64x32_tc"] * 3
+    # TF32: fprop and dgrad on the TF32 halo tile; 128×128 holds no float32 tile, so wgrad, and a
+    # problem the halo tile does not fit, take 64×64 (never SIMT)
+    assert [kb.choose_tensor_core(op, tf32) for op in OPS] == [kb.HALO_TILE_TF32] * 2 + ["64x64x32_tc"]
+    tf32_1x1 = dataclasses.replace(half_1x1, dtype="float32")
+    assert [kb.choose_tensor_core(op, tf32_1x1) for op in OPS] == ["64x64x32_tc"] * 3
     assert kb.choose_fprop_tensor_core(tf32, "128x128x32_tc") is None  # forced: not built for it
     assert kb.choose_dgrad_tensor_core(tf32, "64x64x32_tc") == "64x64x32_tc"
     depthwise = problem(EDGE["depthwise"], "float16")
@@ -312,8 +315,8 @@ SASS_CASES = [("float16", "128x128x32_tc"), ("bfloat16", "64x64x32_tc"), ("tf32"
 @pytest.mark.parametrize("op", OPS)
 def test_main_loop_runs_on_hmma_and_ldmatrix(op, arch):
     """NVRTC compiles the kernels as the cuda backend does; the main loop holds one HMMA per
-    mma.sync (three a product in TF32x3), one LDSM per ldmatrix (none for TF32's direct loads), one
-    barrier, and no spills."""
+    mma.sync (three a product in TF32x3), one LDSM per ldmatrix (TF32: B's, and wgrad's A, whose
+    tile is k-contiguous too; fprop's and dgrad's A by direct loads), one barrier, and no spills."""
     from gpuconv import sass
 
     names = {kb.tensor_kernel_name(op, kind, tile): (kind, tile) for kind, tile in SASS_CASES}
@@ -323,16 +326,19 @@ def test_main_loop_runs_on_hmma_and_ldmatrix(op, arch):
         kind, tile = names[r.kernel][0], kb.TENSOR_TILES[op][names[r.kernel][1]]
         mma_k, products = {"tf32": (8, 1), "tf32x3": (8, 3)}.get(kind, (16, 1))
         assert r.hmma == products * (tile.WM // 16) * (tile.WN // 8) * tile.BK // mma_k, r.kernel
-        # ldmatrix.x4: one per 16 rows of A, one per 16 columns of B, each k16 step.
-        ldsm = 0 if kind.startswith("tf32") else (tile.WM // 16 + tile.WN // 16) * tile.BK // 16
+        # ldmatrix.x4: one per 16 rows of A, one per 16 columns of B, each mma k-step (k16; TF32's
+        # k8 of 4-byte elements: the same 16-byte rows)
+        a_ldsm = tile.WM // 16 if op == "wgrad" or not kind.startswith("tf32") else 0
+        ldsm = (a_ldsm + tile.WN // 16) * tile.BK // (mma_k if kind.startswith("tf32") else 16)
         assert (r.ldsm, r.spills, r.bar, r.threads) == (ldsm, 0, 1, tile.threads), r.kernel
 
 
 @pytest.mark.parametrize("kind, kernel", [("float16", "128x128x32_tc"), ("tf32", "64x64x32_tc")])
 @pytest.mark.parametrize("op", OPS)
 def test_shared_memory_is_conflict_free(op, kind, kernel):
-    """Every shared access of the kernel (staging stores, ldmatrix, TF32 fragment loads) takes the
-    ideal wavefronts per request in ``gpuconv profile``: the padding spreads the rows."""
+    """Every shared access of the kernel (staging stores, ldmatrix, TF32's direct fragment loads of
+    a k-major A) takes the ideal wavefronts per request in ``gpuconv profile``: the padding
+    spreads the rows."""
     from gpuconv import profile
 
     # fprop and dgrad: M = N·P·Q = 128 pixels, N = 128 channels; wgrad M = K = 128, N = C·R·S = 128
@@ -342,8 +348,9 @@ def test_shared_memory_is_conflict_free(op, kind, kernel):
     run = profile.run(op, p, kernel, precision=KINDS[kind][1])
     assert run.kernel == kernel
     shared = [row for row in run.rows if row["space"] == "shared"]
+    direct = kind == "tf32" and op != "wgrad"  # fprop's and dgrad's TF32 A: k-major
     assert {(Path(row["file"]).name, row["kind"]) for row in shared} == (
-        {("gemm_tc.cuh", "store"), ("gemm_tc.cuh" if kind == "tf32" else "mma.cuh", "load")})
+        {("gemm_tc.cuh", "store"), ("mma.cuh", "load")} | ({("gemm_tc.cuh", "load")} if direct else set()))
     assert all(row["wavefronts"] == row["ideal"] for row in shared), shared
 
 

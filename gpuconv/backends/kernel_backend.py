@@ -156,11 +156,16 @@ _TENSOR_TILES = {
 # 32 channels of one tap; its patches (up to HALO_POSITIONS positions) and w's k-tiles take
 # halo_shared_bytes(positions) of dynamic shared memory. The SASS reports give its occupancy
 # at HALO_REPORTED_POSITIONS, the largest patch that leaves room for two blocks an sm_80 SM.
+# Its TF32 twin (float32 at 'tf32' and 'tf32x3') takes 16 channels a k-tile: the same 80 bytes a
+# position, so the same patches and shared memory.
 HALO_TILE = "128x128x32_64x64_tc"
+HALO_TILE_TF32 = "128x128x16_64x64_tc"
 HALO_POSITIONS = 496  # 100,832 bytes of shared memory: within sm_86's and sm_89's 99 KB a block
 HALO_REPORTED_POSITIONS = 384
-# dgrad at stride 1 runs it too, as fprop of dy (dgrad_as_fprop).
-_HALO = {HALO_TILE: TensorTile(BM=128, BN=128, BK=32, WM=64, WN=64, dtypes=HALF_DTYPES)}
+# dgrad at stride 1 runs them too, as fprop of dy (dgrad_as_fprop).
+_HALO = {HALO_TILE: TensorTile(BM=128, BN=128, BK=32, WM=64, WN=64, dtypes=HALF_DTYPES),
+         HALO_TILE_TF32: TensorTile(BM=128, BN=128, BK=16, WM=64, WN=64, dtypes=("float32",))}
+FPROP_HALO_TILES = tuple(_HALO)
 # wgrad's halo tile (STAGING_HALO in kernels/wgrad_tc.cu: x staged once a k-tile as a patch that
 # every tap reads): 3×3 filters, a block 128 output channels × 32 input channels × the
 # 9 taps (288 columns), 8 warps of 64 × 72 (an octet of channels at every tap); dynamic shared
@@ -173,16 +178,17 @@ WGRAD_HALO_POSITIONS = {"halo": 256, "halo_wide": 384}
 _WGRAD_HALO = TensorTile(BM=128, BN=288, BK=32, WM=64, WN=72, dtypes=HALF_DTYPES)
 TENSOR_TILES = {"fprop": {**_TENSOR_TILES, **_HALO}, "dgrad": {**_TENSOR_TILES, **_HALO},
                 "wgrad": {**_TENSOR_TILES, WGRAD_HALO_TILE: _WGRAD_HALO}}
-HALO_TILES = (HALO_TILE, WGRAD_HALO_TILE)
+HALO_TILES = (*FPROP_HALO_TILES, WGRAD_HALO_TILE)
 
 
 def halo_shared_bytes(positions: int) -> int:
-    """The halo kernel's dynamic shared memory for patches of ``positions`` positions (a
-    problem's halo_positions): TensorShared's B (two k-tiles of BN rows of BK + 8 16-bit
-    elements), then its HaloPatch as far as that problem uses it: the position table (an int a
-    pair, HALO_POSITIONS / 2) and two patch buffers of ``positions`` rows of BK + 8."""
+    """The halo kernels' dynamic shared memory for patches of ``positions`` positions (a
+    problem's halo_positions): TensorShared's B (two k-tiles of BN rows of BK channels and 16
+    bytes), then its HaloPatch as far as that problem uses it: the position table (an int a
+    pair, HALO_POSITIONS / 2) and two patch buffers of ``positions`` rows of BK channels and 16
+    bytes. The same for both tiles: a row is 80 bytes of 16-bit types or of TF32's floats."""
     tile = TENSOR_TILES["fprop"][HALO_TILE]
-    pitch = (tile.BK + 8) * 2
+    pitch = tile.BK * 2 + 16
     return 2 * tile.BN * pitch + 4 * (HALO_POSITIONS // 2) + 2 * positions * pitch
 
 
@@ -285,12 +291,13 @@ def halo_positions(p) -> int:
 
 
 def halo_fits(p: Conv2dProblem | None) -> bool:
-    """Whether the halo tile runs ``p``: a filter of several taps, C/groups a multiple of its 32
-    channels, W even (a unit reads two neighbouring positions a 4-byte load), a patch within
-    HALO_POSITIONS that the R·S k-tiles of a block stage (a unit of 8 channels of two positions a
-    thread a k-tile: 64 positions), x's offsets from a block's first image (at most
-    ceil(BM / P·Q) + 1 images) and 32 output channels of w in an int."""
-    tile = TENSOR_TILES["fprop"][HALO_TILE]
+    """Whether a halo tile runs ``p`` (HALO_TILE in the half types, HALO_TILE_TF32 in float32): a
+    filter of several taps, C/groups a multiple of its BK channels, W even (a unit reads two
+    neighbouring positions a load), a patch within HALO_POSITIONS that the R·S k-tiles of a block
+    stage (a unit of 16 bytes of channels of two positions a thread a k-tile: 64 positions), x's
+    offsets from a block's first image (at most ceil(BM / P·Q) + 1 images) and 32 output channels
+    of w in an int."""
+    tile = TENSOR_TILES["fprop"][HALO_TILE_TF32 if p is not None and p.dtype == "float32" else HALO_TILE]
     if p is None or p.R * p.S < 2 or p.C_per_group % tile.BK != 0 or p.W % 2 or p.N * p.P * p.Q == 0:
         return False
     if 32 * p.C_per_group * p.R * p.S > INT32_MAX:
@@ -384,26 +391,28 @@ def choose_tensor_core(op: str, p, kernel: str = "auto") -> str | None:
     """The TENSOR_TILES[op] name to run ``op`` on ``p`` (float16, bfloat16, or float32 meaning
     TF32) with, or None where the float32 kernels take it: a forced SIMT tile or 'direct'; under
     'auto' a GEMM channel side (``_choose``'s) under 8 (a depthwise layer would fill a tile with
-    zeros); a tile not built for the dtype or that cannot run ``p`` (``launchable``). 'auto' takes
-    128×128 where the GEMM fills it and the grid gives every SM of an H100 a block (wgrad: where
-    the GEMM fills it, its split-K fills the GPU), else 64×64; then fprop and dgrad take the halo
-    tile where it runs ``p`` and its busiest SM issues less (``tensor_busiest_sm_cost``), and
-    wgrad takes its halo tile where it runs ``p`` with at least 64 output channels a group (its
-    128 rows at least half used: its loop issues half as much a HMMA as 128×128's, and split-K
-    gives its grid the GPU)."""
+    zeros); a tile not built for the dtype or that cannot run ``p`` (``launchable``). 'auto', for
+    fprop and dgrad, takes the tile whose busiest SM issues least (``tensor_busiest_sm_cost``) of
+    64×64, 128×128 where the GEMM fills it, and the halo tile of p's dtype where it runs ``p``;
+    for wgrad, 128×128 where the GEMM fills it (its split-K fills the GPU), else 64×64, and its
+    halo tile where it runs ``p`` with at least 64 output channels a group (its 128 rows at least
+    half used: its loop issues half as much a HMMA as 128×128's, and split-K gives its grid the
+    GPU)."""
     tiles = TENSOR_TILES[op]
     M, N = _block_gemm_shape(op, p)
     if kernel == "auto":
         if (N if op != "wgrad" else M) < 8:
             return None
         big = tiles["128x128x32_tc"]
-        fills = M >= big.BM and N >= big.BN and (op == "wgrad" or _blocks(op, p, big) >= H100_SMS)
-        kernel = "128x128x32_tc" if fills and p.dtype in big.dtypes else "64x64x32_tc"
-        if (HALO_TILE in tiles and launchable(op, p, HALO_TILE)
-                and tensor_busiest_sm_cost(op, p, HALO_TILE) < tensor_busiest_sm_cost(op, p, kernel)):
-            kernel = HALO_TILE
-        if WGRAD_HALO_TILE in tiles and M >= 64 and launchable(op, p, WGRAD_HALO_TILE):
-            kernel = WGRAD_HALO_TILE
+        fills = M >= big.BM and N >= big.BN and p.dtype in big.dtypes
+        if op == "wgrad":
+            kernel = "128x128x32_tc" if fills else "64x64x32_tc"
+            if M >= 64 and launchable(op, p, WGRAD_HALO_TILE):
+                kernel = WGRAD_HALO_TILE
+        else:
+            halos = [t for t in FPROP_HALO_TILES if p.dtype in tiles[t].dtypes and launchable(op, p, t)]
+            candidates = ["64x64x32_tc", *(["128x128x32_tc"] if fills else []), *halos]
+            kernel = min(candidates, key=lambda k: tensor_busiest_sm_cost(op, p, k))
     if kernel not in tiles or p.dtype not in tiles[kernel].dtypes:
         return None
     return kernel if launchable(op, p, kernel) else None
@@ -497,18 +506,19 @@ def busiest_sm_cost(op: str, p, kernel: str) -> float:
     return ceil_div(_blocks(op, p, tile), H100_SMS) * tile.BM * tile.BN * reduction * clocks_per_fma
 
 
-# The tensor-core tiles' main-loop instructions per HMMA (float16, sm_90 SASS: `python -m
-# gpuconv.sass --arch sm_90`), fprop's loops at their best staging for 3×3 filters: tap-major
-# with w's 16-byte loads, and the halo tile's (tests/test_model.py checks them against the
-# committed SASS).
-ISSUE_PER_HMMA = {"128x128x32_tc": 5.34, "64x64x32_tc": 9.44, HALO_TILE: 2.73}
+# The tensor-core tiles' main-loop instructions per HMMA (float16, TF32 for the TF32 halo tile;
+# sm_90 SASS: `python -m gpuconv.sass --arch sm_90`), fprop's loops at their best staging for 3×3
+# filters: tap-major with w's 16-byte loads, and the halo tiles' (tests/test_model.py checks them
+# against the committed SASS). A TF32 problem weighs the TF32 halo tile against 64×64's float16
+# figure: its TF32 loop issues within 2% of it.
+ISSUE_PER_HMMA = {"128x128x32_tc": 5.34, "64x64x32_tc": 9.44, HALO_TILE: 2.73, HALO_TILE_TF32: 2.91}
 
 
 def tensor_busiest_sm_cost(op: str, p, kernel: str) -> float:
     """``busiest_sm_cost`` of a tensor-core tile, issue-bound: ceil(grid / SMs) × one block's
     mma tiles × ISSUE_PER_HMMA. fprop and dgrad only (a block's reduction is the whole one)."""
     tile = TENSOR_TILES[op][kernel]
-    blocks = _blocks("fprop", dgrad_as_fprop(p), tile) if kernel == HALO_TILE and op == "dgrad" else \
+    blocks = _blocks("fprop", dgrad_as_fprop(p), tile) if kernel in FPROP_HALO_TILES and op == "dgrad" else \
         _blocks(op, p, tile)
     return ceil_div(blocks, H100_SMS) * tile.BM * tile.BN * ISSUE_PER_HMMA[kernel]
 
@@ -564,7 +574,7 @@ def launchable(op: str, p, kernel: str) -> bool:
         return False
     if op == "wgrad" and max(p.P * p.Q, wgrad_splits(p, tile)[1]) + tile.BK > INT32_MAX:
         return False
-    if kernel == HALO_TILE and not halo_fits(p if op == "fprop" else dgrad_as_fprop(p)):
+    if kernel in FPROP_HALO_TILES and not halo_fits(p if op == "fprop" else dgrad_as_fprop(p)):
         return False
     if kernel == WGRAD_HALO_TILE and not wgrad_halo_fits(p):
         return False
@@ -828,7 +838,7 @@ class KernelBackend:
         if staging != "plain":  # w as [K][R][S][C/groups]: the tap-major reduction contiguous
             w = w.reshape(p.groups, p.K_per_group, p.C_per_group, p.R, p.S).transpose(0, 1, 3, 4, 2)
         if staging == "halo":
-            return self._fprop_halo(kind, p, x, w, bias, y, activation)
+            return self._fprop_halo(kind, kernel, p, x, w, bias, y, activation)
         if staging == "tap_major_vector":
             w = self._aligned_contiguous(w)
         name = tensor_kernel_name("fprop", kind, kernel, staging)
@@ -843,14 +853,18 @@ class KernelBackend:
         a = self.xp.ascontiguousarray(a)
         return a if _address(a) % 16 == 0 else a.copy()
 
-    def _fprop_halo(self, kind: str, p, x, w_krsc, bias, y, activation=None):
-        """y of fprop ``p`` on the halo tile: ``w_krsc`` is w as [K/groups·groups][R][S][C/groups]
-        (any strides: copied contiguous here), the kernel's shared memory dynamic."""
-        name = tensor_kernel_name("fprop", kind, HALO_TILE, "halo")
-        self._launch("fprop_tc.cu", name, y.size,
-                     (x, self._aligned_contiguous(w_krsc), _pointer(bias), y) + conv_args(p)
+    def _fprop_halo(self, kind: str, kernel: str, p, x, w_krsc, bias, y, activation=None):
+        """y of fprop ``p`` on halo tile ``kernel``: ``w_krsc`` is w as [K/groups·groups][R][S][C/groups]
+        (any strides: copied contiguous here; at 'tf32' rounded as the kernel's cvt.rna would, since
+        its copies to shared memory do not pass through registers), the kernel's shared memory
+        dynamic."""
+        from ..api import round_to_tf32  # (api imports the backends)
+
+        w = round_to_tf32(self.xp, w_krsc) if kind == "tf32" else w_krsc
+        self._launch("fprop_tc.cu", tensor_kernel_name("fprop", kind, kernel, "halo"), y.size,
+                     (x, self._aligned_contiguous(w), _pointer(bias), y) + conv_args(p)
                      + (np.int32(ACTIVATION_IDS[activation]),),
-                     "fprop", TENSOR_TILES["fprop"][HALO_TILE], p, halo_shared_bytes(halo_positions(p)))
+                     "fprop", TENSOR_TILES["fprop"][kernel], p, halo_shared_bytes(halo_positions(p)))
         return y
 
     @_on_input_device
@@ -860,9 +874,10 @@ class KernelBackend:
         if chosen is None:
             return None
         (kind, kernel), dx = chosen, self._empty(p.x_shape, p.dtype)
-        if kernel == HALO_TILE:  # stride 1: fprop of dy with w flipped and transposed, group by group
+        if kernel in FPROP_HALO_TILES:  # stride 1: fprop of dy, w flipped and transposed group by group
             w_krsc = w.reshape(p.groups, p.K_per_group, p.C_per_group, p.R, p.S)[:, :, :, ::-1, ::-1]
-            return self._fprop_halo(kind, dgrad_as_fprop(p), dy, w_krsc.transpose(0, 2, 3, 4, 1), bias, dx)
+            return self._fprop_halo(kind, kernel, dgrad_as_fprop(p), dy, w_krsc.transpose(0, 2, 3, 4, 1),
+                                    bias, dx)
         staging = tensor_staging("dgrad", p, kernel, w)
         if staging == "tap_major":  # w as [C/groups][R][S][K/groups] a group: a k-tile's K contiguous
             w = self._aligned_contiguous(
