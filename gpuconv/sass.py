@@ -58,6 +58,7 @@ from .backends.kernel_backend import (
     TENSOR_TILES,
     THREADS_PER_BLOCK,
     TILES,
+    WGRAD_HALO_POSITIONS,
     WGRAD_HALO_TILE,
     halo_shared_bytes,
     kernel_name,
@@ -453,8 +454,7 @@ def launch_dynamic_shared() -> dict[str, int]:
     return {**{tensor_kernel_name("fprop", kind, name, "halo"): fprop_halo
                for name in FPROP_HALO_TILES for kind in kinds(TENSOR_TILES["fprop"][name])},
             **{tensor_kernel_name("wgrad", kind, WGRAD_HALO_TILE, staging): wgrad_halo_shared_bytes(staging)
-               for kind in kinds(TENSOR_TILES["wgrad"][WGRAD_HALO_TILE])
-               for staging in ("halo", "halo_wide")}}
+               for kind in kinds(TENSOR_TILES["wgrad"][WGRAD_HALO_TILE]) for staging in WGRAD_HALO_POSITIONS}}
 
 
 def analyze(archs=ARCHS, kernels=None) -> list[LoopReport]:

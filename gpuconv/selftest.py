@@ -230,8 +230,8 @@ MATRIX_OPS = {"fprop": ("conv2d +bias", "conv2d +bias +relu", "conv2d +bias +sig
 # 16-byte loads of fprop's w and wgrad's dy; 256 pixels, so TF32's wgrad splits and goes through
 # wgrad_tensor_reduce), 40 in, 48 out (neither: element by element), and 3×3 taps on images of
 # even width (the halo tile of fprop and of dgrad at stride 1: kernel_backend.halo_fits; 9×9:
-# wgrad's tap-major staging without 16-byte loads; stride 2 on 28×28: wgrad's halo tile with
-# three units a thread, 'halo_wide').
+# wgrad's tap-major staging without 16-byte loads, and its halo tile's 2-byte loads, 'halo_odd';
+# stride 2 on 28×28: wgrad's halo tile with three units a thread, 'halo_wide').
 MATRIX_PROBLEMS = ({"64->64 3x3 pad 1": CONV_PROBLEMS["64->64 3x3 pad 1"],
                     "64->64 3x3 pad 1 8x8": ((2, 64, 8, 8), (64, 64, 3, 3), dict(padding=1)),
                     "64->64 1x1": ((4, 64, 8, 8), (64, 64, 1, 1), {}),

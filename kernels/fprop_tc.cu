@@ -210,8 +210,8 @@ struct FpropHaloIterator {
         unit_pair = (warp / 2) * 16 + (lane / 8) * 4 + lane % 4;
         chunk = (warp % 2) * 2 + (lane / 4) % 2;
         channel_offset = chunk * UNIT * HW / 2;  // block 0's, which the prologue stages as block -1's next
-        // ldmatrix rows: lane l gives row l % 8 of matrix l / 8, (pixels 0-7, channels 0-7),
-        // (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) of its 16×16 A block (load_a_fragment's order).
+        // ldmatrix rows: lane l gives row l % 8 of matrix l / 8, (pixels 0-7, channels 0..UNIT-1),
+        // (8-15, 0..UNIT-1), (0-7, UNIT..), (8-15, UNIT..) of its A block (load_a_fragment's order).
 #pragma unroll
         for (int i = 0; i < Tile::FRAGS_M; i++) {
             const index_t m = m_base + (warp % Tile::WARPS_M) * Tile::WM + i * 16 + (matrix % 2) * 8 + lane % 8;

@@ -185,6 +185,7 @@ struct Select<false, A, B> {
 #define STAGING_TAP_MAJOR_VECTOR 2
 #define STAGING_HALO 3
 #define STAGING_HALO_WIDE 4  // wgrad's halo staging for patches of up to 384 positions
+#define STAGING_HALO_ODD 5   // wgrad's halo staging where W or P·Q is odd: 2-byte loads, 128 positions
 
 // k-tiles an iteration of the main loop (its unroll factor) for a staging and kind: 2 for the
 // halo tiles, whose k-tile is 190 instructions around 64 HMMA on sm_80 (fprop's; wgrad's, about

@@ -180,6 +180,11 @@ struct WgradTapActivationIterator {
 // Slots units a thread a k-tile stage a patch of up to Slots·THREADS / 2 positions: STAGING_HALO
 // takes 2 (256 positions), STAGING_HALO_WIDE 3 (384: stride 2 on images 14 to 28 wide), whose
 // third unit costs its loop a fifth more instructions.
+// Where W is odd a pair of positions is not one word of x, and where P·Q is not a multiple of 4
+// dy's runs are not 8-byte ones (ResNet-50's res5, 7×7): STAGING_HALO_ODD loads each position of
+// a unit with its own 2-byte loads (Halves), the pair packed into the same words, and reads dy an
+// element a load (WgradGradientStridedIterator, through registers); one unit a thread (patches of
+// up to 128 positions), which leaves the registers those staging loads take.
 #define WGRAD_HALO_TAPS 9
 
 template <class Tile, int Slots>
@@ -190,12 +195,15 @@ struct WgradHaloPatch {
     T patch[2][Slots * Tile::THREADS / 2][PITCH];
 };
 
-template <class Tile, int Slots>
+template <class Tile, int Slots, bool Halves = false>
 struct WgradHaloIterator {
     typedef typename Tile::Element T;
     typedef WgradHaloPatch<Tile, Slots> Shared;
     static constexpr bool KFast = false;  // the warps read B by ldmatrix.trans
     static constexpr int PITCH = Shared::PITCH, UNIT = 8, SLOTS = Slots;
+    // x's addressing: words (pairs of elements, a unit's loads), or Halves, elements
+    static constexpr int PER_WORD = Halves ? 1 : 2;
+    typedef typename Select<Halves, T, unsigned>::type Word;
     static constexpr int SLOT_BYTES = Tile::THREADS / 4 * 2 * PITCH * (int)sizeof(T);  // a slot's pairs on
     static_assert(Tile::BN == 32 * WGRAD_HALO_TAPS && Tile::WN == 8 * WGRAD_HALO_TAPS && Tile::BK == 32,
                   "a block: 32 channels at every tap, a warp an octet of them");
@@ -203,10 +211,10 @@ struct WgradHaloIterator {
     struct Map {
         static constexpr int ELEMS = SLOTS * UNIT;
     };
-    const unsigned* x_c;          // x's words, image 0, the block's first channel
+    const Word* x_c;              // x's words (Halves: elements), image 0, the block's first channel
     ReductionDigits first, step;  // the k-tile's first pixel (n, p, q); BK pixels as digits
     int pixel_rows, pixel_columns;  // thread j < BK's pixel from the first: j / Q rows, j % Q columns
-    int image_words, plane_words;  // C·H·W / 2 (< 2^30, wgrad_halo_fits), H·W / 2
+    int image_words, plane_words;  // C·H·W / PER_WORD (< 2^31 / 2, wgrad_halo_fits), H·W / PER_WORD
     int N, H, W, P, Q, Hp, Wp, pad_top, first_column, stride_h, stride_w;
     int row[SLOTS], column[SLOTS];  // each unit's patch row (-1 past the patch) and x column (its first position's)
     int channel_words, store_bytes;  // the units' octet's offset in x (words); the first unit's bytes in a buffer
@@ -216,10 +224,10 @@ struct WgradHaloIterator {
     __device__ WgradHaloIterator(const T* x_c_, index_t e, int N_, int C, int H_, int W_, int R, int S, int P_,
                                  int Q_, int stride_h_, int stride_w_, int pad_top_, int pad_left, int dil_h,
                                  int dil_w, int positions)
-        : x_c(reinterpret_cast<const unsigned*>(x_c_)), first(ReductionDigits::of(e, P_, Q_)),
+        : x_c(reinterpret_cast<const Word*>(x_c_)), first(ReductionDigits::of(e, P_, Q_)),
           step(ReductionDigits::of(Tile::BK, P_, Q_)), pixel_rows(threadIdx.x % Tile::BK / Q_),
           pixel_columns(threadIdx.x % Tile::BK % Q_),
-          image_words(C * H_ * W_ / 2), plane_words(H_ * W_ / 2), N(N_), H(H_), W(W_), P(P_), Q(Q_),
+          image_words(C * H_ * W_ / PER_WORD), plane_words(H_ * W_ / PER_WORD), N(N_), H(H_), W(W_), P(P_), Q(Q_),
           pad_top(pad_top_), stride_h(stride_h_), stride_w(stride_w_) {
         Hp = (P - 1) * stride_h + (R - 1) * dil_h + 1;
         first_column = pad_left & 1;
@@ -234,7 +242,8 @@ struct WgradHaloIterator {
         for (int s = 0; s < SLOTS; s++) {
             const int pair = first_pair + s * Tile::THREADS / 4;
             row[s] = pair < positions / 2 ? pair / (Wp / 2) : -1;
-            column[s] = 2 * (pair % (Wp / 2)) - first_column - pad_left;  // even: pairs lie in x or outside
+            column[s] = 2 * (pair % (Wp / 2)) - first_column - pad_left;  // even: a pair lies in x or
+                                                                           // outside it (W even)
         }
         // ldmatrix.x4's lanes 16-31 read the pair's second tile; the warp's octet is 16 bytes in
         const int lane_taps = threadIdx.x % 32 / 16, octet = threadIdx.x / 32 / Tile::WARPS_M;
@@ -246,7 +255,7 @@ struct WgradHaloIterator {
     }
     // The next k-tile's units: 8 channels of a pair of positions, zeros in the padding.
     __device__ __forceinline__ void load(Staged (&v)[Map::ELEMS], int) const {
-        const unsigned* x_n = x_c + (index_t)first.hi * image_words;
+        const Word* x_n = x_c + (index_t)first.hi * image_words;
 #pragma unroll
         for (int s = 0; s < SLOTS; s++) {
             if (row[s] < 0) continue;  // past the patch's pairs
@@ -255,9 +264,19 @@ struct WgradHaloIterator {
             h -= pad_top;
             const bool inside =
                     first.hi + image < N && (unsigned)h < (unsigned)H && (unsigned)column[s] < (unsigned)W;
-            // int: two images of x (wgrad_halo_fits); h·W + column even (W and column even)
-            const int offset = image * image_words + ((h * W + column[s]) >> 1) + channel_words;
-            load_strided_or_zero(*reinterpret_cast<Staged(*)[UNIT]>(&v[s * UNIT]), x_n, offset, plane_words, inside);
+            // int: two images of x (wgrad_halo_fits); h·W + column even where W is (words: a shift,
+            // not a signed division's two more instructions; a negative offset is never loaded)
+            const int offset = image * image_words + ((h * W + column[s]) >> (PER_WORD / 2)) + channel_words;
+            Staged(&unit)[UNIT] = *reinterpret_cast<Staged(*)[UNIT]>(&v[s * UNIT]);
+            if constexpr (Halves) {  // each position its own loads: the second may lie past x's row
+                T first_position[UNIT], second[UNIT];
+                load_strided_or_zero(first_position, x_n, offset, plane_words, inside);
+                load_strided_or_zero(second, x_n, offset + 1, plane_words, inside && column[s] + 1 < W);
+#pragma unroll
+                for (int j = 0; j < UNIT; j++) unit[j] = first_position[j] | unsigned(second[j]) << 16;
+            } else {
+                load_strided_or_zero(unit, x_n, offset, plane_words, inside);
+            }
         }
     }
     __device__ __forceinline__ void advance() {
@@ -285,42 +304,41 @@ struct WgradHaloIterator {
 
 // What the warps read for a k-tile: the buffer, and this lane's ldmatrix rows (its pixel of each
 // k-step) at tap (0, 0).
-template <class Tile, int Slots>
+template <class Tile, int Slots, bool Halves>
 struct WgradHaloView {
-    const WgradHaloIterator<Tile, Slots>& b;
+    const WgradHaloIterator<Tile, Slots, Halves>& b;
     const char* patch;
     int row[Tile::BK / Tile::MMA_K];
 };
-template <int Kind, class Tile, int Slots, typename T, int E>
-__device__ __forceinline__ void stage_first(WgradHaloIterator<Tile, Slots>& b, WgradHaloPatch<Tile, Slots>& shared,
-                                            T (&v)[E], int) {
+template <int Kind, class Tile, int Slots, bool Halves, typename T, int E>
+__device__ __forceinline__ void stage_first(WgradHaloIterator<Tile, Slots, Halves>& b,
+                                            WgradHaloPatch<Tile, Slots>& shared, T (&v)[E], int) {
     b.load(v, 0);
     b.store(shared, 0, v);
 }
-template <class Tile, int Slots, typename T, int E>
-__device__ __forceinline__ void load_operand(WgradHaloIterator<Tile, Slots>& b, WgradHaloPatch<Tile, Slots>&, int,
-                                             T (&v)[E], int) {
+template <class Tile, int Slots, bool Halves, typename T, int E>
+__device__ __forceinline__ void load_operand(WgradHaloIterator<Tile, Slots, Halves>& b, WgradHaloPatch<Tile, Slots>&,
+                                             int, T (&v)[E], int) {
     b.load(v, 0);
 }
-template <int Kind, class Tile, int Slots, typename T, int E>
-__device__ __forceinline__ void stage_operand(WgradHaloIterator<Tile, Slots>& b, WgradHaloPatch<Tile, Slots>& shared,
-                                              int buffer, const T (&v)[E]) {
+template <int Kind, class Tile, int Slots, bool Halves, typename T, int E>
+__device__ __forceinline__ void stage_operand(WgradHaloIterator<Tile, Slots, Halves>& b,
+                                              WgradHaloPatch<Tile, Slots>& shared, int buffer, const T (&v)[E]) {
     b.store(shared, buffer, v);
 }
-template <class Tile, int Slots>
-__device__ __forceinline__ WgradHaloView<Tile, Slots> operand_view(const WgradHaloIterator<Tile, Slots>& b,
-                                                                   const WgradHaloPatch<Tile, Slots>& shared,
-                                                                   int buffer) {
+template <class Tile, int Slots, bool Halves>
+__device__ __forceinline__ WgradHaloView<Tile, Slots, Halves> operand_view(
+        const WgradHaloIterator<Tile, Slots, Halves>& b, const WgradHaloPatch<Tile, Slots>& shared, int buffer) {
     // ldmatrix.x4's matrices: (pixels 0-7, tile j), (8-15, j), (0-7, j + 1), (8-15, j + 1)
     const int lane = threadIdx.x % 32, pixel = lane / 8 % 2 * 8 + lane % 8;
-    WgradHaloView<Tile, Slots> view{b, reinterpret_cast<const char*>(&shared.patch[buffer][0][0]), {}};
+    WgradHaloView<Tile, Slots, Halves> view{b, reinterpret_cast<const char*>(&shared.patch[buffer][0][0]), {}};
 #pragma unroll
     for (int k = 0; k < Tile::BK / Tile::MMA_K; k++) view.row[k] = shared.position[buffer][k * Tile::MMA_K + pixel];
     return view;
 }
-template <int Kind, bool KFast, class Tile, int Slots>
+template <int Kind, bool KFast, class Tile, int Slots, bool Halves>
 __device__ __forceinline__ void load_b_fragments(unsigned (&b0)[2], unsigned (&b1)[2],
-                                                 const WgradHaloView<Tile, Slots>& view, int k0, int, int j) {
+                                                 const WgradHaloView<Tile, Slots, Halves>& view, int k0, int, int j) {
     const char* row = view.patch + view.row[k0 / Tile::MMA_K] + view.b.tap_bytes[j / 2];
     if (j + 1 == WGRAD_HALO_TAPS) {  // the ninth tap alone: lanes 0-15's rows
         ldmatrix_x2_trans(b0, row);
@@ -377,7 +395,7 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
                   int stride_h, int stride_w, int pad_top, int pad_left,
                   int dil_h, int dil_w, int groups, index_t chunk, int positions) {
     typedef TensorTile<Kind, BM, BN, BK, WM, WN> Tile;
-    constexpr bool Halo = Staging == STAGING_HALO || Staging == STAGING_HALO_WIDE;
+    constexpr bool Halo = Staging == STAGING_HALO || Staging == STAGING_HALO_WIDE || Staging == STAGING_HALO_ODD;
     constexpr bool TapMajor = Staging != STAGING_PLAIN && !Halo;
     constexpr bool VectorDy = Staging == STAGING_TAP_MAJOR_VECTOR;
     const int C_per_group = C / groups, K_per_group = K / groups, CRS = C_per_group * R * S;
@@ -386,7 +404,7 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
     const int g = blockIdx.y / k_tiles, k_base = (blockIdx.y % k_tiles) * BM;
     const index_t npq = (index_t)N * P * Q, red_begin = blockIdx.z * chunk;
     const int reduction = (int)((red_begin + chunk < npq ? red_begin + chunk : npq) - red_begin);
-    typedef typename Select<Halo, WgradGradientCopyIterator<Tile>,
+    typedef typename Select<Halo && Staging != STAGING_HALO_ODD, WgradGradientCopyIterator<Tile>,
                             typename Select<VectorDy, WgradGradientVectorIterator<Tile>,
                                             WgradGradientStridedIterator<Tile>>::type>::type IterA;
     IterA a(dy + (index_t)g * K_per_group * P * Q, red_begin + IterA::Map::k(0), k_base, K_per_group, K, P, Q);
@@ -394,7 +412,8 @@ wgrad_tensor_core(const typename TensorStorage<Kind>::type* __restrict__ x,
     float* out = partial + (index_t)blockIdx.z * K * CRS + (index_t)(g * K_per_group + k_base) * CRS;
     if constexpr (Halo) {  // the launch's dynamic shared memory (above 48 KiB), wgrad_halo_shared_bytes
         const int c_base = blockIdx.x * 32;
-        typedef WgradHaloIterator<Tile, Staging == STAGING_HALO_WIDE ? 3 : 2> IterB;
+        typedef WgradHaloIterator<Tile, Staging == STAGING_HALO_WIDE ? 3 : Staging == STAGING_HALO ? 2 : 1,
+                                  Staging == STAGING_HALO_ODD> IterB;
         IterB b(x_g + (index_t)c_base * H * W, red_begin, N, C, H, W, R, S, P, Q, stride_h, stride_w, pad_top,
                 pad_left, dil_h, dil_w, positions);
         const WgradTensorEpilogue<Tile, true> epilogue{out + c_base * WGRAD_HALO_TAPS, CRS, 1, K_per_group - k_base,

@@ -68,6 +68,8 @@ TENSOR_STAGING = {
     "halo": dict(x=(2, 32, 6, 8), w=(40, 32, 3, 2), padding=(1, 1, 0, 1)),
     # wgrad's halo tile (kernel_backend.wgrad_halo_fits: 3×3, P·Q = 48), k-tiles across images
     "wgrad_halo": dict(x=(2, 32, 6, 8), w=(40, 32, 3, 3), padding=1),
+    # and its 2-byte loads where W is odd ('halo_odd': W = 7, P·Q = 49)
+    "wgrad_halo_odd": dict(x=(2, 32, 7, 7), w=(40, 32, 3, 3), padding=1),
 }
 
 # Channels that fill the 64×64 tiles, the ones 'auto' picks on real layers (GPU tests; the emulator

@@ -88,6 +88,7 @@ STAGING_PICKED = {
     "groups_stride": {"fprop": "tap_major_vector", "dgrad": "tap_major", "wgrad": "tap_major"},
     "halo": {"fprop": "tap_major_vector", "dgrad": "plain", "wgrad": "tap_major_vector"},
     "wgrad_halo": {"fprop": "tap_major_vector", "dgrad": "plain", "wgrad": "tap_major_vector"},
+    "wgrad_halo_odd": {"fprop": "tap_major_vector", "dgrad": "plain", "wgrad": "tap_major"},
 }
 
 

@@ -1,6 +1,7 @@
 """wgrad's halo tile (kernels/wgrad_tc.cu, STAGING_HALO) on the emulator: x staged once a k-tile of
 32 pixels as a patch of padded rows that all 9 taps of a 3×3 filter read, a block 128 output
-channels × 32 input channels × 9 taps, dy copied by cp.async.
+channels × 32 input channels × 9 taps, dy copied by cp.async (where W or P·Q is odd,
+STAGING_HALO_ODD: x's positions and dy loaded 2 bytes at a time).
 
 Small integers are exact in float16 and bfloat16 and in their float32 sums, so a result is the
 float64 reference rounded once, compared with ==; the backend's workspace is fresh memory.
@@ -44,6 +45,11 @@ CASES = {
     # N·P·Q = 432, split-K over 3 splits: the last one's last k-tile ends past the reduction (its
     # pixels past N·P·Q are an image N of padding); k-tiles of 2-3 rows, across images
     "splits": dict(x=(3, 32, 12, 12), w=(8, 32, 3, 3), padding=1),
+    # 'halo_odd': W = 7 (res5's images: a pair's second position past x's row at its right edge),
+    # P·Q = 49 (dy an element a load), k-tiles across images, K = 40
+    "odd_width": dict(x=(3, 32, 7, 7), w=(40, 32, 3, 3), padding=1),
+    # 'halo_odd' with W even: P·Q = 54, not a multiple of 4; odd left padding
+    "odd_pixels": dict(x=(2, 64, 9, 6), w=(24, 64, 3, 3), padding=(1, 1, 1, 1)),
 }
 
 
@@ -60,7 +66,8 @@ def run_halo(p, a, **emulate):
     backend = kb.emulate_backend(wgrad_kernel=HALO, **emulate)
     assert kb.choose_wgrad_tensor_core(p, HALO) == HALO
     positions = kb.wgrad_halo_positions(p)
-    assert kb.tensor_staging("wgrad", p, HALO, a["dy"]) == ("halo" if positions <= 256 else "halo_wide")
+    staging = "halo_odd" if kb.wgrad_halo_odd(p) else "halo" if positions <= 256 else "halo_wide"
+    assert kb.tensor_staging("wgrad", p, HALO, a["dy"]) == staging
     got = run_tensor_op(backend, "wgrad", p, a)
     assert got is not None and got.dtype == a["x"].dtype
     return got.astype(np.float64)
@@ -86,13 +93,16 @@ def test_splits_case_splits_and_ends_past_the_reduction():
     assert splits > 1 and p.N * p.P * p.Q % kb.TENSOR_TILES["wgrad"][HALO].BK != 0
 
 
-def test_infinities_reach_only_the_taps_that_read_them():
+@pytest.mark.parametrize("name", ["splits", "odd_width"])
+def test_infinities_reach_only_the_taps_that_read_them(name):
     """An infinite x element poisons exactly the taps of dw whose real pixels read it: the pixels
-    past the reduction and the patch's other positions multiply only zeros and finite values."""
-    p = problem(CASES["splits"], "float16")
+    past the reduction and the patch's other positions multiply only zeros and finite values
+    (W odd: the position after a row's last, which a pair's second load must not read)."""
+    p = problem(CASES[name], "float16")
     a = case_arrays(p, "float16", seed=5)
     a["x"][1, 3, -1, -1] = np.inf  # the last image's last position: the last k-tile's patch
     a["x"][0, 7, 0, 5] = -np.inf
+    a["x"][0, 9, 3, 0] = np.inf  # W odd: the element after row 2's last, in the same channel plane
     want = ref.wgrad(p, a["x"].astype(np.float64), a["dy"].astype(np.float64))
     got = run_halo(p, a)
     assert np.isinf(want).any() and np.isfinite(want).any()
@@ -111,7 +121,7 @@ def test_a_misaligned_dy_is_copied_aligned():
     np.testing.assert_array_equal(run_halo(p, dict(a, dy=dy)), exact(p, a))
 
 
-@pytest.mark.parametrize("mode, case", [("race", "images"), ("asan", "splits")])
+@pytest.mark.parametrize("mode, case", [("race", "images"), ("asan", "splits"), ("asan", "odd_width")])
 def test_sanitizers_are_clean(mode, case):
     p = problem(CASES[case], "float16")
     a = case_arrays(p, "float16", seed=1)
@@ -180,10 +190,14 @@ def test_wgrad_halo_fits_only_what_the_kernel_runs():
     assert not kb.wgrad_halo_fits(conv_problem((32, 128, 28, 28), (128, 128, 1, 1), dtype="float16"))
     forty_eight = conv_problem((32, 48, 28, 28), (128, 48, 3, 3), dtype="float16")
     assert not kb.wgrad_halo_fits(forty_eight)  # channels not a multiple of 32
-    assert not kb.wgrad_halo_fits(conv_problem((32, 64, 7, 7), (64, 64, 3, 3), padding=1,
-                                               dtype="float16"))  # W odd, P·Q = 49
-    assert not kb.wgrad_halo_fits(conv_problem((32, 64, 6, 9), (64, 64, 3, 3), padding=1,
-                                               dtype="float16"))  # P·Q = 54: dy's 8-byte runs
+    res5 = conv_problem((32, 512, 7, 7), (512, 512, 3, 3), padding=1, dtype="float16")  # W odd, P·Q = 49
+    assert kb.wgrad_halo_fits(res5) and kb.choose_wgrad_tensor_core(res5) == HALO
+    assert kb.tensor_staging("wgrad", res5, HALO, None) == "halo_odd"
+    odd_pixels = conv_problem((32, 64, 6, 9), (64, 64, 3, 3), padding=1, dtype="float16")  # P·Q = 54
+    assert kb.wgrad_halo_odd(odd_pixels) and kb.wgrad_halo_fits(odd_pixels)
+    # one unit a thread where W or P·Q is odd: patches of 128 positions
+    odd_wide = conv_problem((2, 32, 8, 31), (8, 32, 3, 3), padding=1, dtype="float16")
+    assert 128 < kb.wgrad_halo_positions(odd_wide) <= 256 and not kb.wgrad_halo_fits(odd_wide)
     res4 = conv_problem((32, 256, 14, 14), (256, 256, 3, 3), padding=1, dtype="float16")
     assert kb.wgrad_halo_fits(res4) and kb.choose_wgrad_tensor_core(res4) == HALO  # P·Q = 196
     assert not kb.wgrad_halo_fits(conv_problem((2, 32, 4, 4), (8, 32, 3, 3), padding=1,
@@ -198,17 +212,37 @@ def test_wgrad_halo_fits_only_what_the_kernel_runs():
     assert kb.choose_wgrad_tensor_core(dataclasses.replace(fits, dtype="float32")) == "64x64x32_tc"
 
 
-def test_shared_memory_is_conflict_free():
-    """Every shared access (the patch's 16-byte staging stores, the pixel table, dy's cp.async
-    copies, ldmatrix of both) takes the ideal wavefronts in ``gpuconv profile``."""
+@pytest.mark.parametrize("width", [8, 7])
+def test_shared_memory_is_conflict_free(width):
+    """Every shared store (the patch's 16-byte staging stores, the pixel table, dy's cp.async
+    copies, or where W is odd its 16-bit stores) takes the ideal wavefronts in ``gpuconv profile``,
+    and so do the ldmatrix reads where a k-step's 8 pixels lie in one image row (Q = 8). Where they
+    cross a row (Q = 7) their positions jump by Wp - Q and share bank groups: the patch's reads
+    take more (the closing note of issue 12 gives the factors)."""
     from gpuconv import profile
 
-    p = problem(dict(x=(2, 32, 8, 8), w=(128, 32, 3, 3), padding=1), "float16")
+    p = problem(dict(x=(2, 32, 8, width), w=(128, 32, 3, 3), padding=1), "float16")
     run = profile.run("wgrad", p, HALO)
     assert run.kernel == HALO
     shared = [row for row in run.rows if row["space"] == "shared"]
-    assert {row["kind"] for row in shared} >= {"store", "load", "cp.async"}
-    assert all(row["wavefronts"] == row["ideal"] for row in shared), shared
+    assert {row["kind"] for row in shared} >= {"store", "load"} | ({"cp.async"} if width % 2 == 0 else set())
+    checked = shared if width == 8 else [row for row in shared if row["kind"] != "load"]
+    assert all(row["wavefronts"] == row["ideal"] for row in checked), checked
+
+
+@needs_sass_tools
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_odd_main_loop_loads_two_bytes_a_position(arch):
+    """'halo_odd': a loop of one k-tile (unrolled twice it spills on sm_90), 72 HMMA and 18
+    ldmatrix, the unit's 16 two-byte loads of x (8 channels of two positions) and two 16-byte
+    stores, dy's 16 two-byte loads and 16-bit stores (one pixel of 16 output channels a thread);
+    no cp.async, no spills."""
+    from gpuconv import sass
+
+    (r,) = sass.analyze([arch], [kb.tensor_kernel_name("wgrad", "float16", HALO, "halo_odd")])
+    assert (r.hmma, r.ldsm, r.ldgsts, r.bar, r.spills) == (72, 18, {}, 1, 0)
+    assert (r.ldg, r.sts[128], r.sts[16]) == ({16: 16 + 16}, 2, 16)
+    assert (r.threads, r.shared_bytes, r.blocks_per_sm) == (256, kb.wgrad_halo_shared_bytes("halo_odd"), 1)
 
 
 @needs_sass_tools

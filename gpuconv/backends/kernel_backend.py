@@ -173,8 +173,9 @@ FPROP_HALO_TILES = tuple(_HALO)
 WGRAD_HALO_TILE = "128x288x32_64x72_tc"
 WGRAD_HALO_TAPS, WGRAD_HALO_CHANNELS = 9, 32
 # The most positions a k-tile's patch may have, per staging: two units a thread a k-tile, or three
-# ('halo_wide': stride-2 layers such as ResNet-50's res3_3x3_s2 and res4_3x3_s2).
-WGRAD_HALO_POSITIONS = {"halo": 256, "halo_wide": 384}
+# ('halo_wide': stride-2 layers such as ResNet-50's res3_3x3_s2 and res4_3x3_s2), or one where W
+# or P·Q is odd ('halo_odd': 2-byte loads of x and dy; res5_3x3's 7×7 images).
+WGRAD_HALO_POSITIONS = {"halo": 256, "halo_wide": 384, "halo_odd": 128}
 _WGRAD_HALO = TensorTile(BM=128, BN=288, BK=32, WM=64, WN=72, dtypes=HALF_DTYPES)
 TENSOR_TILES = {"fprop": {**_TENSOR_TILES, **_HALO}, "dgrad": {**_TENSOR_TILES, **_HALO},
                 "wgrad": {**_TENSOR_TILES, WGRAD_HALO_TILE: _WGRAD_HALO}}
@@ -193,7 +194,7 @@ def halo_shared_bytes(positions: int) -> int:
 
 
 def wgrad_halo_shared_bytes(staging: str = "halo") -> int:
-    """wgrad's halo kernel's dynamic shared memory for ``staging`` ('halo' or 'halo_wide'): B's
+    """wgrad's halo kernel's dynamic shared memory for ``staging`` (WGRAD_HALO_POSITIONS'): B's
     WgradHaloPatch first (two buffers' pixel tables of BK ints, two patches of
     WGRAD_HALO_POSITIONS[staging] positions of 32 + 8 16-bit elements), then A's two k-tiles of
     dy (BM rows of BK + 8)."""
@@ -235,7 +236,7 @@ def kind_dtype(kind: str) -> str:
 # [K][R][S][C/groups] by the backend, or of wgrad's dy) and 'halo'. fprop's tap-major staging
 # always reads w reordered, so its 'tap_major' is not built (``tile_stagings``).
 STAGINGS = {"fprop": ("plain", "tap_major", "tap_major_vector", "halo"), "dgrad": ("plain", "tap_major"),
-            "wgrad": ("plain", "tap_major", "tap_major_vector", "halo", "halo_wide")}
+            "wgrad": ("plain", "tap_major", "tap_major_vector", "halo", "halo_wide", "halo_odd")}
 
 
 def tile_stagings(op: str, kernel: str) -> tuple[str, ...]:
@@ -331,16 +332,23 @@ def wgrad_halo_positions(p) -> int:
     return int(rows.max()) * Wp
 
 
+def wgrad_halo_odd(p) -> bool:
+    """Whether wgrad's halo tile stages ``p`` with 2-byte loads ('halo_odd'): W odd (a pair of
+    positions is no 4-byte word of x) or P·Q not a multiple of 4 (dy's runs are no 8-byte ones)."""
+    return p.W % 2 == 1 or p.P * p.Q % 4 != 0
+
+
 def wgrad_halo_fits(p) -> bool:
     """Whether wgrad's halo tile runs ``p``: a filter of WGRAD_HALO_TAPS taps (any stride), C/groups
-    a multiple of its 32 channels, W even (a unit reads two neighbouring positions a 4-byte load),
-    P·Q a multiple of 4 (dy copied 8 bytes at a time) and at least BK (a k-tile within two
-    images), two images of x in an int, and a patch within WGRAD_HALO_POSITIONS['halo_wide']."""
+    a multiple of its 32 channels, P·Q at least BK (a k-tile within two images), two images of x
+    in an int, and a patch within the staging's WGRAD_HALO_POSITIONS: 'halo_wide''s, or where
+    ``wgrad_halo_odd``, 'halo_odd''s."""
     tile = TENSOR_TILES["wgrad"][WGRAD_HALO_TILE]
     if (p.R * p.S != WGRAD_HALO_TAPS or p.C_per_group % WGRAD_HALO_CHANNELS
-            or p.W % 2 or p.P * p.Q % 4 or p.P * p.Q < tile.BK or p.N == 0):
+            or p.P * p.Q < tile.BK or p.N == 0):
         return False
-    return 2 * p.C * p.H * p.W <= INT32_MAX and wgrad_halo_positions(p) <= WGRAD_HALO_POSITIONS["halo_wide"]
+    most = WGRAD_HALO_POSITIONS["halo_odd" if wgrad_halo_odd(p) else "halo_wide"]
+    return 2 * p.C * p.H * p.W <= INT32_MAX and wgrad_halo_positions(p) <= most
 
 
 def tensor_kernel_name(op: str, kind: str, kernel: str, staging: str = "plain") -> str:
@@ -364,9 +372,11 @@ def tensor_staging(op: str, p, kernel: str, array) -> str:
     C/groups, dgrad K/groups) are a multiple of BK (every k-tile whole channels of one tap):
     fprop's with 16-byte loads of w (reordered by the backend to [K][R][S][C/groups], aligned and
     contiguous: ``_aligned_contiguous``); wgrad's where dy is 16-byte aligned and its images of
-    P·Q elements a multiple of 16 bytes. wgrad's halo tile: 'halo', or 'halo_wide' where the
-    patch needs three units a thread."""
+    P·Q elements a multiple of 16 bytes. wgrad's halo tile: 'halo_odd' where W or P·Q is odd
+    (``wgrad_halo_odd``), else 'halo', or 'halo_wide' where the patch needs three units a thread."""
     if kernel == WGRAD_HALO_TILE:
+        if wgrad_halo_odd(p):
+            return "halo_odd"
         return "halo" if wgrad_halo_positions(p) <= WGRAD_HALO_POSITIONS["halo"] else "halo_wide"
     if kernel in HALO_TILES:
         return "halo"
@@ -901,9 +911,9 @@ class KernelBackend:
         direct = splits == 1 and kind_dtype(kind) == "float32"
         partial = dw if direct else self._empty((splits, *p.w_shape), "float32")
         halo = kernel == WGRAD_HALO_TILE
-        if halo and _address(dy) % 8:  # dy's copies are 8-byte: a fresh copy is aligned
-            dy = dy.copy()
         staging = tensor_staging("wgrad", p, kernel, dy)
+        if staging in ("halo", "halo_wide") and _address(dy) % 8:  # 8-byte copies: a fresh copy is aligned
+            dy = dy.copy()
         self._launch("wgrad_tc.cu", tensor_kernel_name("wgrad", kind, kernel, staging), dw.size,
                      (x, dy, partial) + conv_args(p)
                      + (np.int64(chunk), np.int32(wgrad_halo_positions(p) if halo else 0)), "wgrad", tile, p,
