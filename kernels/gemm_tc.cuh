@@ -194,7 +194,8 @@ struct Select<false, A, B> {
 // the patch's read offset, FpropHaloIterator; see bench/results/sass-sm_80.md), at 255 registers
 // and no spills. The other stagings stay at 1: measured unrolled, the tap-major tiles gain at most
 // a point (14.2% → 14.9% on 128×128), TF32x3's spill, and the plain iterators lose (5.3% → 4.0%).
-// So does TF32x3 on the halo tile: unrolled, its split fragments spill 40 bytes on sm_90.
+// So do TF32x3 on the halo tile (its split fragments) and wgrad's STAGING_HALO_ODD (its 2-byte
+// staging registers): unrolled, each spills 40 bytes on sm_90.
 __host__ __device__ constexpr int k_tiles_an_iteration(int staging, int kind) {
     return (staging == STAGING_HALO || staging == STAGING_HALO_WIDE) && kind != TENSOR_TF32X3 ? 2 : 1;
 }
